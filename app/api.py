@@ -1,0 +1,355 @@
+"""HTTP layer: routes, problem+json errors, request ids, disconnect cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import api_models as m
+from app.adapters import AdapterRecord
+from app.grounding import Span
+from app.manifests import Task
+from app.problems import (
+    DUPLICATE_ID,
+    INTERNAL,
+    INVALID_REQUEST,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    PROBLEM_MEDIA_TYPE,
+    TIMEOUT,
+    UNAUTHORIZED,
+    UNKNOWN_TASK,
+    Problem,
+    ProblemType,
+)
+from app.service import Service, run_startup
+from app.task_runner import Document, QaItem
+
+log = logging.getLogger("medlora.api")
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+def problem_response(problem: Problem, request: Request) -> JSONResponse:
+    headers = {"Retry-After": str(problem.retry_after_s)} if problem.retry_after_s else None
+    return JSONResponse(
+        problem.body(instance=request.url.path),
+        status_code=problem.kind.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`; if the client goes away first, cancel it (aborting engine requests)."""
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        watcher.cancel()
+    if job.cancelled():
+        raise ClientDisconnected
+    return job.result()
+
+
+def _span_entity(span: Span) -> m.EntityOut:
+    return m.EntityOut(start=span.start, end=span.end, text=span.text, label=span.label, attributes=span.attributes)
+
+
+def create_app(service: Service) -> FastAPI:
+    settings = service.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        startup = asyncio.create_task(run_startup(service))
+        try:
+            yield
+        finally:
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await startup
+            await service.stop()
+
+    app = FastAPI(
+        title="medlora",
+        version="0.1.0",
+        description="Clinical NLP annotations (NER, QA, classification) from a small LLM with per-task LoRA adapters.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    # Whole-body bound: the largest valid request, with JSON escaping at its worst.
+    max_body = settings.max_documents * (settings.max_document_chars * 6 + 4096) + 65536
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id[:128]
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body:
+            response: Response = problem_response(
+                Problem(PAYLOAD_TOO_LARGE, f"request body exceeds {max_body} bytes"), request
+            )
+        else:
+            response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        return response
+
+    @app.exception_handler(Problem)
+    async def on_problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Field locations and messages only: pydantic's `input` would echo clinical text.
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return problem_response(Problem(INVALID_REQUEST, "request body failed validation", {"errors": errors}), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = NOT_FOUND if exc.status_code == 404 else ProblemType(
+            f"http-{exc.status_code}", str(exc.detail), exc.status_code
+        )
+        return problem_response(Problem(kind, str(exc.detail)), request)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unhandled error",
+            extra={"request_id": getattr(request.state, "request_id", None), "error_type": type(exc).__name__},
+        )
+        return problem_response(Problem(INTERNAL, "unexpected error; see logs for the request id"), request)
+
+    def check_admin(request: Request) -> None:
+        if settings.admin_token and request.headers.get("authorization") != f"Bearer {settings.admin_token}":
+            raise Problem(UNAUTHORIZED, "adapter administration needs the admin bearer token")
+
+    def check_inputs(ids: Sequence[str], sizes: Sequence[int]) -> None:
+        if len(ids) > settings.max_documents:
+            raise Problem(
+                PAYLOAD_TOO_LARGE, f"{len(ids)} items exceed the limit of {settings.max_documents} per request"
+            )
+        for item_id, size in zip(ids, sizes, strict=True):
+            if size > settings.max_document_chars:
+                raise Problem(
+                    PAYLOAD_TOO_LARGE,
+                    f"item {item_id!r} has {size} characters, over the limit of {settings.max_document_chars}",
+                    {"id": item_id},
+                )
+        seen: set[str] = set()
+        for item_id in ids:
+            if item_id in seen:
+                raise Problem(DUPLICATE_ID, f"id {item_id!r} appears more than once", {"id": item_id})
+            seen.add(item_id)
+
+    async def run_task(
+        request: Request,
+        endpoint: str,
+        task: Task,
+        n_items: int,
+        n_chars: int,
+        work: Callable[[AdapterRecord], Awaitable[T]],
+    ) -> tuple[AdapterRecord, T]:
+        service.require_ready()
+        started = time.perf_counter()
+        outcome = "error"
+        with service.registry.lease(task.name) as adapter:
+            labels = (task.name, adapter.key)
+            service.metrics.in_flight.labels(*labels).inc()
+            try:
+                async with asyncio.timeout(settings.request_timeout_s):
+                    result = await cancel_on_disconnect(request, work(adapter))
+                outcome = "ok"
+                service.metrics.items.labels(*labels).inc(n_items)
+                return adapter, result
+            except Problem as exc:
+                outcome = exc.kind.slug
+                raise
+            except TimeoutError as exc:
+                outcome = TIMEOUT.slug
+                raise Problem(TIMEOUT, f"no result within {settings.request_timeout_s:g} s") from exc
+            except ClientDisconnected:
+                outcome = "client_disconnected"
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                service.metrics.in_flight.labels(*labels).dec()
+                service.metrics.requests.labels(endpoint, *labels, outcome).inc()
+                service.metrics.latency.labels(*labels).observe(elapsed)
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": request.state.request_id,
+                        "endpoint": endpoint,
+                        "task": task.name,
+                        "adapter": adapter.key,
+                        "items": n_items,
+                        "chars": n_chars,
+                        "ms": round(elapsed * 1000, 1),
+                        "outcome": outcome,
+                    },
+                )
+
+    def model_info(adapter: AdapterRecord) -> m.ModelInfo:
+        return m.ModelInfo(base=service.model.display_name, adapter=adapter.name, adapter_version=adapter.version)
+
+    disconnected = Response(status_code=499)
+
+    @app.post("/v1/ner", response_model=m.NerResponse, tags=["tasks"])
+    async def ner(body: m.NerRequest, request: Request) -> m.NerResponse | Response:
+        task = service.task(body.task, "ner")
+        docs = [Document(d.id, d.text) for d in body.documents]
+        check_inputs([d.id for d in docs], [len(d.text) for d in docs])
+        try:
+            adapter, results = await run_task(
+                request, "ner", task, len(docs), sum(len(d.text) for d in docs),
+                lambda a: service.runner.ner(task, a, docs),
+            )
+        except ClientDisconnected:
+            return disconnected
+        return m.NerResponse(
+            task=task.name,
+            model=model_info(adapter),
+            documents=[m.NerDocumentOut(id=r.id, entities=[_span_entity(s) for s in r.entities]) for r in results],
+        )
+
+    @app.post("/v1/qa", response_model=m.QaResponse, tags=["tasks"])
+    async def qa(body: m.QaRequest, request: Request) -> m.QaResponse | Response:
+        task = service.task(body.task, "qa")
+        items = [QaItem(i.id, i.context, i.question) for i in body.items]
+        check_inputs([i.id for i in items], [len(i.context) + len(i.question) for i in items])
+        try:
+            adapter, results = await run_task(
+                request, "qa", task, len(items), sum(len(i.context) for i in items),
+                lambda a: service.runner.qa(task, a, items),
+            )
+        except ClientDisconnected:
+            return disconnected
+        return m.QaResponse(
+            task=task.name,
+            model=model_info(adapter),
+            items=[
+                m.QaItemOut(
+                    id=r.id,
+                    answer=None if r.answer is None else m.AnswerOut(
+                        text=r.answer.text, start=r.answer.start, end=r.answer.end
+                    ),
+                )
+                for r in results
+            ],
+        )
+
+    @app.post("/v1/classify", response_model=m.ClassifyResponse, tags=["tasks"])
+    async def classify(body: m.ClassifyRequest, request: Request) -> m.ClassifyResponse | Response:
+        task = service.task(body.task, "classification")
+        docs = [Document(d.id, d.text) for d in body.documents]
+        check_inputs([d.id for d in docs], [len(d.text) for d in docs])
+        try:
+            adapter, results = await run_task(
+                request, "classify", task, len(docs), sum(len(d.text) for d in docs),
+                lambda a: service.runner.classify(task, a, docs),
+            )
+        except ClientDisconnected:
+            return disconnected
+        return m.ClassifyResponse(
+            task=task.name,
+            model=model_info(adapter),
+            documents=[m.ClassifyDocumentOut(id=r.id, labels=r.labels) for r in results],
+        )
+
+    @app.get("/v1/tasks", tags=["registry"])
+    async def list_tasks() -> dict[str, Any]:
+        out = []
+        for task in service.tasks.values():
+            bound = service.registry.bound(task.name)
+            ref = task.manifest.adapter
+            out.append(
+                {
+                    "name": task.name,
+                    "type": task.type,
+                    "languages": task.manifest.languages,
+                    "description": task.manifest.description,
+                    "labels": task.label_names,
+                    "attributes": task.attribute_names,
+                    "multi_label": task.manifest.multi_label,
+                    "schema": task.schema,
+                    "adapter": {
+                        "name": bound.name if bound else ref.name,
+                        "version": bound.version if bound else ref.version,
+                    },
+                }
+            )
+        return {"tasks": out}
+
+    @app.get("/v1/adapters", tags=["registry"])
+    async def list_adapters() -> dict[str, Any]:
+        return {
+            "adapters": [r.describe(service.registry.tasks_using(r.key)) for r in service.registry.records()]
+        }
+
+    @app.post("/v1/adapters", status_code=201, tags=["admin"], dependencies=[Depends(check_admin)])
+    async def register_adapter(body: m.AdapterRegistration) -> dict[str, Any]:
+        service.require_ready()
+        record = await service.registry.register(body.name, body.version, service.resolve_adapter_path(body.path))
+        service.metrics.adapter_resident.labels(record.name, record.version).set(1)
+        return record.describe(service.registry.tasks_using(record.key))
+
+    @app.put("/v1/tasks/{task_name}/adapter", tags=["admin"], dependencies=[Depends(check_admin)])
+    async def switch_adapter(task_name: str, body: m.AdapterSelection) -> dict[str, Any]:
+        service.require_ready()
+        if task_name not in service.tasks:
+            raise Problem(UNKNOWN_TASK, f"no task named {task_name!r}", {"tasks": sorted(service.tasks)})
+        previous = await service.bind(task_name, body.name, body.version)
+        return {"task": task_name, "adapter": {"name": body.name, "version": body.version}, "previous": previous}
+
+    @app.delete("/v1/adapters/{name}/{version}", status_code=204, tags=["admin"], dependencies=[Depends(check_admin)])
+    async def delete_adapter(name: str, version: str) -> Response:
+        service.require_ready()
+        await service.registry.unregister(name, version)
+        service.metrics.adapter_resident.labels(name, version).set(0)
+        return Response(status_code=204)
+
+    @app.get("/livez", tags=["health"])
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        if service.ready:
+            return JSONResponse({"status": "ready", "tasks": sorted(service.tasks)})
+        body = {"status": "failed" if service.startup_error else "starting", "error": service.startup_error}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "10"})
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,74 @@
+"""`medlora` command line: `medlora serve` runs the gateway with its in-process engine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {}
+    for key in ("host", "port", "model", "max_model_len"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    if args.adapters is not None:
+        overrides["adapters_dir"] = Path(args.adapters)
+        # A folder of adapters usually carries its own task manifests.
+        if args.tasks is None and any(Path(args.adapters).glob("*.yaml")):
+            overrides["tasks_dir"] = Path(args.adapters)
+    if args.tasks is not None:
+        overrides["tasks_dir"] = Path(args.tasks)
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+
+    from app.logs import configure_logging
+    from app.manifests import ManifestError
+
+    configure_logging(settings.log_level)
+    # vLLM's engine core runs in a spawned process; it must not re-import this CLI's state.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    try:
+        from app.api import create_app
+        from app.service import build_service
+
+        service = build_service(settings)
+    except ManifestError as exc:
+        print(f"medlora: invalid task configuration: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    uvicorn.run(
+        create_app(service),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # the gateway logs every request itself, without bodies
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medlora", description="Clinical NLP serving on vLLM with per-task LoRA adapters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="Run the REST service (settings also read from MEDLORA_* env vars).")
+    serve.add_argument("--host", help="Bind address (default 127.0.0.1).")
+    serve.add_argument("--port", type=int, help="Port (default 8000).")
+    serve.add_argument("--model", help="Base model id or path (default: embedded tiny model).")
+    serve.add_argument("--adapters", help="Adapters folder: adapter weights (and task manifests if present).")
+    serve.add_argument("--tasks", help="Task manifests folder (default: the repository's adapters/).")
+    serve.add_argument("--max-model-len", dest="max_model_len", type=int, help="Engine context length.")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The engine interface the task layer talks to.
+
+Small on purpose: an in-process vLLM (`vllm_engine.py`) implements it today, and a remote
+engine (vLLM OpenAI servers over httpx) can implement it without touching the API layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class AdapterHandle:
+    """One loaded LoRA adapter as the engine knows it."""
+
+    key: str  # "name@version": unique, also the adapter's engine-side name
+    lora_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    grammar: str  # llguidance Lark grammar; every request is constrained
+    max_tokens: int
+    temperature: float = 0.0
+    adapter: AdapterHandle | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    finish_reason: str  # "stop" | "length" | "abort" | ...
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class EngineError(RuntimeError):
+    """The engine failed a request for a reason that is not the caller's fault."""
+
+
+class Engine(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Run one constrained generation; cancelling the caller aborts it in the engine."""
+        ...
+
+    async def load_adapter(self, adapter: AdapterHandle) -> None: ...
+
+    async def unload_adapter(self, adapter: AdapterHandle) -> None: ...

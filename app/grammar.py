@@ -1,0 +1,114 @@
+"""Compile a bounded task schema into an llguidance Lark grammar for one request.
+
+The grammar admits exactly compact JSON (no whitespace) that validates against the schema,
+with properties in declared order. Grounded string fields become a substring lexeme over
+the request's source text, so the model can only write runs of whole source pieces: spans
+are verbatim by construction, and the gateway still verifies them after decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.output_schema import GROUNDED
+
+# Pieces are words, whitespace runs or single other characters: a span can start or end
+# at any word boundary but never inside a word or inside a JSON escape.
+_PIECE = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
+
+# One JSON string unit: an unescaped character or an escape sequence.
+_JSON_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})'
+
+
+def source_pieces(text: str) -> list[str]:
+    """Split text into the pieces a grounded span is made of (concatenation == text)."""
+    return _PIECE.findall(text)
+
+
+def json_escape(piece: str) -> str:
+    return json.dumps(piece, ensure_ascii=False)[1:-1]
+
+
+def lark_literal(text: str) -> str:
+    """A Lark string literal matching `text` exactly."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+@dataclass
+class _Compiler:
+    source_pieces: list[str]
+    rules: list[str] = field(default_factory=list)
+    counter: int = 0
+    span_terminals: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def value(self, node: dict[str, Any]) -> str:
+        """Return a Lark expression for one schema node, adding rules as needed."""
+        if "anyOf" in node:
+            name = self.fresh("alt")
+            self.rules.append(f"{name}: " + " | ".join(self.value(s) for s in node["anyOf"]))
+            return name
+        if "enum" in node or "const" in node:
+            values = node.get("enum", [node.get("const")])
+            return "(" + " | ".join(lark_literal(json.dumps(v, ensure_ascii=False)) for v in values) + ")"
+        kind = node["type"]
+        if kind == "object":
+            parts: list[str] = []
+            for i, (key, sub) in enumerate(node["properties"].items()):
+                prefix = ("{" if i == 0 else ",") + json.dumps(key, ensure_ascii=False) + ":"
+                parts.append(lark_literal(prefix))
+                parts.append(self.value(sub))
+            parts.append(lark_literal("}"))
+            name = self.fresh("obj")
+            self.rules.append(f"{name}: " + " ".join(parts))
+            return name
+        if kind == "array":
+            item = self.value(node["items"])
+            lo, hi = node.get("minItems", 0), node["maxItems"]
+            if hi == 0:
+                return lark_literal("[]")
+            tail = f'("," {item}){{{max(lo - 1, 0)},{hi - 1}}}'
+            body = f"{item} {tail}"
+            inner = body if lo > 0 else f"({body})?"
+            name = self.fresh("arr")
+            self.rules.append(f'{name}: "[" {inner} "]"')
+            return name
+        if kind == "string":
+            lo, hi = max(node.get("minLength", 0), 0), node["maxLength"]
+            if node.get(GROUNDED):
+                return f'"\\"" {self.span_terminal(max(lo, 1), hi)} "\\""'
+            term = self.fresh("STR").upper()
+            self.rules.append(f"{term}: /{_JSON_CHAR}{{{lo},{hi}}}/")
+            return f'"\\"" {term} "\\""'
+        if kind == "boolean":
+            return '("true" | "false")'
+        if kind == "null":
+            return '"null"'
+        raise ValueError(f"unsupported schema type {kind!r}")
+
+    def span_terminal(self, lo: int, hi: int) -> str:
+        key = (lo, hi)
+        if key not in self.span_terminals:
+            name = f"SPAN{len(self.span_terminals)}"
+            chunks = json.dumps(
+                {"substring_chunks": [json_escape(p) for p in self.source_pieces]},
+                ensure_ascii=False,
+            )
+            # The intersection bounds the span's escaped length (so its raw length too)
+            # and excludes the empty span.
+            self.rules.append(f"{name}: %regex {chunks} & /(?s:.{{{lo},{hi}}})/")
+            self.span_terminals[key] = name
+        return self.span_terminals[key]
+
+
+def compile_grammar(schema: dict[str, Any], source: str) -> str:
+    """Lark grammar admitting compact JSON for `schema`, grounded spans drawn from `source`."""
+    compiler = _Compiler(source_pieces=source_pieces(source))
+    top = compiler.value(schema)
+    return "\n".join([f"start: {top}", *compiler.rules]) + "\n"

@@ -1,0 +1,97 @@
+"""Map decoded spans back to exact character offsets, and drop what cannot be grounded.
+
+Offsets are Python string indices (Unicode code points), 0-based, end-exclusive.
+
+Rule for repeated strings: a span may only start and end at piece boundaries (see
+`grammar.source_pieces`). The k-th entity a model emits with a given (text, label) is
+placed on the k-th such occurrence of that text; an entity emitted more often than its
+text occurs is a duplicate and is dropped. Surrounding whitespace is trimmed from a span
+(offsets move with it); a span that is empty after trimming is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.grammar import source_pieces
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    text: str
+    label: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class GroundingResult:
+    spans: list[Span] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+def piece_boundaries(text: str) -> set[int]:
+    bounds = {0}
+    pos = 0
+    for piece in source_pieces(text):
+        pos += len(piece)
+        bounds.add(pos)
+    return bounds
+
+
+def aligned_occurrences(text: str, needle: str, bounds: set[int]) -> list[int]:
+    starts: list[int] = []
+    i = text.find(needle)
+    while i != -1:
+        if i in bounds and i + len(needle) in bounds:
+            starts.append(i)
+        i = text.find(needle, i + 1)
+    return starts
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def ground_spans(text: str, candidates: list[tuple[str, str, dict[str, Any]]]) -> GroundingResult:
+    """Ground (span_text, label, attributes) triples emitted by the model against `text`."""
+    result = GroundingResult()
+    bounds = piece_boundaries(text)
+    seen_count: Counter[tuple[str, str]] = Counter()
+    placed: set[tuple[int, int, str]] = set()
+    for span_text, label, attributes in candidates:
+        if not span_text.strip():
+            result.dropped["empty"] += 1
+            continue
+        occurrences = aligned_occurrences(text, span_text, bounds)
+        if not occurrences:
+            result.dropped["not_in_source"] += 1
+            continue
+        k = seen_count[(span_text, label)]
+        seen_count[(span_text, label)] += 1
+        if k >= len(occurrences):
+            result.dropped["duplicate"] += 1
+            continue
+        start, end = _trim(text, occurrences[k], occurrences[k] + len(span_text))
+        if (start, end, label) in placed:
+            result.dropped["duplicate"] += 1
+            continue
+        placed.add((start, end, label))
+        result.spans.append(Span(start, end, text[start:end], label, dict(attributes)))
+    result.spans.sort(key=lambda s: (s.start, s.end, s.label))
+    return result
+
+
+def ground_answer(context: str, answer: str | None) -> tuple[Span | None, GroundingResult]:
+    """Ground a QA answer: its first aligned occurrence in the context, or None."""
+    if answer is None:
+        return None, GroundingResult()
+    result = ground_spans(context, [(answer, "", {})])
+    return (result.spans[0] if result.spans else None), result

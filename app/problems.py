@@ -1,0 +1,61 @@
+"""RFC 9457 problem details: one exception type, stable `type` URIs, one JSON shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_PREFIX = "urn:medlora:problem:"
+
+
+@dataclass(frozen=True)
+class ProblemType:
+    slug: str
+    title: str
+    status: int
+
+    @property
+    def uri(self) -> str:
+        return _PREFIX + self.slug
+
+
+UNKNOWN_TASK = ProblemType("unknown-task", "Unknown task", 404)
+WRONG_TASK_TYPE = ProblemType("wrong-task-type", "Task does not serve this endpoint", 400)
+NOT_FOUND = ProblemType("not-found", "Not found", 404)
+INVALID_REQUEST = ProblemType("invalid-request", "Request body is invalid", 422)
+PAYLOAD_TOO_LARGE = ProblemType("payload-too-large", "Request is too large", 413)
+DUPLICATE_ID = ProblemType("duplicate-id", "Duplicate item id in request", 422)
+NOT_READY = ProblemType("not-ready", "Service is not ready", 503)
+GENERATION_FAILED = ProblemType("generation-failed", "Generation could not complete", 502)
+TIMEOUT = ProblemType("timeout", "Generation timed out", 504)
+UNKNOWN_ADAPTER = ProblemType("unknown-adapter", "Unknown adapter", 404)
+INVALID_ADAPTER = ProblemType("invalid-adapter", "Adapter files are invalid", 422)
+ADAPTER_CONFLICT = ProblemType("adapter-conflict", "Adapter state conflict", 409)
+UNAUTHORIZED = ProblemType("unauthorized", "Missing or wrong admin token", 401)
+INTERNAL = ProblemType("internal-error", "Internal error", 500)
+
+
+@dataclass
+class Problem(Exception):
+    """Raised anywhere on the request path; the API layer renders it as problem+json."""
+
+    kind: ProblemType
+    detail: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    retry_after_s: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind.slug}: {self.detail}"
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.kind.uri,
+            "title": self.kind.title,
+            "status": self.kind.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body

@@ -1,0 +1,64 @@
+"""Service configuration: one settings object, read from MEDLORA_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_MODEL = "embedded-tiny"
+DEFAULT_REAL_MODEL = "Qwen/Qwen3-1.7B"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Field docs double as the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDLORA_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, description="Port to bind.")
+    model: str = Field(
+        EMBEDDED_MODEL,
+        description=(
+            "Base model: a Hugging Face id or local path (e.g. Qwen/Qwen3-1.7B), or "
+            f"'{EMBEDDED_MODEL}' to generate a tiny random-weight Qwen3 and demo adapters locally."
+        ),
+    )
+    tasks_dir: Path = Field(
+        REPO_ROOT / "adapters", description="Folder of task manifests (*.yaml)."
+    )
+    adapters_dir: Path | None = Field(
+        None,
+        description=(
+            "Root that relative adapter paths in manifests resolve against "
+            "(default: the tasks folder; the embedded model uses its generated adapters)."
+        ),
+    )
+    schemas_dir: Path = Field(REPO_ROOT / "schemas", description="Folder of output JSON schemas.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "medlora", description="Where the embedded tiny model is built."
+    )
+    max_model_len: int = Field(8192, description="Engine context length (prompt + output).")
+    max_loras: int = Field(4, description="Adapters resident on the accelerator at once.")
+    max_cpu_loras: int = Field(16, description="Adapters cached in host memory.")
+    max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")
+    gpu_memory_utilization: float = Field(0.85, description="vLLM GPU memory share (GPU only).")
+    cpu_kvcache_gib: int = Field(1, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    structured_outputs_backend: Literal["guidance"] = Field(
+        "guidance",
+        description="Constrained-decoding backend; llguidance is required for grounded spans.",
+    )
+    max_documents: int = Field(64, description="Most documents or QA items in one request.")
+    max_document_chars: int = Field(200_000, description="Largest document, in characters.")
+    request_timeout_s: float = Field(600.0, description="Engine time allowed for one request.")
+    log_level: str = Field("INFO", description="Log level.")
+    admin_token: str | None = Field(
+        None, description="If set, adapter admin endpoints require 'Authorization: Bearer <token>'."
+    )
+
+    @property
+    def embedded(self) -> bool:
+        return self.model == EMBEDDED_MODEL

@@ -1,0 +1,131 @@
+"""In-process vLLM v1 engine (AsyncLLM): one engine shared by all tasks, a LoRA per request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from app.engine import AdapterHandle, EngineError, GenerationRequest, GenerationResult
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger("medlora.engine")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - torch ships with vllm
+        return False
+
+
+class VllmEngine:
+    def __init__(self, settings: Settings, model_path: str):
+        self.settings = settings
+        self.model_path = model_path
+        self._llm: AsyncLLM | None = None
+        self.start_seconds: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None and not self._llm.errored
+
+    def engine_args(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        s = self.settings
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path,
+            max_model_len=s.max_model_len,
+            enable_lora=True,
+            max_loras=s.max_loras,
+            max_cpu_loras=s.max_cpu_loras,
+            max_lora_rank=s.max_lora_rank,
+            structured_outputs_config={"backend": s.structured_outputs_backend},
+            disable_log_stats=False,
+            seed=0,
+        )
+        if _has_cuda():
+            kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
+        return AsyncEngineArgs(**kwargs)
+
+    async def start(self) -> None:
+        # vLLM's CPU backend reads its KV cache size from the environment.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.cpu_kvcache_gib))
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.perf_counter()
+        self._llm = AsyncLLM.from_engine_args(self.engine_args())
+        self.start_seconds = time.perf_counter() - started
+        log.info("engine started", extra={"seconds": round(self.start_seconds, 1)})
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    def _require(self) -> AsyncLLM:
+        if self._llm is None:
+            raise EngineError("engine is not running")
+        return self._llm
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+        llm = self._require()
+        params = SamplingParams(
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            structured_outputs=StructuredOutputsParams(grammar=request.grammar),
+        )
+        lora = None
+        if request.adapter is not None:
+            a = request.adapter
+            lora = LoRARequest(lora_name=a.key, lora_int_id=a.lora_id, lora_path=a.path)
+        final = None
+        try:
+            async for output in llm.generate(
+                TokensPrompt(prompt_token_ids=request.prompt_token_ids),
+                params,
+                request.request_id,
+                lora_request=lora,
+            ):
+                final = output
+        except asyncio.CancelledError:
+            # AsyncLLM aborts on cancellation itself; this also covers a cancel that
+            # lands before its generator started.
+            await asyncio.shield(llm.abort(request.request_id))
+            raise
+        except (ValueError, TypeError) as exc:
+            raise EngineError(f"engine rejected the request: {exc}") from exc
+        if final is None or not final.outputs:
+            raise EngineError("engine returned no output")
+        completion = final.outputs[0]
+        return GenerationResult(
+            text=completion.text,
+            finish_reason=str(completion.finish_reason),
+            prompt_tokens=len(final.prompt_token_ids or []),
+            completion_tokens=len(completion.token_ids),
+        )
+
+    async def load_adapter(self, adapter: AdapterHandle) -> None:
+        from vllm.lora.request import LoRARequest
+
+        llm = self._require()
+        request = LoRARequest(lora_name=adapter.key, lora_int_id=adapter.lora_id, lora_path=adapter.path)
+        try:
+            await llm.add_lora(request)
+        except Exception as exc:  # vLLM raises several types for bad adapter files
+            raise EngineError(f"engine could not load adapter {adapter.key}: {exc}") from exc
+
+    async def unload_adapter(self, adapter: AdapterHandle) -> None:
+        await self._require().remove_lora(adapter.lora_id)

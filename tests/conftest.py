@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from app.api import create_app
+from app.manifests import load_tasks
+from app.prompts import PromptRenderer
+from app.service import Service, build_service
+from app.settings import REPO_ROOT, Settings
+from tests.fakes import FAKE_BASE, FakeEngine, FakeTokenizer, Responder, write_fake_adapter
+
+TASKS_DIR = REPO_ROOT / "adapters"
+SCHEMAS_DIR = REPO_ROOT / "schemas"
+
+
+@pytest.fixture
+def fake_adapters_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "adapters"
+    for task in load_tasks(TASKS_DIR, SCHEMAS_DIR).values():
+        write_fake_adapter(root / task.manifest.adapter.path)
+    return root
+
+
+FakeServiceFactory = Callable[..., tuple[Service, FakeEngine]]
+
+
+@pytest.fixture
+def make_fake_service(fake_adapters_dir: Path) -> FakeServiceFactory:
+    def make(respond: Responder, *, delay_s: float = 0.0, **settings_overrides: object) -> tuple[Service, FakeEngine]:
+        engine = FakeEngine(respond, delay_s=delay_s)
+        settings = Settings(
+            model=FAKE_BASE,
+            tasks_dir=TASKS_DIR,
+            adapters_dir=fake_adapters_dir,
+            **settings_overrides,  # type: ignore[arg-type]
+        )
+        service = build_service(
+            settings, engine=engine, renderer=PromptRenderer(FakeTokenizer()), metrics_registry=CollectorRegistry()
+        )
+        return service, engine
+
+    return make
+
+
+@pytest.fixture
+def client_for(make_fake_service: FakeServiceFactory) -> Iterator[Callable[..., tuple[TestClient, FakeEngine]]]:
+    """A started TestClient (lifespan run, service ready) around a fake engine."""
+    clients: list[TestClient] = []
+
+    def make(respond: Responder, **kwargs: object) -> tuple[TestClient, FakeEngine]:
+        service, engine = make_fake_service(respond, **kwargs)
+        client = TestClient(create_app(service), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.01)
+        return client, engine
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
