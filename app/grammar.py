@@ -16,11 +16,15 @@ from typing import Any
 from app.output_schema import GROUNDED
 
 # Pieces are words, whitespace runs or single other characters: a span can start or end
-# at any word boundary but never inside a word or inside a JSON escape.
-_PIECE = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
+# at any word boundary but never inside a word or inside a JSON escape. Runs are capped
+# (words at 32 characters, whitespace at 8, i.e. at most 48 escaped characters) so that
+# some span always fits a grounded field's maxLength: otherwise a text made of one
+# very long "word" leaves the grammar no way forward and decoding stops mid-string.
+_PIECE = re.compile(r"\w{1,32}|\s{1,8}|[^\w\s]", re.UNICODE)
 
-# One JSON string unit: an unescaped character or an escape sequence.
-_JSON_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})'
+# One JSON string unit: an unescaped character or an escape sequence. (`\/` is left out:
+# a bare `/` would end the Lark regex literal, and JSON never needs that escape.)
+_JSON_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\bfnrt]|\\u[0-9a-fA-F]{4})'
 
 
 def source_pieces(text: str) -> list[str]:
@@ -73,8 +77,9 @@ class _Compiler:
             lo, hi = node.get("minItems", 0), node["maxItems"]
             if hi == 0:
                 return lark_literal("[]")
-            tail = f'("," {item}){{{max(lo - 1, 0)},{hi - 1}}}'
-            body = f"{item} {tail}"
+            # llguidance rejects an empty repetition range such as {0,0}.
+            tail = f' ("," {item}){{{max(lo - 1, 0)},{hi - 1}}}' if hi > 1 else ""
+            body = f"{item}{tail}"
             inner = body if lo > 0 else f"({body})?"
             name = self.fresh("arr")
             self.rules.append(f'{name}: "[" {inner} "]"')

@@ -20,6 +20,9 @@ GROUNDED = "x-medlora-grounded"
 # `\uXXXX` is the longest escape.
 MAX_BYTES_PER_STRING_UNIT = 6
 MAX_BYTES_PER_GROUNDED_UNIT = 4
+# The longest escaped source piece (see grammar.source_pieces): a grounded field must be
+# able to hold at least one piece, or its grammar can dead-end.
+MIN_GROUNDED_MAX_LENGTH = 48
 
 
 class SchemaBoundsError(ValueError):
@@ -71,6 +74,8 @@ def _check(node: Any, path: str, out: list[str]) -> None:
     elif kind == "string":
         if not isinstance(node.get("maxLength"), int):
             out.append(f"{path}: string needs 'maxLength'")
+        if node.get(GROUNDED) and node.get("maxLength", 0) < MIN_GROUNDED_MAX_LENGTH:
+            out.append(f"{path}: grounded string needs maxLength >= {MIN_GROUNDED_MAX_LENGTH}")
         if "pattern" in node or "format" in node:
             out.append(f"{path}: 'pattern'/'format' are not supported")
     elif kind in ("boolean", "null"):

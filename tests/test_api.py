@@ -17,7 +17,7 @@ import pytest
 
 from app.api import create_app
 from app.engine import GenerationRequest, GenerationResult
-from tests.fakes import FakeEngine, last_input, write_fake_adapter
+from tests.fakes import last_input, write_fake_adapter
 
 ALL_FALSE = {"negated": False, "uncertain": False, "historical": False, "family": False}
 

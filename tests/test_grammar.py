@@ -1,0 +1,122 @@
+"""The compiled grammar, checked by llguidance itself with the tiny model's real tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+
+from app.grammar import compile_grammar, source_pieces
+from tests.conftest import SCHEMAS_DIR
+from tests.strategies import texts
+
+llguidance = pytest.importorskip("llguidance")
+ALL_FALSE = {"negated": False, "uncertain": False, "historical": False, "family": False}
+
+
+@pytest.fixture(scope="module")
+def lltok(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from llguidance.hf import from_tokenizer
+    from transformers import AutoTokenizer
+
+    from app.tiny_model import build_tiny_base
+
+    base = build_tiny_base(tmp_path_factory.mktemp("tok") / "base")
+    return from_tokenizer(AutoTokenizer.from_pretrained(base))
+
+
+def ner_schema() -> dict[str, Any]:
+    return dict(json.loads((SCHEMAS_DIR / "ner-it-clinical.json").read_text()))
+
+
+def accepts(lltok: Any, grammar: str, output: str) -> bool:
+    matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+    assert not matcher.is_error(), matcher.get_error()
+    ok = matcher.consume_tokens(lltok.tokenize_str(output))
+    return bool(ok and not matcher.is_error() and matcher.is_accepting())
+
+
+def ner_json(*spans: tuple[str, str]) -> str:
+    entities = [{"text": t, "label": lab, "attributes": ALL_FALSE} for t, lab in spans]
+    return json.dumps({"entities": entities}, ensure_ascii=False, separators=(",", ":"))
+
+
+SOURCE = 'Nega "dolore" toracico;\tcaffè\\latte\r\n🙂 febbre 38,5 °C'
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (ner_json(), True),
+        (ner_json(("dolore", "SYMPTOM")), True),
+        (ner_json(('"dolore" toracico', "SYMPTOM"), ("caffè\\latte", "DRUG")), True),
+        (ner_json(("🙂 febbre 38,5", "SYMPTOM")), True),
+        (ner_json(("\r\n", "SYMPTOM")), True),  # whitespace spans decode fine; grounding drops them
+        (ner_json(("polmonite", "DISORDER")), False),  # not in the source
+        (ner_json(("olore", "SYMPTOM")), False),  # starts inside a word
+        (ner_json(("dolore", "ALLERGY")), False),  # not a label
+        (ner_json(("", "SYMPTOM")), False),  # empty span
+        (ner_json(("dolore", "SYMPTOM")).replace(":", ": "), False),  # whitespace outside strings
+        ('{"entities":[]} ', False),
+    ],
+)
+def test_ner_grammar_admits_exactly_grounded_schema_outputs(lltok: Any, output: str, expected: bool) -> None:
+    assert accepts(lltok, compile_grammar(ner_schema(), SOURCE), output) is expected
+
+
+def test_span_length_and_item_count_are_bounded(lltok: Any) -> None:
+    source = " ".join(f"parola{i}" for i in range(40))
+    grammar = compile_grammar(ner_schema(), source)
+    assert accepts(lltok, grammar, ner_json((source[:80].rsplit(" ", 1)[0], "TEST")))
+    assert not accepts(lltok, grammar, ner_json((source[:90], "TEST")))
+    assert accepts(lltok, grammar, ner_json(*[("parola1", "TEST")] * 24))
+    assert not accepts(lltok, grammar, ner_json(*[("parola1", "TEST")] * 25))
+
+
+@given(texts)
+@settings(max_examples=60, deadline=None)
+def test_some_span_always_fits_so_decoding_cannot_dead_end(lltok: Any, text: str) -> None:
+    pieces = [p for p in source_pieces(text) if p.strip()]
+    if not pieces:
+        return
+    grammar = compile_grammar(ner_schema(), text)
+    assert accepts(lltok, grammar, ner_json((pieces[0], "TEST")))
+
+
+def test_single_very_long_word_still_has_a_span(lltok: Any) -> None:
+    grammar = compile_grammar(ner_schema(), "A" * 300)
+    assert accepts(lltok, grammar, ner_json(("A" * 32, "TEST")))
+
+
+def test_qa_grammar_admits_null_or_a_context_span(lltok: Any) -> None:
+    schema = json.loads((SCHEMAS_DIR / "qa-it-clinical.json").read_text())
+    grammar = compile_grammar(schema, "Terapia con furosemide 25 mg.")
+    assert accepts(lltok, grammar, '{"answer":null}')
+    assert accepts(lltok, grammar, '{"answer":"furosemide 25 mg"}')
+    assert not accepts(lltok, grammar, '{"answer":"torasemide"}')
+    assert not accepts(lltok, grammar, '{"answer":""}')
+
+
+def test_classification_grammar_admits_one_known_label(lltok: Any) -> None:
+    schema = json.loads((SCHEMAS_DIR / "classify-it-note-type.json").read_text())
+    grammar = compile_grammar(schema, "whatever")
+    assert accepts(lltok, grammar, '{"labels":["LAB_REPORT"]}')
+    assert not accepts(lltok, grammar, '{"labels":[]}')
+    assert not accepts(lltok, grammar, '{"labels":["LAB_REPORT","LAB_REPORT"]}')
+    assert not accepts(lltok, grammar, '{"labels":["OTHER"]}')
+
+
+def test_free_strings_are_bounded_and_escaped(lltok: Any, tmp_path: Path) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"note": {"type": "string", "maxLength": 5}},
+        "required": ["note"],
+        "additionalProperties": False,
+    }
+    grammar = compile_grammar(schema, "")
+    assert accepts(lltok, grammar, '{"note":"a\\"b\\\\"}')
+    assert not accepts(lltok, grammar, '{"note":"abcdef"}')
+    assert not accepts(lltok, grammar, '{"note":"a"b"}')
