@@ -22,9 +22,7 @@ from app.problems import ADAPTER_CONFLICT, INVALID_ADAPTER, UNKNOWN_ADAPTER, UNK
 log = logging.getLogger("medlora.adapters")
 
 # Projection names a Qwen3 dense model exposes to LoRA.
-SUPPORTED_TARGET_MODULES = frozenset(
-    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-)
+SUPPORTED_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -172,15 +170,17 @@ class AdapterRegistry:
     async def register(self, name: str, version: str, path: Path) -> AdapterRecord:
         async with self._lock:
             key = f"{name}@{version}"
+            # File checks touch the disk: keep them off the event loop.
+            path = await asyncio.to_thread(path.resolve)
             existing = self._records.get(key)
             if existing is not None and not existing.retired:
-                if existing.path.resolve() == path.resolve():
+                if existing.path == path:
                     return existing  # idempotent re-registration
                 raise Problem(ADAPTER_CONFLICT, f"adapter {key} is already registered with another path")
-            files = inspect_adapter(path, max_rank=self.max_rank, base_model=self.base_model)
-            handle = AdapterHandle(key=key, lora_id=self._next_id, path=str(path.resolve()))
+            files = await asyncio.to_thread(inspect_adapter, path, max_rank=self.max_rank, base_model=self.base_model)
+            handle = AdapterHandle(key=key, lora_id=self._next_id, path=str(path))
             self._next_id += 1
-            record = AdapterRecord(name, version, path.resolve(), files, handle)
+            record = AdapterRecord(name, version, path, files, handle)
             record.drained.set()
             try:
                 await self.engine.load_adapter(handle)

@@ -135,8 +135,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = NOT_FOUND if exc.status_code == 404 else ProblemType(
-            f"http-{exc.status_code}", str(exc.detail), exc.status_code
+        kind = (
+            NOT_FOUND
+            if exc.status_code == 404
+            else ProblemType(f"http-{exc.status_code}", str(exc.detail), exc.status_code)
         )
         return problem_response(Problem(kind, str(exc.detail)), request)
 
@@ -230,7 +232,11 @@ def create_app(service: Service) -> FastAPI:
         check_inputs([d.id for d in docs], [len(d.text) for d in docs])
         try:
             adapter, results = await run_task(
-                request, "ner", task, len(docs), sum(len(d.text) for d in docs),
+                request,
+                "ner",
+                task,
+                len(docs),
+                sum(len(d.text) for d in docs),
                 lambda a: service.runner.ner(task, a, docs),
             )
         except ClientDisconnected:
@@ -238,7 +244,12 @@ def create_app(service: Service) -> FastAPI:
         return m.NerResponse(
             task=task.name,
             model=model_info(adapter),
-            documents=[m.NerDocumentOut(id=r.id, entities=[_span_entity(s) for s in r.entities]) for r in results],
+            documents=[
+                m.NerDocumentOut(
+                    id=r.id, entities=[_span_entity(s) for s in r.entities], entity_limit_reached=r.limit_reached
+                )
+                for r in results
+            ],
         )
 
     @app.post("/v1/qa", response_model=m.QaResponse, tags=["tasks"])
@@ -248,7 +259,11 @@ def create_app(service: Service) -> FastAPI:
         check_inputs([i.id for i in items], [len(i.context) + len(i.question) for i in items])
         try:
             adapter, results = await run_task(
-                request, "qa", task, len(items), sum(len(i.context) for i in items),
+                request,
+                "qa",
+                task,
+                len(items),
+                sum(len(i.context) for i in items),
                 lambda a: service.runner.qa(task, a, items),
             )
         except ClientDisconnected:
@@ -259,9 +274,9 @@ def create_app(service: Service) -> FastAPI:
             items=[
                 m.QaItemOut(
                     id=r.id,
-                    answer=None if r.answer is None else m.AnswerOut(
-                        text=r.answer.text, start=r.answer.start, end=r.answer.end
-                    ),
+                    answer=None
+                    if r.answer is None
+                    else m.AnswerOut(text=r.answer.text, start=r.answer.start, end=r.answer.end),
                 )
                 for r in results
             ],
@@ -274,7 +289,11 @@ def create_app(service: Service) -> FastAPI:
         check_inputs([d.id for d in docs], [len(d.text) for d in docs])
         try:
             adapter, results = await run_task(
-                request, "classify", task, len(docs), sum(len(d.text) for d in docs),
+                request,
+                "classify",
+                task,
+                len(docs),
+                sum(len(d.text) for d in docs),
                 lambda a: service.runner.classify(task, a, docs),
             )
         except ClientDisconnected:
@@ -311,9 +330,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/adapters", tags=["registry"])
     async def list_adapters() -> dict[str, Any]:
-        return {
-            "adapters": [r.describe(service.registry.tasks_using(r.key)) for r in service.registry.records()]
-        }
+        return {"adapters": [r.describe(service.registry.tasks_using(r.key)) for r in service.registry.records()]}
 
     @app.post("/v1/adapters", status_code=201, tags=["admin"], dependencies=[Depends(check_admin)])
     async def register_adapter(body: m.AdapterRegistration) -> dict[str, Any]:

@@ -70,6 +70,11 @@ class EntityOut(BaseModel):
 class NerDocumentOut(BaseModel):
     id: str
     entities: list[EntityOut]
+    entity_limit_reached: bool = Field(
+        False,
+        description="A chunk of this document returned the task's maximum number of entities: "
+        "the list may be incomplete (use smaller chunks or a larger maxItems for such notes).",
+    )
 
 
 class NerResponse(BaseModel):

@@ -54,7 +54,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medlora", description="Clinical NLP serving on vLLM with per-task LoRA adapters.")
+    parser = argparse.ArgumentParser(
+        prog="medlora", description="Clinical NLP serving on vLLM with per-task LoRA adapters."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="Run the REST service (settings also read from MEDLORA_* env vars).")
     serve.add_argument("--host", help="Bind address (default 127.0.0.1).")

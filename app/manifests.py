@@ -62,7 +62,7 @@ class TaskManifest(_Strict):
     examples: list[Example] = Field(default_factory=list)
     schema_file: str = Field(alias="schema", min_length=1)
     adapter: AdapterRef
-    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec())
 
     @field_validator("labels", "attributes")
     @classmethod

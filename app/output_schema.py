@@ -120,10 +120,10 @@ def worst_case_bytes(schema: dict[str, Any], source_bytes: int) -> int:
             total += worst_case_bytes(sub, source_bytes)
         return total
     if kind == "array":
-        n = schema["maxItems"]
+        n = int(schema["maxItems"])
         return 2 + n * worst_case_bytes(schema["items"], source_bytes) + max(0, n - 1)
     if kind == "string":
-        length = schema["maxLength"]
+        length = int(schema["maxLength"])
         if schema.get(GROUNDED):
             return 2 + min(MAX_BYTES_PER_GROUNDED_UNIT * length, source_bytes)
         return 2 + MAX_BYTES_PER_STRING_UNIT * length

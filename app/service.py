@@ -62,21 +62,13 @@ class Service:
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.metrics_registry)
-        self.registry = AdapterRegistry(
-            self.engine, max_rank=self.settings.max_lora_rank, base_model=self.model.path
-        )
-        self.runner = TaskRunner(
-            self.engine, self.renderer, self.metrics, max_model_len=self.settings.max_model_len
-        )
+        self.registry = AdapterRegistry(self.engine, max_rank=self.settings.max_lora_rank, base_model=self.model.path)
+        self.runner = TaskRunner(self.engine, self.renderer, self.metrics, max_model_len=self.settings.max_model_len)
         self._adapters_loaded = False
 
     @property
     def ready(self) -> bool:
-        return (
-            self.engine.ready
-            and self._adapters_loaded
-            and self.registry.all_bound_resident(list(self.tasks))
-        )
+        return self.engine.ready and self._adapters_loaded and self.registry.all_bound_resident(list(self.tasks))
 
     def resolve_adapter_path(self, path: str) -> Path:
         candidate = Path(path)
@@ -84,6 +76,14 @@ class Service:
 
     async def start(self) -> None:
         """Start the engine, then load and bind every task's adapter."""
+        for task in self.tasks.values():
+            fits, needed = self.runner.full_chunk_fits(task)
+            if not fits:
+                # Still correct (chunks are split further), but context is lost: say so.
+                log.warning(
+                    "task chunks exceed the context; they will be split smaller",
+                    extra={"task": task.name, "tokens_needed": needed, "max_model_len": self.settings.max_model_len},
+                )
         await self.engine.start()
         for task in self.tasks.values():
             ref = task.manifest.adapter

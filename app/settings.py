@@ -27,9 +27,7 @@ class Settings(BaseSettings):
             f"'{EMBEDDED_MODEL}' to generate a tiny random-weight Qwen3 and demo adapters locally."
         ),
     )
-    tasks_dir: Path = Field(
-        REPO_ROOT / "adapters", description="Folder of task manifests (*.yaml)."
-    )
+    tasks_dir: Path = Field(REPO_ROOT / "adapters", description="Folder of task manifests (*.yaml).")
     adapters_dir: Path | None = Field(
         None,
         description=(
@@ -38,10 +36,10 @@ class Settings(BaseSettings):
         ),
     )
     schemas_dir: Path = Field(REPO_ROOT / "schemas", description="Folder of output JSON schemas.")
-    cache_dir: Path = Field(
-        Path.home() / ".cache" / "medlora", description="Where the embedded tiny model is built."
+    cache_dir: Path = Field(Path.home() / ".cache" / "medlora", description="Where the embedded tiny model is built.")
+    max_model_len: int = Field(
+        16384, description="Engine context length (prompt + worst-case output; Qwen3-1.7B supports 32768)."
     )
-    max_model_len: int = Field(8192, description="Engine context length (prompt + output).")
     max_loras: int = Field(4, description="Adapters resident on the accelerator at once.")
     max_cpu_loras: int = Field(16, description="Adapters cached in host memory.")
     max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")

@@ -50,6 +50,8 @@ class QaItem:
 class NerResult:
     id: str
     entities: list[Span]
+    # Some chunk returned the schema's maxItems entities: there may be more than were listed.
+    limit_reached: bool = False
 
 
 @dataclass
@@ -76,14 +78,25 @@ class TaskRunner:
         self.max_model_len = max_model_len
 
     # -- one generation ----------------------------------------------------------------
+    def budget(self, task: Task, payload: dict[str, str], source: str) -> tuple[list[int], int]:
+        """Prompt token ids and max_tokens (the schema's worst case for this source)."""
+        prompt = self.renderer.render(build_messages(task, payload))
+        prompt_ids: list[int] = self.renderer.tokenizer.encode(prompt, add_special_tokens=False)
+        # +1 leaves room for the end-of-sequence token after the last byte.
+        return prompt_ids, worst_case_bytes(task.schema, len(json_escape(source).encode())) + 1
+
+    def full_chunk_fits(self, task: Task) -> tuple[bool, int]:
+        """Whether a chunk of max_chunk_chars (plain prose) fits the context with its worst case."""
+        source = ("lorem ipsum " * task.manifest.generation.max_chunk_chars)[: task.manifest.generation.max_chunk_chars]
+        payload = {"context": source, "question": "?"} if task.type == "qa" else {"text": source}
+        ids, max_tokens = self.budget(task, payload, source)
+        return len(ids) + max_tokens <= self.max_model_len, len(ids) + max_tokens
+
     async def _generate(
         self, task: Task, adapter: AdapterRecord, payload: dict[str, str], source: str
     ) -> dict[str, Any]:
         labels = (task.name, adapter.key)
-        prompt = self.renderer.render(build_messages(task, payload))
-        prompt_ids: list[int] = self.renderer.tokenizer.encode(prompt, add_special_tokens=False)
-        # +1 leaves room for the end-of-sequence token after the last byte.
-        max_tokens = worst_case_bytes(task.schema, len(json_escape(source).encode())) + 1
+        prompt_ids, max_tokens = self.budget(task, payload, source)
         if len(prompt_ids) + max_tokens > self.max_model_len:
             raise _PromptTooLong
         request = GenerationRequest(
@@ -106,8 +119,7 @@ class TaskRunner:
             self.metrics.invalid_outputs.labels(*labels, f"finish_{result.finish_reason}").inc()
             raise Problem(
                 GENERATION_FAILED,
-                f"generation ended with finish_reason={result.finish_reason!r} "
-                f"after {result.completion_tokens} tokens",
+                f"generation ended with finish_reason={result.finish_reason!r} after {result.completion_tokens} tokens",
             )
         try:
             output = json.loads(result.text)
@@ -157,16 +169,18 @@ class TaskRunner:
                 return NerResult(doc.id, [])
             outputs = await self._over_chunks(task, adapter, doc.text, lambda t: {"text": t})
             per_chunk: list[list[Span]] = []
+            limit = task.schema["properties"]["entities"]["maxItems"]
+            limit_reached = any(len(output.get("entities", [])) >= limit for _, output in outputs)
+            if limit_reached:
+                self.metrics.entity_limit_reached.labels(task.name, adapter.key).inc()
             for chunk, output in outputs:
-                candidates = [
-                    (e["text"], e["label"], e.get("attributes", {})) for e in output.get("entities", [])
-                ]
+                candidates = [(e["text"], e["label"], e.get("attributes", {})) for e in output.get("entities", [])]
                 grounded = ground_spans(chunk.text, candidates)
                 self._count_grounding(task, adapter, grounded)
                 per_chunk.append([shift(s, chunk.start) for s in grounded.spans])
             entities = merge_spans(per_chunk)
             self.metrics.spans_returned.labels(task.name, adapter.key).inc(len(entities))
-            return NerResult(doc.id, entities)
+            return NerResult(doc.id, entities, limit_reached)
 
         return await _gather([one(d) for d in docs])
 

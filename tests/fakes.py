@@ -34,8 +34,8 @@ def last_input(request: GenerationRequest) -> str:
     prompt = prompt_of(request)
     turn = prompt.rsplit("<|user|>", 1)[1].rsplit("\n<|assistant|>", 1)[0]
     if turn.startswith("Text:\n"):
-        return turn[len("Text:\n"):]
-    return turn[len("Context:\n"):].rsplit("\n\nQuestion: ", 1)[0]
+        return turn[len("Text:\n") :]
+    return turn[len("Context:\n") :].rsplit("\n\nQuestion: ", 1)[0]
 
 
 Responder = Callable[[GenerationRequest], "str | GenerationResult"]

@@ -48,7 +48,7 @@ def test_ner_returns_entities_with_exact_offsets(client_for: Any) -> None:
     ents = body["documents"][0]["entities"]
     assert [(e["text"], e["label"]) for e in ents] == [("febbre", "SYMPTOM"), ("amoxicillina", "DRUG")]
     for e in ents:
-        assert text[e["start"]:e["end"]] == e["text"]
+        assert text[e["start"] : e["end"]] == e["text"]
         assert e["attributes"] == ALL_FALSE
 
 
@@ -60,7 +60,10 @@ def test_repeated_span_maps_to_successive_occurrences(client_for: Any) -> None:
     # Two occurrences: the first two mentions map to them in order, the third is a duplicate.
     assert [(e["start"], e["end"]) for e in ents] == [(0, 5), (17, 22)]
     metrics = client.get("/metrics").text
-    assert 'medlora_spans_dropped_total{adapter="ner-it-clinical@1",reason="duplicate",task="ner-it-clinical"} 1.0' in metrics
+    assert (
+        'medlora_spans_dropped_total{adapter="ner-it-clinical@1",reason="duplicate",task="ner-it-clinical"} 1.0'
+        in metrics
+    )
 
 
 def test_span_not_in_source_is_dropped_and_counted(client_for: Any) -> None:
@@ -80,7 +83,7 @@ def test_unicode_offsets_are_code_points(client_for: Any) -> None:
     ents = r.json()["documents"][0]["entities"]
     assert len(ents) == 2
     for e in ents:
-        assert text[e["start"]:e["end"]] == e["text"]
+        assert text[e["start"] : e["end"]] == e["text"]
 
 
 def test_long_document_is_chunked_and_offsets_point_into_the_whole_text(client_for: Any) -> None:
@@ -89,15 +92,15 @@ def test_long_document_is_chunked_and_offsets_point_into_the_whole_text(client_f
         return ner_output(*(("febbre", "SYMPTOM"),) * chunk.count("febbre"))
 
     client, engine = client_for(respond)
-    sentence = "Il paziente riferisce febbre serale da tre giorni. "
-    text = sentence * 120  # ~6,100 chars: several 1,500-char chunks with overlap
+    sentence = "Il paziente riferisce febbre serale da tre giorni, senza brividi e con buona tolleranza orale. "
+    text = sentence * 64  # ~6,100 chars: several 1,500-char chunks with overlap, ~16 mentions per chunk
     r = client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": [{"id": "d", "text": text}]})
     assert r.status_code == 200, r.text
     ents = r.json()["documents"][0]["entities"]
     assert len(engine.calls) > 3
     expected = [i for i in range(len(text)) if text.startswith("febbre", i)]
     assert [e["start"] for e in ents] == expected
-    assert all(text[e["start"]:e["end"]] == "febbre" for e in ents)
+    assert all(text[e["start"] : e["end"]] == "febbre" for e in ents)
 
 
 def test_qa_returns_grounded_answer_or_null(client_for: Any) -> None:
@@ -119,7 +122,7 @@ def test_qa_returns_grounded_answer_or_null(client_for: Any) -> None:
     assert r.status_code == 200, r.text
     items = {i["id"]: i for i in r.json()["items"]}
     answer = items["a"]["answer"]
-    assert answer["text"] == "furosemide" and ctx[answer["start"]:answer["end"]] == "furosemide"
+    assert answer["text"] == "furosemide" and ctx[answer["start"] : answer["end"]] == "furosemide"
     assert items["b"]["answer"] is None
 
 
@@ -161,20 +164,26 @@ def test_malformed_body_is_422_without_echoing_text(client_for: Any) -> None:
 def test_lone_surrogate_is_rejected(client_for: Any) -> None:
     client, _ = client_for(lambda r: "")
     raw = b'{"task": "ner-it-clinical", "documents": [{"id": "d", "text": "a\\ud800b"}]}'
-    assert_problem(client.post("/v1/ner", content=raw, headers={"content-type": "application/json"}), 422, "invalid-request")
+    assert_problem(
+        client.post("/v1/ner", content=raw, headers={"content-type": "application/json"}), 422, "invalid-request"
+    )
 
 
 def test_size_limits_are_413(client_for: Any) -> None:
     client, _ = client_for(lambda r: ner_output(), max_documents=2, max_document_chars=50)
     docs = [{"id": str(i), "text": "x"} for i in range(3)]
-    assert_problem(client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": docs}), 413, "payload-too-large")
+    assert_problem(
+        client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": docs}), 413, "payload-too-large"
+    )
     big = [{"id": "big", "text": "x" * 51}]
     body = assert_problem(
         client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": big}), 413, "payload-too-large"
     )
     assert body["id"] == "big"
     huge = b"x" * 2_000_000
-    assert_problem(client.post("/v1/ner", content=huge, headers={"content-type": "application/json"}), 413, "payload-too-large")
+    assert_problem(
+        client.post("/v1/ner", content=huge, headers={"content-type": "application/json"}), 413, "payload-too-large"
+    )
 
 
 def test_duplicate_ids_are_rejected(client_for: Any) -> None:
@@ -245,7 +254,9 @@ def test_tasks_and_adapters_are_listed(client_for: Any) -> None:
         ({"targets": ["embed_tokens"]}, "unsupported target modules"),
     ],
 )
-def test_invalid_adapter_files_are_refused(client_for: Any, tmp_path: Path, kwargs: dict[str, Any], fragment: str) -> None:
+def test_invalid_adapter_files_are_refused(
+    client_for: Any, tmp_path: Path, kwargs: dict[str, Any], fragment: str
+) -> None:
     client, engine = client_for(lambda r: "")
     path = write_fake_adapter(tmp_path / "bad", **kwargs)
     r = client.post("/v1/adapters", json={"name": "bad", "version": "1", "path": str(path)})
@@ -262,7 +273,10 @@ def test_missing_adapter_folder_is_refused(client_for: Any, tmp_path: Path) -> N
 def test_hot_swap_in_flight_requests_finish_on_old_adapter(client_for: Any, tmp_path: Path) -> None:
     client, engine = client_for(lambda r: ner_output(("febbre", "SYMPTOM")), delay_s=0.5)
     path = write_fake_adapter(tmp_path / "v2")
-    assert client.post("/v1/adapters", json={"name": "ner-it-clinical", "version": "2", "path": str(path)}).status_code == 201
+    assert (
+        client.post("/v1/adapters", json={"name": "ner-it-clinical", "version": "2", "path": str(path)}).status_code
+        == 201
+    )
 
     results: list[Any] = []
 
@@ -326,10 +340,18 @@ def test_client_disconnect_cancels_engine_work(make_fake_service: Any) -> None:
             sent.append(message)
 
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-            "scheme": "http", "path": "/v1/ner", "raw_path": b"/v1/ner", "query_string": b"",
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/ner",
+            "raw_path": b"/v1/ner",
+            "query_string": b"",
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "root_path": "",
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 8000),
+            "root_path": "",
         }
         await asyncio.wait_for(app(scope, receive, send), timeout=5)
         return sent
@@ -340,7 +362,12 @@ def test_client_disconnect_cancels_engine_work(make_fake_service: Any) -> None:
     assert sent[0]["status"] == 499
     metrics = service.metrics_registry.get_sample_value(
         "medlora_requests_total",
-        {"endpoint": "ner", "task": "ner-it-clinical", "adapter": "ner-it-clinical@1", "outcome": "client_disconnected"},
+        {
+            "endpoint": "ner",
+            "task": "ner-it-clinical",
+            "adapter": "ner-it-clinical@1",
+            "outcome": "client_disconnected",
+        },
     )
     assert metrics == 1.0
 
@@ -349,7 +376,10 @@ def test_metrics_are_labelled_per_task_and_adapter(client_for: Any) -> None:
     client, _ = client_for(lambda r: ner_output(("febbre", "SYMPTOM")))
     client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": [{"id": "d", "text": "febbre"}]})
     text = client.get("/metrics").text
-    assert 'medlora_requests_total{adapter="ner-it-clinical@1",endpoint="ner",outcome="ok",task="ner-it-clinical"} 1.0' in text
+    assert (
+        'medlora_requests_total{adapter="ner-it-clinical@1",endpoint="ner",outcome="ok",task="ner-it-clinical"} 1.0'
+        in text
+    )
     assert 'medlora_request_duration_seconds_count{adapter="ner-it-clinical@1",task="ner-it-clinical"} 1.0' in text
     assert 'medlora_task_adapter_info{adapter="ner-it-clinical",task="ner-it-clinical",version="1"} 1.0' in text
 
@@ -364,3 +394,10 @@ def test_logs_never_contain_clinical_text(client_for: Any, caplog: pytest.LogCap
     assert request_logs and request_logs[0].__dict__["chars"] == len(secret)
     for record in caplog.records:
         assert "Rossi" not in json.dumps(record.__dict__, default=str)
+
+
+def test_shipped_tasks_fit_full_chunks_in_the_default_context(make_fake_service: Any) -> None:
+    service, _ = make_fake_service(lambda r: "")
+    for task in service.tasks.values():
+        fits, needed = service.runner.full_chunk_fits(task)
+        assert fits, (task.name, needed)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,8 +17,8 @@ def test_chunks_cover_the_text_in_order_within_the_limit(text: str, max_chars: i
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
     for chunk in chunks:
         assert len(chunk.text) <= max_chars
-        assert text[chunk.start:chunk.end] == chunk.text
-    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert text[chunk.start : chunk.end] == chunk.text
+    for a, b in itertools.pairwise(chunks):
         assert a.start < b.start <= a.end  # no gap, always progress
 
 
@@ -30,7 +32,7 @@ def test_spans_found_per_chunk_merge_to_whole_text_offsets(text: str, max_chars:
         per_chunk.append([shift(s, chunk.start) for s in found.spans])
     merged = merge_spans(per_chunk)
     for span in merged:
-        assert text[span.start:span.end] == span.text
+        assert text[span.start : span.end] == span.text
     assert len({(s.start, s.end, s.label) for s in merged}) == len(merged)
 
 

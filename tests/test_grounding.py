@@ -27,7 +27,7 @@ def test_any_piece_run_grounds_to_an_exact_span(text: str, data: st.DataObject) 
         assert result.spans == [] and result.dropped["empty"] == 1
         return
     (grounded,) = result.spans
-    assert text[grounded.start:grounded.end] == grounded.text == span.strip()
+    assert text[grounded.start : grounded.end] == grounded.text == span.strip()
     assert grounded.start in piece_boundaries(text) or text[grounded.start - 1].isspace()
 
 
@@ -35,7 +35,7 @@ def test_any_piece_run_grounds_to_an_exact_span(text: str, data: st.DataObject) 
 def test_every_returned_span_is_verbatim(text: str, candidates: list[str]) -> None:
     result = ground_spans(text, [(c, "L", {}) for c in candidates])
     for span in result.spans:
-        assert text[span.start:span.end] == span.text and span.text.strip() == span.text and span.text
+        assert text[span.start : span.end] == span.text and span.text.strip() == span.text and span.text
     assert len(result.spans) + sum(result.dropped.values()) == len(candidates)
 
 

@@ -40,8 +40,27 @@ def test_shipped_manifests_load() -> None:
         ({"adapter": {"name": "x", "version": "1"}}, "ner-it-clinical.yaml: adapter.path: Field required"),
         ({"surprise": 1}, "ner-it-clinical.yaml: surprise: Extra inputs are not permitted"),
         (
-            {"examples": [{"input": {"text": "abc"}, "output": {"entities": [{"text": "zzz", "label": "DRUG",
-             "attributes": {"negated": False, "uncertain": False, "historical": False, "family": False}}]}}]},
+            {
+                "examples": [
+                    {
+                        "input": {"text": "abc"},
+                        "output": {
+                            "entities": [
+                                {
+                                    "text": "zzz",
+                                    "label": "DRUG",
+                                    "attributes": {
+                                        "negated": False,
+                                        "uncertain": False,
+                                        "historical": False,
+                                        "family": False,
+                                    },
+                                }
+                            ]
+                        },
+                    }
+                ]
+            },
             "ner-it-clinical.yaml: examples.0: output: span 'zzz' is not in the example input",
         ),
     ],

@@ -57,7 +57,6 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         **os.environ,
         "MEDLORA_CACHE_DIR": str(work / "cache"),
         "MEDLORA_PORT": str(port),
-        "MEDLORA_MAX_MODEL_LEN": "8192",
         "MEDLORA_REQUEST_TIMEOUT_S": "300",
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "PYTHONUNBUFFERED": "1",

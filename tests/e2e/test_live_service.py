@@ -68,7 +68,7 @@ def check_ner(task: dict[str, Any], docs: list[dict[str, str]], body: dict[str, 
     for doc in body["documents"]:
         text = by_id[doc["id"]]
         for e in doc["entities"]:
-            assert text[e["start"]:e["end"]] == e["text"], (e, text)
+            assert text[e["start"] : e["end"]] == e["text"], (e, text)
             assert e["text"] and e["text"].strip() == e["text"] and len(e["text"]) <= max_len
             assert e["label"] in task["labels"]
             assert set(e["attributes"]) == set(task["attributes"])
@@ -91,7 +91,12 @@ def test_service_is_ready_with_every_task_adapter_loaded(live_server: LiveServer
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready"
     adapters = client.get("/v1/adapters").json()["adapters"]
-    assert {a["name"] for a in adapters} >= {"ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type"}
+    assert {a["name"] for a in adapters} >= {
+        "ner-it-clinical",
+        "ner-en-clinical",
+        "qa-it-clinical",
+        "classify-it-note-type",
+    }
     assert all(a["resident"] for a in adapters)
     assert live_server.startup_s < 600
 
@@ -112,17 +117,61 @@ def test_long_note_is_chunked_and_offsets_stay_exact(client: httpx.Client, tasks
     assert len({(e["start"], e["end"], e["label"]) for e in ents}) == len(ents)
 
 
-@settings(
-    max_examples=6,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(st.lists(texts, min_size=1, max_size=6))
-def test_ner_on_generated_text_always_validates_and_grounds(
-    client: httpx.Client, tasks: dict[str, Any], batch: list[str]
+def check_qa(task: dict[str, Any], items: list[dict[str, str]], body: dict[str, Any]) -> None:
+    assert body["offset_unit"] == "unicode_code_point"
+    assert [i["id"] for i in body["items"]] == [i["id"] for i in items]
+    max_len = task["schema"]["properties"]["answer"]["anyOf"][1]["maxLength"]
+    for item, out in zip(items, body["items"], strict=True):
+        answer = out["answer"]
+        if answer is not None:
+            assert item["context"][answer["start"] : answer["end"]] == answer["text"] != ""
+            assert answer["text"].strip() == answer["text"] and len(answer["text"]) <= max_len
+    STATS["requests"] += 1
+    STATS["items"] += len(items)
+
+
+def check_classify(task: dict[str, Any], docs: list[dict[str, str]], body: dict[str, Any]) -> None:
+    assert [d["id"] for d in body["documents"]] == [d["id"] for d in docs]
+    validator = Draft202012Validator(task["schema"])
+    for d in body["documents"]:
+        assert d["labels"] and set(d["labels"]) <= set(task["labels"])
+        assert validator.is_valid({"labels": d["labels"]})
+    STATS["requests"] += 1
+    STATS["items"] += len(docs)
+
+
+def post_any(client: httpx.Client, task: dict[str, Any], texts_: list[str]) -> None:
+    """Send texts to the task's endpoint and check every invariant of the answer."""
+    if task["type"] == "ner":
+        post_ner(client, task, texts_)
+        return
+    if task["type"] == "qa":
+        items = [{"id": f"q{i}", "context": t, "question": "Quale terapia?"} for i, t in enumerate(texts_)]
+        r = client.post("/v1/qa", json={"task": task["name"], "items": items})
+        assert r.status_code == 200, r.text
+        check_qa(task, items, r.json())
+        return
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts_)]
+    r = client.post("/v1/classify", json={"task": task["name"], "documents": docs})
+    assert r.status_code == 200, r.text
+    check_classify(task, docs, r.json())
+
+
+@pytest.mark.parametrize("name", ["ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type"])
+def test_every_task_validates_and_grounds_on_generated_text(
+    client: httpx.Client, tasks: dict[str, Any], name: str
 ) -> None:
-    post_ner(client, tasks["ner-it-clinical"], batch)
+    @settings(
+        max_examples=5,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(st.lists(texts, min_size=1, max_size=4))
+    def check(batch: list[str]) -> None:
+        post_any(client, tasks[name], batch)
+
+    check()
 
 
 def test_qa_answers_are_verbatim_spans_or_null(client: httpx.Client, tasks: dict[str, Any]) -> None:
@@ -136,13 +185,7 @@ def test_qa_answers_are_verbatim_spans_or_null(client: httpx.Client, tasks: dict
     r = client.post("/v1/qa", json={"task": task["name"], "items": items})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["offset_unit"] == "unicode_code_point"
-    contexts = {i["id"]: i["context"] for i in items}
-    for item in body["items"]:
-        answer = item["answer"]
-        if answer is not None:
-            assert contexts[item["id"]][answer["start"]:answer["end"]] == answer["text"] != ""
-            assert len(answer["text"]) <= 200
+    check_qa(task, items, body)
     assert body["items"][2]["answer"] is None
 
 
@@ -151,11 +194,7 @@ def test_classify_labels_come_from_the_label_set(client: httpx.Client, tasks: di
     docs = [{"id": str(i), "text": t} for i, t in enumerate([ITALIAN_NOTE, ENGLISH_NOTE, LONG_NOTE, *AWKWARD])]
     r = client.post("/v1/classify", json={"task": task["name"], "documents": docs})
     assert r.status_code == 200, r.text
-    out = r.json()["documents"]
-    assert [d["id"] for d in out] == [d["id"] for d in docs]
-    for d in out:
-        assert len(d["labels"]) == 1 and d["labels"][0] in task["labels"]
-        assert Draft202012Validator(task["schema"]).is_valid({"labels": d["labels"]})
+    check_classify(task, docs, r.json())
 
 
 def test_errors_are_problem_json(client: httpx.Client) -> None:
@@ -261,12 +300,19 @@ def test_client_disconnect_aborts_engine_requests(live_server: LiveServer, clien
 
 def test_metrics_expose_gateway_and_engine_series(client: httpx.Client) -> None:
     text = client.get("/metrics").text
-    assert re.search(r'medlora_requests_total\{adapter="ner-it-clinical@1",endpoint="ner",outcome="ok",task="ner-it-clinical"\} \d', text)
+    assert re.search(
+        r'medlora_requests_total\{adapter="ner-it-clinical@1",endpoint="ner",outcome="ok",task="ner-it-clinical"\} \d',
+        text,
+    )
     assert "medlora_request_duration_seconds_bucket" in text
     assert "vllm:num_requests_running" in text and "vllm:generation_tokens_total" in text
     # No generation ever produced an invalid or cut-off answer.
     assert _metric(text, "medlora_invalid_outputs_total") == 0
     stops = _metric(text, "medlora_generations_total", finish_reason="stop")
-    others = _metric(text, "medlora_generations_total") - stops - _metric(text, "medlora_generations_total", finish_reason="abort")
+    others = (
+        _metric(text, "medlora_generations_total")
+        - stops
+        - _metric(text, "medlora_generations_total", finish_reason="abort")
+    )
     print(f"\n[e2e] generations: {stops:.0f} finished with stop, {others:.0f} otherwise; stats {json.dumps(STATS)}")
     assert stops > 0 and others == 0

@@ -1,0 +1,201 @@
+"""Per-request latency of the gateway vs. vLLM alone, same prompts, grammars and adapters.
+
+Phase 1 starts `medlora serve` (embedded tiny model unless --model is given) and times
+engine start, then sends each task's requests over HTTP, one at a time and then
+concurrently. Phase 2 (after the server stopped, so both phases own the machine) starts an
+AsyncLLM in this process and sends the identical engine requests directly. Greedy decoding
+makes the generated tokens identical, so the ratio is the gateway's own cost.
+
+    .venv/bin/python -m bench.latency --requests 8 --concurrency 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.settings import REPO_ROOT, Settings
+
+NOTE_IT = (
+    "Paziente di 72 anni, ricoverato per polmonite basale destra. Riferisce febbre (38,5 °C) e tosse "
+    "produttiva; nega dolore toracico. Terapia: amoxicillina/acido clavulanico 1 g per os ogni 8 ore."
+)
+NOTE_EN = "45-year-old woman with chest pain radiating to the left arm. Denies fever. Given aspirin 325 mg PO."
+QUESTION = "Quale antibiotico assume il paziente?"
+
+
+def payloads(n: int) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Per task: endpoint and n request bodies (one item each, distinct ids and texts)."""
+    out: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+    out["ner-it-clinical"] = ("/v1/ner", [{"documents": [{"id": "d", "text": f"{NOTE_IT} ({i})"}]} for i in range(n)])
+    out["ner-en-clinical"] = ("/v1/ner", [{"documents": [{"id": "d", "text": f"{NOTE_EN} ({i})"}]} for i in range(n)])
+    out["qa-it-clinical"] = (
+        "/v1/qa",
+        [{"items": [{"id": "q", "context": f"{NOTE_IT} ({i})", "question": QUESTION}]} for i in range(n)],
+    )
+    out["classify-it-note-type"] = (
+        "/v1/classify",
+        [{"documents": [{"id": "d", "text": f"{NOTE_IT} ({i})"}]} for i in range(n)],
+    )
+    return out
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "p50_ms": round(1000 * statistics.median(ordered), 1),
+        "p95_ms": round(1000 * ordered[max(0, round(0.95 * len(ordered)) - 1)], 1),
+        "mean_ms": round(1000 * statistics.fmean(ordered), 1),
+    }
+
+
+async def gateway_phase(url: str, n: int, concurrency: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    statuses: list[int] = []
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        for task, (endpoint, bodies) in payloads(n).items():
+            sequential = []
+            for body in bodies:
+                started = time.perf_counter()
+                r = await client.post(endpoint, json={"task": task, **body})
+                sequential.append(time.perf_counter() - started)
+                statuses.append(r.status_code)
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(
+                body: dict[str, Any], task: str = task, endpoint: str = endpoint, sem: asyncio.Semaphore = sem
+            ) -> None:
+                async with sem:
+                    r = await client.post(endpoint, json={"task": task, **body})
+                    statuses.append(r.status_code)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one(b) for b in bodies))
+            wall = time.perf_counter() - started
+            results[task] = {"sequential": summary(sequential), "concurrent_rps": round(len(bodies) / wall, 2)}
+        metrics = (await client.get("/metrics")).text
+    invalid = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("medlora_invalid_outputs_total")
+    )
+    results["valid_share"] = round(statuses.count(200) / len(statuses), 4)
+    results["responses"] = len(statuses)
+    results["invalid_outputs_metric"] = invalid
+    return results
+
+
+async def engine_phase(n: int, concurrency: int, cache_dir: Path) -> dict[str, Any]:
+    """The same engine requests the gateway builds, sent straight to AsyncLLM."""
+    from app.engine import GenerationRequest
+    from app.grammar import compile_grammar, json_escape
+    from app.output_schema import worst_case_bytes
+    from app.prompts import build_messages
+    from app.service import build_service
+
+    service = build_service(Settings(cache_dir=cache_dir))
+    started = time.perf_counter()
+    await service.start()
+    start_s = time.perf_counter() - started
+    results: dict[str, Any] = {"engine_start_s": round(start_s, 1)}
+    for task_name, (_, bodies) in payloads(n).items():
+        task = service.tasks[task_name]
+        adapter = service.registry.bound(task_name)
+        assert adapter is not None
+        requests = []
+        for i, body in enumerate(bodies):
+            item = (body.get("documents") or body["items"])[0]
+            source = item.get("text") or item["context"]
+            payload = {"text": source} if task.type != "qa" else {"context": source, "question": item["question"]}
+            prompt = service.renderer.render(build_messages(task, payload))
+            ids = service.renderer.tokenizer.encode(prompt, add_special_tokens=False)
+            requests.append(
+                GenerationRequest(
+                    request_id=f"bench-{task_name}-{i}-{time.monotonic_ns()}",
+                    prompt_token_ids=ids,
+                    grammar=compile_grammar(task.schema, source),
+                    max_tokens=worst_case_bytes(task.schema, len(json_escape(source).encode())) + 1,
+                    adapter=adapter.handle,
+                )
+            )
+        sequential = []
+        for req in requests:
+            t0 = time.perf_counter()
+            await service.engine.generate(req)
+            sequential.append(time.perf_counter() - t0)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(req: GenerationRequest, sem: asyncio.Semaphore = sem) -> None:
+            async with sem:
+                await service.engine.generate(
+                    GenerationRequest(**{**req.__dict__, "request_id": req.request_id + "-c"})
+                )
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(r) for r in requests))
+        results[task_name] = {
+            "sequential": summary(sequential),
+            "concurrent_rps": round(len(requests) / (time.perf_counter() - t0), 2),
+        }
+    await service.stop()
+    return results
+
+
+def start_server(cache_dir: Path, port: int, log_path: Path) -> tuple[subprocess.Popen[bytes], float]:
+    env = {**os.environ, "MEDLORA_CACHE_DIR": str(cache_dir), "MEDLORA_PORT": str(port)}
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                return proc, time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=8, help="requests per task and mode")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="medlora-bench-"))
+    cache = work / "cache"
+    proc, ready_s = start_server(cache, args.port, work / "server.log")
+    try:
+        gateway = asyncio.run(gateway_phase(f"http://127.0.0.1:{args.port}", args.requests, args.concurrency))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    engine = asyncio.run(engine_phase(args.requests, args.concurrency, cache))
+    report: dict[str, Any] = {"service_ready_s": round(ready_s, 1), "gateway": gateway, "vllm_direct": engine}
+    ratios = {}
+    for task in payloads(1):
+        g, e = gateway[task], engine[task]
+        ratios[task] = {
+            "p50_latency_gateway_over_vllm": round(g["sequential"]["p50_ms"] / e["sequential"]["p50_ms"], 3),
+            "concurrent_throughput_gateway_over_vllm": round(g["concurrent_rps"] / e["concurrent_rps"], 3),
+        }
+    report["ratios"] = ratios
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
