@@ -154,12 +154,13 @@ def create_app(service: Service) -> FastAPI:
         if settings.admin_token and request.headers.get("authorization") != f"Bearer {settings.admin_token}":
             raise Problem(UNAUTHORIZED, "adapter administration needs the admin bearer token")
 
-    def check_inputs(ids: Sequence[str], sizes: Sequence[int]) -> None:
+    def check_inputs(sizes: Sequence[tuple[str, int]]) -> None:
+        ids = [item_id for item_id, _ in sizes]
         if len(ids) > settings.max_documents:
             raise Problem(
                 PAYLOAD_TOO_LARGE, f"{len(ids)} items exceed the limit of {settings.max_documents} per request"
             )
-        for item_id, size in zip(ids, sizes, strict=True):
+        for item_id, size in sizes:
             if size > settings.max_document_chars:
                 raise Problem(
                     PAYLOAD_TOO_LARGE,
@@ -176,11 +177,13 @@ def create_app(service: Service) -> FastAPI:
         request: Request,
         endpoint: str,
         task: Task,
-        n_items: int,
-        n_chars: int,
+        sizes: list[tuple[str, int]],
         work: Callable[[AdapterRecord], Awaitable[T]],
-    ) -> tuple[AdapterRecord, T]:
+    ) -> tuple[AdapterRecord, T] | None:
+        """Check inputs, lease the task's adapter and run `work`; None if the client left."""
+        check_inputs(sizes)
         service.require_ready()
+        n_items, n_chars = len(sizes), sum(size for _, size in sizes)
         started = time.perf_counter()
         outcome = "error"
         with service.registry.lease(task.name) as adapter:
@@ -200,7 +203,7 @@ def create_app(service: Service) -> FastAPI:
                 raise Problem(TIMEOUT, f"no result within {settings.request_timeout_s:g} s") from exc
             except ClientDisconnected:
                 outcome = "client_disconnected"
-                raise
+                return None
             finally:
                 elapsed = time.perf_counter() - started
                 service.metrics.in_flight.labels(*labels).dec()
@@ -229,18 +232,12 @@ def create_app(service: Service) -> FastAPI:
     async def ner(body: m.NerRequest, request: Request) -> m.NerResponse | Response:
         task = service.task(body.task, "ner")
         docs = [Document(d.id, d.text) for d in body.documents]
-        check_inputs([d.id for d in docs], [len(d.text) for d in docs])
-        try:
-            adapter, results = await run_task(
-                request,
-                "ner",
-                task,
-                len(docs),
-                sum(len(d.text) for d in docs),
-                lambda a: service.runner.ner(task, a, docs),
-            )
-        except ClientDisconnected:
+        ran = await run_task(
+            request, "ner", task, [(d.id, len(d.text)) for d in docs], lambda a: service.runner.ner(task, a, docs)
+        )
+        if ran is None:
             return disconnected
+        adapter, results = ran
         return m.NerResponse(
             task=task.name,
             model=model_info(adapter),
@@ -256,18 +253,11 @@ def create_app(service: Service) -> FastAPI:
     async def qa(body: m.QaRequest, request: Request) -> m.QaResponse | Response:
         task = service.task(body.task, "qa")
         items = [QaItem(i.id, i.context, i.question) for i in body.items]
-        check_inputs([i.id for i in items], [len(i.context) + len(i.question) for i in items])
-        try:
-            adapter, results = await run_task(
-                request,
-                "qa",
-                task,
-                len(items),
-                sum(len(i.context) for i in items),
-                lambda a: service.runner.qa(task, a, items),
-            )
-        except ClientDisconnected:
+        sizes = [(i.id, len(i.context) + len(i.question)) for i in items]
+        ran = await run_task(request, "qa", task, sizes, lambda a: service.runner.qa(task, a, items))
+        if ran is None:
             return disconnected
+        adapter, results = ran
         return m.QaResponse(
             task=task.name,
             model=model_info(adapter),
@@ -286,18 +276,11 @@ def create_app(service: Service) -> FastAPI:
     async def classify(body: m.ClassifyRequest, request: Request) -> m.ClassifyResponse | Response:
         task = service.task(body.task, "classification")
         docs = [Document(d.id, d.text) for d in body.documents]
-        check_inputs([d.id for d in docs], [len(d.text) for d in docs])
-        try:
-            adapter, results = await run_task(
-                request,
-                "classify",
-                task,
-                len(docs),
-                sum(len(d.text) for d in docs),
-                lambda a: service.runner.classify(task, a, docs),
-            )
-        except ClientDisconnected:
+        sizes = [(d.id, len(d.text)) for d in docs]
+        ran = await run_task(request, "classify", task, sizes, lambda a: service.runner.classify(task, a, docs))
+        if ran is None:
             return disconnected
+        adapter, results = ran
         return m.ClassifyResponse(
             task=task.name,
             model=model_info(adapter),

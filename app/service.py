@@ -26,6 +26,9 @@ from app.task_runner import TaskRunner
 
 log = logging.getLogger("medlora.service")
 
+# Bump when the tiny model's recipe changes, so that cached builds are not reused.
+EMBEDDED_CACHE_NAME = "embedded-v2"
+
 
 @dataclass(frozen=True)
 class ResolvedModel:
@@ -44,7 +47,7 @@ def resolve_model(settings: Settings, tasks: dict[str, Task]) -> ResolvedModel:
         # One tiny adapter per distinct manifest adapter path, each with its own seed, so
         # that different tasks really run different adapters.
         seeds = {t.manifest.adapter.path: zlib.crc32(t.manifest.adapter.path.encode()) % 10_000 for t in tasks.values()}
-        root = ensure_embedded_default(settings.cache_dir / "embedded", seeds)
+        root = ensure_embedded_default(settings.cache_dir / EMBEDDED_CACHE_NAME, seeds)
         return ResolvedModel("embedded-tiny-qwen3", str(root / "base"), root / "adapters")
     adapters_root = settings.adapters_dir or settings.tasks_dir
     return ResolvedModel(settings.model, settings.model, adapters_root)

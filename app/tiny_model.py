@@ -135,7 +135,7 @@ def _train_tokenizer() -> PreTrainedTokenizerFast:
         eos_token=IM_END,
         pad_token=PAD_TOKEN,
         additional_special_tokens=[IM_START, IM_END],
-        model_max_length=8192,
+        model_max_length=40960,
         clean_up_tokenization_spaces=False,
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -165,7 +165,7 @@ def build_tiny_base(out_dir: Path, *, seed: int = 0) -> Path:
         num_key_value_heads=1,
         # vLLM's CPU attention rejects small head sizes such as 16.
         head_dim=64,
-        max_position_embeddings=8192,
+        max_position_embeddings=40960,  # as Qwen3-1.7B
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=eos_id,

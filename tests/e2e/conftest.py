@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.service import EMBEDDED_CACHE_NAME
 from app.settings import REPO_ROOT
 
 STARTUP_TIMEOUT_S = 600
@@ -34,7 +35,7 @@ class LiveServer:
 
     @property
     def base_dir(self) -> Path:
-        return self.cache_dir / "embedded" / "base"
+        return self.cache_dir / EMBEDDED_CACHE_NAME / "base"
 
 
 def _free_port() -> int:
