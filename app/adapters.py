@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from app.engine import AdapterHandle, Engine, EngineError
 from app.problems import ADAPTER_CONFLICT, INVALID_ADAPTER, UNKNOWN_ADAPTER, UNKNOWN_TASK, Problem
@@ -34,6 +34,19 @@ class AdapterFiles:
     base_model: str
 
 
+@dataclass(frozen=True)
+class AdapterUse:
+    """What one request runs with: an adapter, or the base model alone (handle None)."""
+
+    key: str  # "name@version", or "base"
+    name: str | None
+    version: str | None
+    handle: AdapterHandle | None
+
+
+BASE_MODEL_USE = AdapterUse("base", None, None, None)
+
+
 @dataclass
 class AdapterRecord:
     name: str
@@ -49,6 +62,10 @@ class AdapterRecord:
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def use(self) -> AdapterUse:
+        return AdapterUse(self.key, self.name, self.version, self.handle)
 
     def describe(self, tasks: list[str]) -> dict[str, Any]:
         return {
@@ -152,15 +169,22 @@ class AdapterRegistry:
 
     # -- request path ----------------------------------------------------------------
     @contextmanager
-    def lease(self, task: str) -> Iterator[AdapterRecord]:
-        """The task's current adapter, pinned for the duration of one request."""
-        record = self.bound(task)
+    def lease(self, task: str, choice: tuple[str, str] | Literal["none"] | None = None) -> Iterator[AdapterUse]:
+        """Pin what one request runs with for its whole duration.
+
+        `choice` None means the task's bound adapter, (name, version) a registered adapter
+        (evaluation, canaries), "none" the base model without any adapter.
+        """
+        if choice == "none":
+            yield BASE_MODEL_USE
+            return
+        record = self.get(*choice) if choice is not None else self.bound(task)
         if record is None:
             raise Problem(UNKNOWN_TASK, f"task {task!r} has no adapter bound")
         record.leases += 1
         record.drained.clear()
         try:
-            yield record
+            yield record.use
         finally:
             record.leases -= 1
             if record.leases == 0:

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import api_models as m
-from app.adapters import AdapterRecord
+from app.adapters import AdapterUse
 from app.grounding import Span
 from app.manifests import Task
 from app.problems import (
@@ -178,15 +178,16 @@ def create_app(service: Service) -> FastAPI:
         endpoint: str,
         task: Task,
         sizes: list[tuple[str, int]],
-        work: Callable[[AdapterRecord], Awaitable[T]],
-    ) -> tuple[AdapterRecord, T] | None:
+        work: Callable[[AdapterUse], Awaitable[T]],
+        choice: tuple[str, str] | Literal["none"] | None = None,
+    ) -> tuple[AdapterUse, T] | None:
         """Check inputs, lease the task's adapter and run `work`; None if the client left."""
         check_inputs(sizes)
         service.require_ready()
         n_items, n_chars = len(sizes), sum(size for _, size in sizes)
         started = time.perf_counter()
         outcome = "error"
-        with service.registry.lease(task.name) as adapter:
+        with service.registry.lease(task.name, choice) as adapter:
             labels = (task.name, adapter.key)
             service.metrics.in_flight.labels(*labels).inc()
             try:
@@ -223,7 +224,7 @@ def create_app(service: Service) -> FastAPI:
                     },
                 )
 
-    def model_info(adapter: AdapterRecord) -> m.ModelInfo:
+    def model_info(adapter: AdapterUse) -> m.ModelInfo:
         return m.ModelInfo(base=service.model.display_name, adapter=adapter.name, adapter_version=adapter.version)
 
     disconnected = Response(status_code=499)
@@ -233,7 +234,12 @@ def create_app(service: Service) -> FastAPI:
         task = service.task(body.task, "ner")
         docs = [Document(d.id, d.text) for d in body.documents]
         ran = await run_task(
-            request, "ner", task, [(d.id, len(d.text)) for d in docs], lambda a: service.runner.ner(task, a, docs)
+            request,
+            "ner",
+            task,
+            [(d.id, len(d.text)) for d in docs],
+            lambda a: service.runner.ner(task, a, docs),
+            body.adapter_choice(),
         )
         if ran is None:
             return disconnected
@@ -254,7 +260,9 @@ def create_app(service: Service) -> FastAPI:
         task = service.task(body.task, "qa")
         items = [QaItem(i.id, i.context, i.question) for i in body.items]
         sizes = [(i.id, len(i.context) + len(i.question)) for i in items]
-        ran = await run_task(request, "qa", task, sizes, lambda a: service.runner.qa(task, a, items))
+        ran = await run_task(
+            request, "qa", task, sizes, lambda a: service.runner.qa(task, a, items), body.adapter_choice()
+        )
         if ran is None:
             return disconnected
         adapter, results = ran
@@ -277,7 +285,9 @@ def create_app(service: Service) -> FastAPI:
         task = service.task(body.task, "classification")
         docs = [Document(d.id, d.text) for d in body.documents]
         sizes = [(d.id, len(d.text)) for d in docs]
-        ran = await run_task(request, "classify", task, sizes, lambda a: service.runner.classify(task, a, docs))
+        ran = await run_task(
+            request, "classify", task, sizes, lambda a: service.runner.classify(task, a, docs), body.adapter_choice()
+        )
         if ran is None:
             return disconnected
         adapter, results = ran

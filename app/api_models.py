@@ -38,25 +38,46 @@ class QaItemIn(_In):
     _check_text = field_validator("context", "question")(_no_surrogates)
 
 
-class NerRequest(_In):
+class AdapterSelection(_In):
+    name: str
+    version: str
+
+
+_ADAPTER_FIELD_DOC = (
+    "Optional: a registered adapter to use instead of the task's current one (evaluation, canaries), "
+    'or "none" for the base model alone (few-shot baselines).'
+)
+
+
+class _TaskRequest(_In):
+    task: str
+    adapter: AdapterSelection | Literal["none"] | None = Field(None, description=_ADAPTER_FIELD_DOC)
+
+    def adapter_choice(self) -> tuple[str, str] | Literal["none"] | None:
+        if isinstance(self.adapter, AdapterSelection):
+            return (self.adapter.name, self.adapter.version)
+        return self.adapter
+
+
+class NerRequest(_TaskRequest):
     task: str = Field(examples=["ner-it-clinical"])
     documents: list[DocumentIn] = Field(min_length=1)
 
 
-class QaRequest(_In):
+class QaRequest(_TaskRequest):
     task: str = Field(examples=["qa-it-clinical"])
     items: list[QaItemIn] = Field(min_length=1)
 
 
-class ClassifyRequest(_In):
+class ClassifyRequest(_TaskRequest):
     task: str = Field(examples=["classify-it-note-type"])
     documents: list[DocumentIn] = Field(min_length=1)
 
 
 class ModelInfo(BaseModel):
     base: str
-    adapter: str
-    adapter_version: str
+    adapter: str | None = Field(description="None when the base model ran without an adapter.")
+    adapter_version: str | None
 
 
 class EntityOut(BaseModel):
@@ -117,8 +138,3 @@ class AdapterRegistration(_In):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
     version: str = Field(pattern=r"^[A-Za-z0-9._-]{1,32}$")
     path: str = Field(min_length=1, max_length=4096)
-
-
-class AdapterSelection(_In):
-    name: str
-    version: str

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from app.adapters import AdapterRecord
+from app.adapters import AdapterUse
 from app.chunking import Chunk, merge_spans, shift, split_text
 from app.engine import Engine, EngineError, GenerationRequest
 from app.grammar import compile_grammar, json_escape
@@ -92,9 +92,7 @@ class TaskRunner:
         ids, max_tokens = self.budget(task, payload, source)
         return len(ids) + max_tokens <= self.max_model_len, len(ids) + max_tokens
 
-    async def _generate(
-        self, task: Task, adapter: AdapterRecord, payload: dict[str, str], source: str
-    ) -> dict[str, Any]:
+    async def _generate(self, task: Task, adapter: AdapterUse, payload: dict[str, str], source: str) -> dict[str, Any]:
         labels = (task.name, adapter.key)
         prompt_ids, max_tokens = self.budget(task, payload, source)
         if len(prompt_ids) + max_tokens > self.max_model_len:
@@ -133,7 +131,7 @@ class TaskRunner:
         return dict(output)
 
     async def _over_chunks(
-        self, task: Task, adapter: AdapterRecord, text: str, make_payload: Any
+        self, task: Task, adapter: AdapterUse, text: str, make_payload: Any
     ) -> list[tuple[Chunk, dict[str, Any]]]:
         """Generate once per chunk of `text`, re-splitting any chunk the context cannot hold."""
         gen = task.manifest.generation
@@ -158,12 +156,12 @@ class TaskRunner:
             self.metrics.chunks.labels(task.name, adapter.key).inc(len(done))
         return sorted(done, key=lambda item: item[0].start)
 
-    def _count_grounding(self, task: Task, adapter: AdapterRecord, result: GroundingResult) -> None:
+    def _count_grounding(self, task: Task, adapter: AdapterUse, result: GroundingResult) -> None:
         for reason, n in result.dropped.items():
             self.metrics.spans_dropped.labels(task.name, adapter.key, reason).inc(n)
 
     # -- task types ---------------------------------------------------------------------
-    async def ner(self, task: Task, adapter: AdapterRecord, docs: list[Document]) -> list[NerResult]:
+    async def ner(self, task: Task, adapter: AdapterUse, docs: list[Document]) -> list[NerResult]:
         async def one(doc: Document) -> NerResult:
             if not doc.text.strip():
                 return NerResult(doc.id, [])
@@ -184,7 +182,7 @@ class TaskRunner:
 
         return await _gather([one(d) for d in docs])
 
-    async def qa(self, task: Task, adapter: AdapterRecord, items: list[QaItem]) -> list[QaResult]:
+    async def qa(self, task: Task, adapter: AdapterUse, items: list[QaItem]) -> list[QaResult]:
         async def one(item: QaItem) -> QaResult:
             if not item.context.strip():
                 return QaResult(item.id, None)
@@ -202,7 +200,7 @@ class TaskRunner:
 
         return await _gather([one(i) for i in items])
 
-    async def classify(self, task: Task, adapter: AdapterRecord, docs: list[Document]) -> list[ClassifyResult]:
+    async def classify(self, task: Task, adapter: AdapterUse, docs: list[Document]) -> list[ClassifyResult]:
         order = {name: i for i, name in enumerate(task.label_names)}
 
         async def one(doc: Document) -> ClassifyResult:

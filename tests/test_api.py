@@ -401,3 +401,26 @@ def test_shipped_tasks_fit_full_chunks_in_the_default_context(make_fake_service:
     for task in service.tasks.values():
         fits, needed = service.runner.full_chunk_fits(task)
         assert fits, (task.name, needed)
+
+
+def test_request_can_pick_a_registered_adapter_or_the_base_model(client_for: Any, tmp_path: Path) -> None:
+    client, engine = client_for(lambda r: ner_output(("febbre", "SYMPTOM")))
+    path = write_fake_adapter(tmp_path / "canary")
+    client.post("/v1/adapters", json={"name": "ner-canary", "version": "7", "path": str(path)})
+    doc = [{"id": "d", "text": "febbre"}]
+    r = client.post(
+        "/v1/ner",
+        json={"task": "ner-it-clinical", "adapter": {"name": "ner-canary", "version": "7"}, "documents": doc},
+    )
+    assert r.json()["model"]["adapter"] == "ner-canary" and engine.calls[-1].adapter is not None
+    assert engine.calls[-1].adapter.key == "ner-canary@7"
+    r = client.post("/v1/ner", json={"task": "ner-it-clinical", "adapter": "none", "documents": doc})
+    assert r.json()["model"] == {"base": "fake-org/Fake-Base", "adapter": None, "adapter_version": None}
+    assert engine.calls[-1].adapter is None
+    # The task's own binding is untouched by either override.
+    r = client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": doc})
+    assert r.json()["model"]["adapter"] == "ner-it-clinical"
+    r = client.post(
+        "/v1/ner", json={"task": "ner-it-clinical", "adapter": {"name": "nope", "version": "1"}, "documents": doc}
+    )
+    assert_problem(r, 404, "unknown-adapter")
