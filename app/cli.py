@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -65,9 +66,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--adapters", help="Adapters folder: adapter weights (and task manifests if present).")
     serve.add_argument("--tasks", help="Task manifests folder (default: the repository's adapters/).")
     serve.add_argument("--max-model-len", dest="max_model_len", type=int, help="Engine context length.")
+    synth = sub.add_parser("synth", help="Write synthetic annotated notes (no real patient data) as JSONL.")
+    synth.add_argument("--task", required=True, help="One of the shipped task names.")
+    synth.add_argument("--n", type=int, default=200, help="Number of records.")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, type=Path)
+
+    from app.train import add_train_arguments, train_main
+
+    train = sub.add_parser("train", help="Fine-tune a LoRA adapter for a task from annotated JSONL.")
+    add_train_arguments(train)
+    from app.evaluate import add_compare_arguments, add_eval_arguments, compare_main, eval_main
+
+    evaluate = sub.add_parser("eval", help="Measure a task on annotated JSONL through the serving path.")
+    add_eval_arguments(evaluate)
+    compare = sub.add_parser("compare", help="Side-by-side table of eval reports.")
+    add_compare_arguments(compare)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "synth":
+        from app.synthetic import examples_for_task, write_jsonl
+
+        count = write_jsonl(args.out, examples_for_task(args.task, args.n, args.seed))
+        print(json.dumps({"task": args.task, "records": count, "path": str(args.out)}))
+        return 0
+    if args.command == "train":
+        return train_main(args)
+    if args.command == "eval":
+        return eval_main(args)
+    if args.command == "compare":
+        return compare_main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,0 +1,647 @@
+"""`medlora eval` and `medlora compare`: score a task's adapter (or the base model) on JSONL data.
+
+Predictions go through the real serving path, never a shortcut: over HTTP against a running
+service (`--url`), or in process through the same `TaskRunner` and adapter leases the API
+uses. A request that fails (a problem response) is not dropped: its items count as empty
+predictions, and the report says how many failed and why. A failed batch is retried item by
+item first, so that one bad document does not sink its 15 neighbours.
+
+Reports: `report.json` (metrics and run facts), `predictions.jsonl` (one line per record,
+in data order: id and prediction, with `error` where the request failed) and `report.md`.
+`medlora compare` puts several reports side by side in one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from app.datasets import DataError, Record, load_records, model_outputs, source_of
+from app.eval_metrics import classification_scores, markdown_table, ner_scores, qa_scores
+from app.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, TaskManifest, load_tasks
+from app.problems import PAYLOAD_TOO_LARGE, TIMEOUT, Problem
+from app.service import Service, build_service
+from app.settings import Settings
+from app.task_runner import ClassifyResult, Document, NerResult, QaItem, QaResult
+
+AdapterChoice = tuple[str, str] | Literal["none"] | None
+
+ENDPOINTS = {"ner": "/v1/ner", "qa": "/v1/qa", "classification": "/v1/classify"}
+_ITEMS_KEY = {"ner": "documents", "qa": "items", "classification": "documents"}
+# Problems that no retry or smaller batch can fix: the run is misconfigured, so it stops.
+_FATAL_STATUS = {400, 401, 403, 404, 409}
+HTTP_TIMEOUT = httpx.Timeout(3600.0, connect=30.0)
+READY_TIMEOUT_S = 900.0
+
+
+class EvalError(Exception):
+    """The evaluation cannot run (bad arguments, unreachable server, unknown adapter)."""
+
+
+class _BatchFailed(Exception):
+    """One request failed with a problem: its items get empty predictions (after a split retry)."""
+
+
+def empty_prediction(task: Task) -> dict[str, Any]:
+    if task.type == "ner":
+        return {"entities": []}
+    if task.type == "qa":
+        return {"answer": None}
+    return {"labels": []}
+
+
+def _request_item(task: Task, record: Record) -> dict[str, str]:
+    return {"id": record.id, **record.payload}
+
+
+# --------------------------------------------------------------------------- predicting
+
+
+async def _predict(
+    task: Task,
+    records: list[Record],
+    call: Callable[[list[Record]], Awaitable[list[dict[str, Any]]]],
+    *,
+    batch_size: int,
+    concurrency: int,
+) -> list[dict[str, Any]]:
+    """Run `call` over batches, at most `concurrency` at once; one prediction per record, in order."""
+    if batch_size < 1 or concurrency < 1:
+        raise EvalError("batch size and concurrency must be at least 1")
+    gate = asyncio.Semaphore(concurrency)
+    results: dict[str, dict[str, Any]] = {}
+
+    async def run(batch: list[Record]) -> None:
+        async with gate:
+            try:
+                predictions = await call(batch)
+            except _BatchFailed as exc:
+                failure = str(exc)
+            else:
+                results.update((r.id, p) for r, p in zip(batch, predictions, strict=True))
+                return
+        if len(batch) == 1:
+            results[batch[0].id] = {**empty_prediction(task), "error": failure}
+        else:
+            # Find which items fail: a problem fails the whole request, not just its culprit.
+            await _all([run([record]) for record in batch])
+
+    await _all([run(records[i : i + batch_size]) for i in range(0, len(records), batch_size)])
+    return [results[r.id] for r in records]
+
+
+async def _all(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Await all; the first error cancels the rest and is re-raised itself (not as a group)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coro in coros:
+                group.create_task(coro)
+    except BaseExceptionGroup as grouped:
+        leaf: BaseException = grouped
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+
+
+def _problem_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        slug = str(body.get("type", "")).rsplit(":", 1)[-1]
+        return f"{response.status_code} {slug}: {body.get('detail', '')}"
+    except (ValueError, AttributeError):
+        return f"{response.status_code}: {response.text[:200]}"
+
+
+def _adapter_field(adapter: AdapterChoice) -> Any:
+    if adapter is None or adapter == "none":
+        return adapter
+    return {"name": adapter[0], "version": adapter[1]}
+
+
+def _from_response(task: Task, batch: list[Record], body: dict[str, Any]) -> list[dict[str, Any]]:
+    items = body.get(_ITEMS_KEY[task.type]) or []
+    by_id = {item["id"]: item for item in items}
+    if sorted(by_id) != sorted(r.id for r in batch):
+        raise EvalError(f"the server answered for other ids than were sent ({len(by_id)} of {len(batch)})")
+    out: list[dict[str, Any]] = []
+    for record in batch:
+        item = by_id[record.id]
+        if task.type == "ner":
+            keys = ("start", "end", "text", "label", "attributes")
+            out.append({"entities": [{k: e[k] for k in keys} for e in item["entities"]]})
+        elif task.type == "qa":
+            answer = item["answer"]
+            out.append({"answer": None if answer is None else {k: answer[k] for k in ("start", "end", "text")}})
+        else:
+            out.append({"labels": list(item["labels"])})
+    return out
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            response = await client.get("/readyz")
+        except httpx.TransportError as exc:
+            raise EvalError(f"cannot reach {client.base_url}: {exc}") from exc
+        if response.status_code == 200:
+            return
+        status = response.json().get("status") if response.headers.get("content-type", "").endswith("json") else None
+        if status == "failed" or time.monotonic() > deadline:
+            raise EvalError(f"{client.base_url} is not ready: {response.text[:500]}")
+        await asyncio.sleep(2)
+
+
+async def predict_via_url(
+    url: str,
+    task: Task,
+    records: list[Record],
+    *,
+    adapter: AdapterChoice = None,
+    batch_size: int = 16,
+    concurrency: int = 4,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[dict[str, Any]]:
+    """Predictions from a running service: POST batches to the task's endpoint.
+
+    `transport` is for tests (an in-memory ASGI app); by default this is plain HTTP.
+    """
+    endpoint, key = ENDPOINTS[task.type], _ITEMS_KEY[task.type]
+    async with httpx.AsyncClient(base_url=url, timeout=HTTP_TIMEOUT, transport=transport) as client:
+        await wait_ready(client)
+
+        async def call(batch: list[Record]) -> list[dict[str, Any]]:
+            body: dict[str, Any] = {"task": task.name, key: [_request_item(task, r) for r in batch]}
+            if adapter is not None:
+                body["adapter"] = _adapter_field(adapter)
+            try:
+                response = await client.post(endpoint, json=body)
+            except httpx.TimeoutException as exc:
+                raise _BatchFailed(f"client timeout: no response within {HTTP_TIMEOUT.read:g} s") from exc
+            except httpx.TransportError as exc:
+                raise EvalError(f"request to {url}{endpoint} failed: {exc}") from exc
+            if response.status_code == 200:
+                return _from_response(task, batch, response.json())
+            if response.status_code in _FATAL_STATUS:
+                raise EvalError(f"{url}{endpoint}: {_problem_text(response)}")
+            raise _BatchFailed(_problem_text(response))
+
+        return await _predict(task, records, call, batch_size=batch_size, concurrency=concurrency)
+
+
+def _result_prediction(result: NerResult | QaResult | ClassifyResult) -> dict[str, Any]:
+    if isinstance(result, NerResult):
+        return {
+            "entities": [
+                {"start": s.start, "end": s.end, "text": s.text, "label": s.label, "attributes": dict(s.attributes)}
+                for s in result.entities
+            ]
+        }
+    if isinstance(result, QaResult):
+        a = result.answer
+        return {"answer": None if a is None else {"start": a.start, "end": a.end, "text": a.text}}
+    return {"labels": list(result.labels)}
+
+
+async def predict_in_process(
+    service: Service,
+    task: Task,
+    records: list[Record],
+    *,
+    adapter: AdapterChoice = None,
+    batch_size: int = 16,
+    concurrency: int = 4,
+) -> list[dict[str, Any]]:
+    """Predictions from a started in-process service, through the runner and leases the API uses."""
+    settings = service.settings
+    if not service.ready:
+        raise EvalError(f"the service is not ready ({service.startup_error or 'not started'})")
+    try:
+        with service.registry.lease(task.name, adapter):
+            pass
+    except Problem as exc:
+        raise EvalError(str(exc)) from exc
+
+    async def call(batch: list[Record]) -> list[dict[str, Any]]:
+        # The API's input checks, so that in-process and --url runs fail alike.
+        if len(batch) > settings.max_documents:
+            raise _BatchFailed(f"413 {PAYLOAD_TOO_LARGE.slug}: {len(batch)} items exceed {settings.max_documents}")
+        for r in batch:
+            size = sum(len(v) for v in r.payload.values())
+            if size > settings.max_document_chars:
+                raise _BatchFailed(
+                    f"413 {PAYLOAD_TOO_LARGE.slug}: item {r.id!r} has {size} characters, "
+                    f"over the limit of {settings.max_document_chars}"
+                )
+        with service.registry.lease(task.name, adapter) as use:
+            try:
+                async with asyncio.timeout(settings.request_timeout_s):
+                    results: list[Any]
+                    if task.type == "ner":
+                        results = await service.runner.ner(
+                            task, use, [Document(r.id, source_of(task, r)) for r in batch]
+                        )
+                    elif task.type == "qa":
+                        items = [QaItem(r.id, r.payload["context"], r.payload["question"]) for r in batch]
+                        results = await service.runner.qa(task, use, items)
+                    else:
+                        docs = [Document(r.id, r.payload["text"]) for r in batch]
+                        results = await service.runner.classify(task, use, docs)
+            except Problem as exc:
+                raise _BatchFailed(f"{exc.kind.status} {exc}") from exc
+            except TimeoutError as exc:
+                raise _BatchFailed(
+                    f"{TIMEOUT.status} {TIMEOUT.slug}: no result within {settings.request_timeout_s:g} s"
+                ) from exc
+            except Exception as exc:  # the API answers these with 500 internal-error
+                raise _BatchFailed(f"500 internal-error: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        return [_result_prediction(result) for result in results]
+
+    return await _predict(task, records, call, batch_size=batch_size, concurrency=concurrency)
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def score(task: Task, records: list[Record], predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics of predictions (API shapes, parallel to records) against the records' gold."""
+    if len(records) != len(predictions):
+        raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
+    if task.type == "ner":
+        ner = ner_scores([r.gold["entities"] for r in records], [p.get("entities", []) for p in predictions])
+        return {
+            "n": len(records),
+            "strict": ner.strict.to_dict(),
+            "lenient": ner.lenient.to_dict(),
+            "per_label_strict_f1": {label: round(prf.f1, 4) for label, prf in ner.per_label_strict.items()},
+        }
+    if task.type == "qa":
+        return qa_scores([r.gold["answer"] for r in records], [p.get("answer") for p in predictions]).to_dict()
+    cls = classification_scores(
+        [r.gold["labels"] for r in records], [p.get("labels", []) for p in predictions], labels=task.label_names
+    )
+    return {
+        "n": cls.n,
+        "accuracy": round(cls.accuracy, 4),
+        "macro_f1": round(cls.macro_f1, 4),
+        "micro_f1": round(cls.micro_f1, 4),
+        # Labels absent from both gold and predictions are left out (their F1 would be a vacuous 1.0).
+        "per_label_f1": {
+            label: round(prf.f1, 4) for label, prf in cls.per_label.items() if prf.tp + prf.fp + prf.fn > 0
+        },
+    }
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
+    """Nested metrics as {"strict.f1": 0.5, ...}: numbers and None only (booleans and text left out)."""
+    flat: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{name}."))
+        elif value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            flat[name] = value
+    return flat
+
+
+def report_rows(report: dict[str, Any]) -> dict[str, float | None]:
+    """One report as table rows: n, failed, then the flattened metrics."""
+    return {"n": report["n"], "failed": report["failed"], **flatten_metrics(report["metrics"])}
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+def build_report(
+    task: Task,
+    records: list[Record],
+    predictions: list[dict[str, Any]],
+    *,
+    run: str,
+    data: str,
+    adapter: str | None,
+    few_shot: int | None,
+    seconds: float,
+) -> dict[str, Any]:
+    errors = [p["error"] for p in predictions if "error" in p]
+    return {
+        "task": task.name,
+        "run": run,
+        "data": data,
+        "n": len(records),
+        "failed": len(errors),
+        "first_error": errors[0] if errors else None,
+        "adapter": adapter,
+        "few_shot": few_shot,
+        "metrics": score(task, records, predictions),
+        "seconds": round(seconds, 3),
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Evaluation of {report['task']}: {report['run']}",
+        "",
+        f"- data: `{report['data']}` ({report['n']} records)",
+        f"- adapter: {report['adapter'] or 'none (base model)'}"
+        + (f", {report['few_shot']}-shot" if report["few_shot"] is not None else ""),
+        f"- failed requests: {report['failed']}"
+        + (f" (first error: {report['first_error']})" if report["first_error"] else ""),
+        f"- prediction time: {report['seconds']:.1f} s",
+        "",
+        markdown_table({report["run"]: report_rows(report)}),
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: Path, report: dict[str, Any], records: list[Record], predictions: list[dict[str, Any]]
+) -> Path:
+    """Write report.json, predictions.jsonl and report.md into out_dir; return out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    with (out_dir / "predictions.jsonl").open("w", encoding="utf-8", newline="\n") as out:
+        for record, prediction in zip(records, predictions, strict=True):
+            out.write(json.dumps({"id": record.id, "prediction": prediction}, ensure_ascii=False) + "\n")
+    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    return out_dir
+
+
+def read_predictions(path: Path, records: list[Record]) -> list[dict[str, Any]]:
+    """predictions.jsonl back as a list parallel to records."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_id[row["id"]] = row["prediction"]
+    missing = [r.id for r in records if r.id not in by_id]
+    if missing:
+        raise ValueError(f"{path}: no prediction for {len(missing)} record(s), e.g. {missing[0]!r}")
+    return [by_id[r.id] for r in records]
+
+
+# ----------------------------------------------------------------------------- few-shot
+
+
+def few_shot_task(task: Task, shots: list[Record], k: int) -> Task:
+    """The task with its manifest examples replaced by the first k shot records (first chunk each)."""
+    examples: list[Example] = []
+    for record in shots:
+        if len(examples) == k:
+            break
+        pairs = model_outputs(task, record)
+        if pairs:  # a blank text is answered without the model: nothing to show it
+            payload, output = pairs[0]
+            examples.append(Example(input=payload, output=output))
+    if len(examples) < k:
+        raise EvalError(f"--few-shot {k}: the shots file has only {len(examples)} usable record(s)")
+    manifest = task.manifest.model_copy(update={"examples": examples})
+    return Task(manifest, task.schema, task.source)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="Task name (a manifest in the tasks folder).")
+    parser.add_argument("--data", required=True, type=Path, help="JSONL test data in the API shapes.")
+    parser.add_argument("--url", help="A running medlora service to evaluate (default: start one in process).")
+    parser.add_argument("--adapter", help="NAME@VERSION: a registered adapter instead of the task's current one.")
+    parser.add_argument(
+        "--few-shot",
+        dest="few_shot",
+        type=int,
+        metavar="K",
+        help="Base model without adapter, prompted with the first K records of --shots (in process only).",
+    )
+    parser.add_argument("--shots", type=Path, help="JSONL records to draw the few-shot examples from.")
+    parser.add_argument("--out", type=Path, help="Report folder (default: eval-<task>-<run name>/).")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="Items per request.")
+    parser.add_argument("--concurrency", type=int, default=4, help="Requests in flight at once.")
+    parser.add_argument("--model", help="In process: base model id or path (default: embedded tiny model).")
+    parser.add_argument("--adapters", help="In process: adapters folder (and task manifests if it has *.yaml).")
+    parser.add_argument("--name", help="Run name for reports and comparisons (default: the adapter used).")
+
+
+def _parse_adapter(value: str) -> tuple[str, str]:
+    name, sep, version = value.rpartition("@")
+    if not sep or not name or not version:
+        raise EvalError(f"--adapter must be NAME@VERSION, not {value!r}")
+    return name, version
+
+
+def _check_args(args: argparse.Namespace) -> AdapterChoice:
+    if args.few_shot is not None:
+        if args.url:
+            raise EvalError(
+                "--few-shot runs in process only (it changes the task's prompt examples): drop --url, "
+                "or evaluate the base model over HTTP with a task whose manifest holds the examples"
+            )
+        if args.adapter:
+            raise EvalError("--few-shot uses the base model without adapter: it cannot be combined with --adapter")
+        if args.few_shot < 0:
+            raise EvalError("--few-shot must be 0 or more")
+        if args.few_shot > 0 and args.shots is None:
+            raise EvalError("--few-shot K needs --shots FILE")
+    elif args.shots is not None:
+        raise EvalError("--shots only applies with --few-shot K")
+    if args.url and (args.model or args.adapters):
+        raise EvalError("--model and --adapters configure the in-process service: they do not apply with --url")
+    if args.batch_size < 1 or args.concurrency < 1:
+        raise EvalError("--batch-size and --concurrency must be at least 1")
+    if args.few_shot is not None:
+        return "none"
+    return _parse_adapter(args.adapter) if args.adapter else None
+
+
+def _adapter_key(adapter: AdapterChoice) -> str | None:
+    """ "name@version" for an explicit adapter, "none" for the base model, None for the task's current one."""
+    if adapter is None or adapter == "none":
+        return adapter
+    return f"{adapter[0]}@{adapter[1]}"
+
+
+def _run_name(args: argparse.Namespace, adapter_used: str | None) -> str:
+    if args.name:
+        return str(args.name)
+    if args.few_shot is not None:
+        return f"base-{args.few_shot}-shot"
+    return adapter_used or "base"
+
+
+def _out_dir(args: argparse.Namespace, task: str, run: str) -> Path:
+    if args.out is not None:
+        return Path(args.out)
+    return Path(f"eval-{task}-{re.sub(r'[^A-Za-z0-9._@-]+', '_', run)}")
+
+
+def _remote_task(description: dict[str, Any]) -> Task:
+    """A Task as the server describes it (labels, attributes, schema): what its answers obey."""
+    manifest = TaskManifest.model_validate(
+        {
+            "name": description["name"],
+            "type": description["type"],
+            "languages": description["languages"],
+            "labels": [LabelSpec(name=n) for n in description["labels"]],
+            "attributes": [LabelSpec(name=n) for n in description["attributes"]],
+            "multi_label": description["multi_label"],
+            "instructions": "(served remotely)",
+            "schema": "(served remotely)",
+            "adapter": AdapterRef(
+                name=description["adapter"]["name"], version=description["adapter"]["version"], path="-"
+            ),
+        }
+    )
+    return Task(manifest, description["schema"], Path("-"))
+
+
+async def _eval_url(
+    args: argparse.Namespace, adapter: AdapterChoice
+) -> tuple[Task, list[Record], list[dict[str, Any]], str | None, float]:
+    async with httpx.AsyncClient(base_url=args.url, timeout=HTTP_TIMEOUT) as client:
+        await wait_ready(client)
+        response = await client.get("/v1/tasks")
+        response.raise_for_status()
+    served = {t["name"]: t for t in response.json()["tasks"]}
+    if args.task not in served:
+        raise EvalError(f"{args.url} has no task {args.task!r} (tasks: {sorted(served)})")
+    task = _remote_task(served[args.task])
+    records = load_records(task, args.data)
+    bound = served[args.task]["adapter"]
+    adapter_used = _adapter_key(adapter) or f"{bound['name']}@{bound['version']}"
+    started = time.perf_counter()
+    predictions = await predict_via_url(
+        args.url, task, records, adapter=adapter, batch_size=args.batch_size, concurrency=args.concurrency
+    )
+    return task, records, predictions, adapter_used, time.perf_counter() - started
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if args.model:
+        overrides["model"] = args.model
+    if args.adapters:
+        overrides["adapters_dir"] = Path(args.adapters)
+        if any(Path(args.adapters).glob("*.yaml")):
+            overrides["tasks_dir"] = Path(args.adapters)
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _make_service(settings: Settings) -> Service:
+    """The in-process service (vLLM engine), as `medlora serve` builds it."""
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    return build_service(settings)
+
+
+async def _eval_in_process(
+    args: argparse.Namespace, adapter: AdapterChoice
+) -> tuple[Task, list[Record], list[dict[str, Any]], str | None, float]:
+    settings = _settings(args)
+    tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
+    if args.task not in tasks:
+        raise EvalError(f"no task {args.task!r} in {settings.tasks_dir} (tasks: {sorted(tasks)})")
+    task = tasks[args.task]
+    # Data first: a bad file fails in a second, not after the engine has started.
+    records = load_records(task, args.data)
+    if args.few_shot is not None:
+        shots = load_records(task, args.shots) if args.few_shot > 0 else []
+        overlap = {r.id for r in shots[: args.few_shot]} & {r.id for r in records}
+        if overlap:
+            print(f"medlora eval: warning: {len(overlap)} shot id(s) also in the test data", file=sys.stderr)
+        task = few_shot_task(task, shots, args.few_shot)
+    service = _make_service(settings)
+    service.tasks[task.name] = task
+    try:
+        await service.start()
+        bound = service.registry.bound(task.name)
+        adapter_used = _adapter_key(adapter) or (bound.key if bound else None)
+        started = time.perf_counter()
+        predictions = await predict_in_process(
+            service, task, records, adapter=adapter, batch_size=args.batch_size, concurrency=args.concurrency
+        )
+        return task, records, predictions, adapter_used, time.perf_counter() - started
+    finally:
+        await service.stop()
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    """Run an evaluation and write its report. 0: all requests succeeded; 1: some failed; 2: cannot run."""
+    try:
+        adapter = _check_args(args)
+        run = _eval_url(args, adapter) if args.url else _eval_in_process(args, adapter)
+        task, records, predictions, adapter_used, seconds = asyncio.run(run)
+    except (EvalError, DataError, ManifestError, httpx.HTTPError) as exc:
+        print(f"medlora eval: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"medlora eval: {exc}", file=sys.stderr)
+        return 2
+    name = _run_name(args, adapter_used)
+    report = build_report(
+        task,
+        records,
+        predictions,
+        run=name,
+        data=str(args.data),
+        adapter=adapter_used,
+        few_shot=args.few_shot,
+        seconds=seconds,
+    )
+    out_dir = write_report(_out_dir(args, task.name, name), report, records, predictions)
+    print(markdown_table({name: report_rows(report)}))
+    print(f"{report['n']} records, {report['failed']} failed; report in {out_dir}/", file=sys.stderr)
+    if report["failed"]:
+        print(f"first error: {report['first_error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("reports", nargs="+", type=Path, help="report.json files (or their folders) to compare.")
+    parser.add_argument("--out", type=Path, help="Also write the table to this markdown file.")
+
+
+def compare_table(reports: list[dict[str, Any]]) -> str:
+    """One markdown table, one column per report (headed by its run name), one row per metric."""
+    runs: dict[str, dict[str, float | None]] = {}
+    for report in reports:
+        name, i = str(report["run"]), 2
+        while name in runs:
+            name, i = f"{report['run']} ({i})", i + 1
+        runs[name] = report_rows(report)
+    return markdown_table(runs)
+
+
+def compare_main(args: argparse.Namespace) -> int:
+    reports: list[dict[str, Any]] = []
+    for path in args.reports:
+        file = path / "report.json" if path.is_dir() else path
+        try:
+            report = json.loads(file.read_text(encoding="utf-8"))
+            if not isinstance(report, dict) or not {"run", "n", "failed", "metrics"} <= report.keys():
+                raise ValueError("not a medlora eval report")
+        except (OSError, ValueError) as exc:
+            print(f"medlora compare: {file}: {exc}", file=sys.stderr)
+            return 2
+        reports.append(report)
+    tasks = sorted({str(r.get("task")) for r in reports})
+    if len(tasks) > 1:
+        print(f"medlora compare: warning: the reports are for different tasks: {tasks}", file=sys.stderr)
+    table = compare_table(reports)
+    print(table, end="")
+    if args.out is not None:
+        args.out.write_text(table, encoding="utf-8")
+    return 0
