@@ -41,6 +41,11 @@ class ResolvedModel:
 
 def resolve_model(settings: Settings, tasks: dict[str, Task]) -> ResolvedModel:
     """Build the embedded tiny model if it is selected; otherwise use the settings as given."""
+    if settings.embedded and settings.embedded_adapters == "demo":
+        from app.demo import DEMO_CACHE_NAME, ensure_demo
+
+        root = ensure_demo(settings.cache_dir / DEMO_CACHE_NAME, tasks)
+        return ResolvedModel("embedded-tiny-qwen3-demo", str((root / "base").resolve()), root / "adapters")
     if settings.embedded:
         from app.tiny_model import ensure_embedded_default
 

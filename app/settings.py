@@ -27,6 +27,13 @@ class Settings(BaseSettings):
             f"'{EMBEDDED_MODEL}' to generate a tiny random-weight Qwen3 and demo adapters locally."
         ),
     )
+    embedded_adapters: Literal["demo", "random"] = Field(
+        "demo",
+        description=(
+            "Embedded model only: 'demo' pretrains the tiny base on synthetic notes and trains one adapter per "
+            "task (a few minutes, once, cached); 'random' uses random weights (the worst case for decoding tests)."
+        ),
+    )
     tasks_dir: Path = Field(REPO_ROOT / "adapters", description="Folder of task manifests (*.yaml).")
     adapters_dir: Path | None = Field(
         None,

@@ -104,7 +104,7 @@ async def engine_phase(n: int, concurrency: int, cache_dir: Path) -> dict[str, A
     from app.prompts import build_messages
     from app.service import build_service
 
-    service = build_service(Settings(cache_dir=cache_dir))
+    service = build_service(Settings(cache_dir=cache_dir, embedded_adapters="random"))
     started = time.perf_counter()
     await service.start()
     start_s = time.perf_counter() - started
@@ -153,7 +153,12 @@ async def engine_phase(n: int, concurrency: int, cache_dir: Path) -> dict[str, A
 
 
 def start_server(cache_dir: Path, port: int, log_path: Path) -> tuple[subprocess.Popen[bytes], float]:
-    env = {**os.environ, "MEDLORA_CACHE_DIR": str(cache_dir), "MEDLORA_PORT": str(port)}
+    env = {
+        **os.environ,
+        "MEDLORA_CACHE_DIR": str(cache_dir),
+        "MEDLORA_PORT": str(port),
+        "MEDLORA_EMBEDDED_ADAPTERS": "random",
+    }
     started = time.perf_counter()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

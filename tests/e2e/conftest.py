@@ -57,6 +57,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     env = {
         **os.environ,
         "MEDLORA_CACHE_DIR": str(work / "cache"),
+        # Random weights: the worst case for the decoding guarantees under test here.
+        "MEDLORA_EMBEDDED_ADAPTERS": "random",
         "MEDLORA_PORT": str(port),
         "MEDLORA_REQUEST_TIMEOUT_S": "300",
         "VLLM_CPU_KVCACHE_SPACE": "1",
