@@ -74,8 +74,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=Settings().cache_dir)
     parser.add_argument("--n", type=int, default=50, help="held-out records per task")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     report = asyncio.run(run(args.cache, args.n))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(table(report))
 
