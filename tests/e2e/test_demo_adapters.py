@@ -1,0 +1,54 @@
+"""The embedded default's demo adapters, built from scratch by the project's own code and
+served by vLLM, against the same tiny base without them on held-out synthetic notes.
+
+Measured (docs/benchmarks.md): classification 0.10 -> 0.93 accuracy; QA exact match
+0.03 -> 0.30, but only by always answering null (has-answer EM 0.0); NER strict F1
+0.00 -> 0.07. Only classification is held to a bar here: the span-copying demo adapters (NER,
+QA) do not yet learn on the 2-layer tiny model (open in issue 3), and a floor at today's
+level would assert nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_adapters_beat_the_base_model_on_held_out_notes(tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.demo_quality",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--n",
+            "30",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        timeout=3000,
+    )
+    tasks = json.loads(out.read_text())["tasks"]
+    for name, result in tasks.items():
+        print(
+            f"\n[demo] {name}: base {json.dumps(result['base'])[:200]} | adapter {json.dumps(result['adapter'])[:200]}"
+        )
+    cls = tasks["classify-it-note-type"]
+    assert cls["adapter"]["accuracy"] >= 0.7
+    assert cls["adapter"]["accuracy"] >= cls["base"]["accuracy"] + 0.4
