@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -21,7 +21,6 @@ from app.adapters import AdapterUse
 from app.grounding import Span
 from app.manifests import Task
 from app.problems import (
-    DUPLICATE_ID,
     INTERNAL,
     INVALID_REQUEST,
     NOT_FOUND,
@@ -154,25 +153,6 @@ def create_app(service: Service) -> FastAPI:
         if settings.admin_token and request.headers.get("authorization") != f"Bearer {settings.admin_token}":
             raise Problem(UNAUTHORIZED, "adapter administration needs the admin bearer token")
 
-    def check_inputs(sizes: Sequence[tuple[str, int]]) -> None:
-        ids = [item_id for item_id, _ in sizes]
-        if len(ids) > settings.max_documents:
-            raise Problem(
-                PAYLOAD_TOO_LARGE, f"{len(ids)} items exceed the limit of {settings.max_documents} per request"
-            )
-        for item_id, size in sizes:
-            if size > settings.max_document_chars:
-                raise Problem(
-                    PAYLOAD_TOO_LARGE,
-                    f"item {item_id!r} has {size} characters, over the limit of {settings.max_document_chars}",
-                    {"id": item_id},
-                )
-        seen: set[str] = set()
-        for item_id in ids:
-            if item_id in seen:
-                raise Problem(DUPLICATE_ID, f"id {item_id!r} appears more than once", {"id": item_id})
-            seen.add(item_id)
-
     async def run_task(
         request: Request,
         endpoint: str,
@@ -182,7 +162,7 @@ def create_app(service: Service) -> FastAPI:
         choice: tuple[str, str] | Literal["none"] | None = None,
     ) -> tuple[AdapterUse, T] | None:
         """Check inputs, lease the task's adapter and run `work`; None if the client left."""
-        check_inputs(sizes)
+        service.check_inputs(sizes)
         service.require_ready()
         n_items, n_chars = len(sizes), sum(size for _, size in sizes)
         started = time.perf_counter()

@@ -29,7 +29,7 @@ import httpx
 from app.datasets import DataError, Record, load_records, model_outputs, source_of
 from app.eval_metrics import classification_scores, markdown_table, ner_scores, qa_scores
 from app.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, TaskManifest, load_tasks
-from app.problems import PAYLOAD_TOO_LARGE, TIMEOUT, Problem
+from app.problems import TIMEOUT, Problem
 from app.service import Service, build_service
 from app.settings import Settings
 from app.task_runner import ClassifyResult, Document, NerResult, QaItem, QaResult
@@ -233,16 +233,11 @@ async def predict_in_process(
         raise EvalError(str(exc)) from exc
 
     async def call(batch: list[Record]) -> list[dict[str, Any]]:
-        # The API's input checks, so that in-process and --url runs fail alike.
-        if len(batch) > settings.max_documents:
-            raise _BatchFailed(f"413 {PAYLOAD_TOO_LARGE.slug}: {len(batch)} items exceed {settings.max_documents}")
-        for r in batch:
-            size = sum(len(v) for v in r.payload.values())
-            if size > settings.max_document_chars:
-                raise _BatchFailed(
-                    f"413 {PAYLOAD_TOO_LARGE.slug}: item {r.id!r} has {size} characters, "
-                    f"over the limit of {settings.max_document_chars}"
-                )
+        # The API's own input checks, so that in-process and --url runs fail alike.
+        try:
+            service.check_inputs([(r.id, sum(len(v) for v in r.payload.values())) for r in batch])
+        except Problem as exc:
+            raise _BatchFailed(f"{exc.kind.status} {exc}") from exc
         with service.registry.lease(task.name, adapter) as use:
             try:
                 async with asyncio.timeout(settings.request_timeout_s):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from app.adapters import AdapterRegistry
 from app.engine import Engine
 from app.manifests import Task, load_tasks
 from app.metrics import Metrics
-from app.problems import NOT_READY, UNKNOWN_TASK, WRONG_TASK_TYPE, Problem
+from app.problems import DUPLICATE_ID, NOT_READY, PAYLOAD_TOO_LARGE, UNKNOWN_TASK, WRONG_TASK_TYPE, Problem
 from app.prompts import PromptRenderer, load_renderer
 from app.settings import Settings
 from app.task_runner import TaskRunner
@@ -125,6 +126,26 @@ class Service:
         if task.type != kind:
             raise Problem(WRONG_TASK_TYPE, f"task {name!r} is a {task.type} task, not {kind}")
         return task
+
+    def check_inputs(self, sizes: Sequence[tuple[str, int]]) -> None:
+        """Per-request limits on (item id, characters) pairs: counts, sizes, unique ids."""
+        limits = self.settings
+        if len(sizes) > limits.max_documents:
+            raise Problem(
+                PAYLOAD_TOO_LARGE, f"{len(sizes)} items exceed the limit of {limits.max_documents} per request"
+            )
+        for item_id, size in sizes:
+            if size > limits.max_document_chars:
+                raise Problem(
+                    PAYLOAD_TOO_LARGE,
+                    f"item {item_id!r} has {size} characters, over the limit of {limits.max_document_chars}",
+                    {"id": item_id},
+                )
+        seen: set[str] = set()
+        for item_id, _ in sizes:
+            if item_id in seen:
+                raise Problem(DUPLICATE_ID, f"id {item_id!r} appears more than once", {"id": item_id})
+            seen.add(item_id)
 
     def require_ready(self) -> None:
         if not self.ready:
