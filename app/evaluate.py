@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,7 @@ from app.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, T
 from app.problems import TIMEOUT, Problem
 from app.service import Service, build_service
 from app.settings import Settings
-from app.task_runner import ClassifyResult, Document, NerResult, QaItem, QaResult
+from app.task_runner import ClassifyResult, Document, NerResult, QaItem, QaResult, gather_first_error
 
 AdapterChoice = tuple[str, str] | Literal["none"] | None
 
@@ -94,23 +94,10 @@ async def _predict(
             results[batch[0].id] = {**empty_prediction(task), "error": failure}
         else:
             # Find which items fail: a problem fails the whole request, not just its culprit.
-            await _all([run([record]) for record in batch])
+            await gather_first_error([run([record]) for record in batch])
 
-    await _all([run(records[i : i + batch_size]) for i in range(0, len(records), batch_size)])
+    await gather_first_error([run(records[i : i + batch_size]) for i in range(0, len(records), batch_size)])
     return [results[r.id] for r in records]
-
-
-async def _all(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Await all; the first error cancels the rest and is re-raised itself (not as a group)."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            for coro in coros:
-                group.create_task(coro)
-    except BaseExceptionGroup as grouped:
-        leaf: BaseException = grouped
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        raise leaf from None
 
 
 def _problem_text(response: httpx.Response) -> str:

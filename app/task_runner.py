@@ -149,9 +149,9 @@ class TaskRunner:
                     ) from None
                 half = max(len(chunk.text) // 2, _MIN_CHUNK_CHARS // 2)
                 parts = split_text(chunk.text, half, min(gen.chunk_overlap_chars, half // 4))
-                await _gather([one(Chunk(chunk.start + p.start, p.text)) for p in parts])
+                await gather_first_error([one(Chunk(chunk.start + p.start, p.text)) for p in parts])
 
-        await _gather([one(chunk) for chunk in pending])
+        await gather_first_error([one(chunk) for chunk in pending])
         if len(done) > 1:
             self.metrics.chunks.labels(task.name, adapter.key).inc(len(done))
         return sorted(done, key=lambda item: item[0].start)
@@ -180,7 +180,7 @@ class TaskRunner:
             self.metrics.spans_returned.labels(task.name, adapter.key).inc(len(entities))
             return NerResult(doc.id, entities, limit_reached)
 
-        return await _gather([one(d) for d in docs])
+        return await gather_first_error([one(d) for d in docs])
 
     async def qa(self, task: Task, adapter: AdapterUse, items: list[QaItem]) -> list[QaResult]:
         async def one(item: QaItem) -> QaResult:
@@ -198,7 +198,7 @@ class TaskRunner:
                     return QaResult(item.id, shift(span, chunk.start))
             return QaResult(item.id, None)
 
-        return await _gather([one(i) for i in items])
+        return await gather_first_error([one(i) for i in items])
 
     async def classify(self, task: Task, adapter: AdapterUse, docs: list[Document]) -> list[ClassifyResult]:
         order = {name: i for i, name in enumerate(task.label_names)}
@@ -215,10 +215,10 @@ class TaskRunner:
                 labels = [min(votes, key=lambda name: (-votes[name], order[name]))]
             return ClassifyResult(doc.id, labels)
 
-        return await _gather([one(d) for d in docs])
+        return await gather_first_error([one(d) for d in docs])
 
 
-async def _gather(coros: list[Any]) -> list[Any]:
+async def gather_first_error(coros: list[Any]) -> list[Any]:
     """Run concurrently (the engine batches them); the first failure cancels the rest.
 
     Re-raises that first failure itself, not an ExceptionGroup, so callers see a Problem.
