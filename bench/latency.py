@@ -99,9 +99,7 @@ async def gateway_phase(url: str, n: int, concurrency: int) -> dict[str, Any]:
 async def engine_phase(n: int, concurrency: int, cache_dir: Path) -> dict[str, Any]:
     """The same engine requests the gateway builds, sent straight to AsyncLLM."""
     from app.engine import GenerationRequest
-    from app.grammar import compile_grammar, json_escape
-    from app.output_schema import worst_case_bytes
-    from app.prompts import build_messages
+    from app.grammar import compile_grammar
     from app.service import build_service
 
     service = build_service(Settings(cache_dir=cache_dir, embedded_adapters="random"))
@@ -118,14 +116,14 @@ async def engine_phase(n: int, concurrency: int, cache_dir: Path) -> dict[str, A
             item = (body.get("documents") or body["items"])[0]
             source = item.get("text") or item["context"]
             payload = {"text": source} if task.type != "qa" else {"context": source, "question": item["question"]}
-            prompt = service.renderer.render(build_messages(task, payload))
-            ids = service.renderer.tokenizer.encode(prompt, add_special_tokens=False)
+            # The gateway's own prompt and token budget, so both phases send identical requests.
+            ids, max_tokens = service.runner.budget(task, payload, source)
             requests.append(
                 GenerationRequest(
                     request_id=f"bench-{task_name}-{i}-{time.monotonic_ns()}",
                     prompt_token_ids=ids,
                     grammar=compile_grammar(task.schema, source),
-                    max_tokens=worst_case_bytes(task.schema, len(json_escape(source).encode())) + 1,
+                    max_tokens=max_tokens,
                     adapter=adapter.handle,
                 )
             )
