@@ -27,7 +27,14 @@ from typing import Any
 from app.datasets import load_records
 from app.manifests import Task
 from app.synthetic import examples_for_task, write_jsonl
-from app.tiny_model import _TMP_PREFIX, _publish, _sweep_stale_tmp, build_tiny_adapter, build_tiny_base
+from app.tiny_model import (
+    TMP_PREFIX,
+    build_tiny_adapter,
+    build_tiny_base,
+    is_complete_base,
+    publish_dir,
+    sweep_stale_tmp,
+)
 
 log = logging.getLogger("medlora.demo")
 
@@ -55,10 +62,6 @@ class DemoRecipe:
     learning_rate: float = 3e-3
     rank: int = 16
     max_steps: int | None = None  # tests cap training to prove the pipeline, not quality
-
-
-def _complete_model(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
 def _complete_adapter(path: Path) -> bool:
@@ -124,18 +127,18 @@ def ensure_demo(cache_dir: Path, tasks: dict[str, Task], recipe: DemoRecipe | No
     root = Path(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     base = (root / "base").resolve()
-    if not _complete_model(base):
+    if not is_complete_base(base):
         started = time.perf_counter()
-        _sweep_stale_tmp(root)
+        sweep_stale_tmp(root)
         random_base = root / "random-base"
-        if not _complete_model(random_base):
+        if not is_complete_base(random_base):
             build_tiny_base(random_base)
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + "base-", dir=root))
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "base-", dir=root))
         try:
             pretrain_base(
                 random_base, tmp, pretrain_texts(recipe), epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr
             )
-            _publish(tmp, base, _complete_model)
+            publish_dir(tmp, base, is_complete_base)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("demo base ready", extra={"seconds": round(time.perf_counter() - started, 1)})
@@ -147,7 +150,7 @@ def ensure_demo(cache_dir: Path, tasks: dict[str, Task], recipe: DemoRecipe | No
         if _complete_adapter(target):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
         try:
             n_train = recipe.train_records.get(task.name)
             if n_train is None:
@@ -183,7 +186,7 @@ def ensure_demo(cache_dir: Path, tasks: dict[str, Task], recipe: DemoRecipe | No
                     "demo adapter trained",
                     extra={"task": task.name, "seconds": round(time.perf_counter() - started, 1)},
                 )
-            _publish(tmp, target, _complete_adapter)
+            publish_dir(tmp, target, _complete_adapter)
             registration = target / "registration.json"
             if registration.read_text().strip() != "{}":
                 # Training wrote the temp folder's path; point it at the published one.

@@ -33,7 +33,7 @@ _VOCAB_MULTIPLE = 64
 # PEFT's random (init_lora_weights=False) factors are already large next to
 # the 0.02-std base weights; this keeps the effect strong but finite.
 _LORA_B_SCALE = 4.0
-_TMP_PREFIX = ".tmp-tiny-"
+TMP_PREFIX = ".tmp-tiny-"
 # A build takes seconds; a temp dir this old was left by a killed process.
 _STALE_TMP_S = 3600.0
 
@@ -229,7 +229,7 @@ def build_tiny_adapter(
     return out_dir
 
 
-def _is_complete_base(path: Path) -> bool:
+def is_complete_base(path: Path) -> bool:
     required = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
     return all((path / name).is_file() for name in required)
 
@@ -239,9 +239,9 @@ def _is_complete_adapter(path: Path) -> bool:
     return all((path / name).is_file() for name in required)
 
 
-def _sweep_stale_tmp(parent: Path) -> None:
+def sweep_stale_tmp(parent: Path) -> None:
     now = time.time()
-    for tmp in parent.glob(_TMP_PREFIX + "*"):
+    for tmp in parent.glob(TMP_PREFIX + "*"):
         try:
             if tmp.is_dir() and now - tmp.stat().st_mtime > _STALE_TMP_S:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -249,7 +249,7 @@ def _sweep_stale_tmp(parent: Path) -> None:
             continue
 
 
-def _publish(tmp_dir: Path, target: Path, is_complete: Callable[[Path], bool]) -> None:
+def publish_dir(tmp_dir: Path, target: Path, is_complete: Callable[[Path], bool]) -> None:
     """Move a finished build into place, tolerating a concurrent builder."""
     if target.exists() and not is_complete(target):
         # Only a foreign, partial directory can be here (ours appear atomically).
@@ -275,13 +275,13 @@ def ensure_embedded_default(cache_dir: Path, adapters: Mapping[str, int]) -> Pat
     adapters_dir = cache_dir / "adapters"
     adapters_dir.mkdir(parents=True, exist_ok=True)
 
-    if not _is_complete_base(base_dir):
+    if not is_complete_base(base_dir):
         # Temp dirs live next to the target so os.replace stays a same-filesystem rename.
-        _sweep_stale_tmp(cache_dir)
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + "base-", dir=cache_dir))
+        sweep_stale_tmp(cache_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "base-", dir=cache_dir))
         try:
             build_tiny_base(tmp)
-            _publish(tmp, base_dir, _is_complete_base)
+            publish_dir(tmp, base_dir, is_complete_base)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -293,11 +293,11 @@ def ensure_embedded_default(cache_dir: Path, adapters: Mapping[str, int]) -> Pat
         if _is_complete_adapter(target):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        _sweep_stale_tmp(target.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{target.name}-", dir=target.parent))
+        sweep_stale_tmp(target.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
         try:
             build_tiny_adapter(base_dir, tmp, seed=seed)
-            _publish(tmp, target, _is_complete_adapter)
+            publish_dir(tmp, target, _is_complete_adapter)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return cache_dir
