@@ -46,6 +46,10 @@ class AdapterUse:
 
 BASE_MODEL_USE = AdapterUse("base", None, None, None)
 
+# What a request asks for: None = the task's bound adapter, (name, version) = a registered
+# adapter, "none" = the base model alone.
+AdapterChoice = tuple[str, str] | Literal["none"] | None
+
 
 @dataclass
 class AdapterRecord:
@@ -169,7 +173,7 @@ class AdapterRegistry:
 
     # -- request path ----------------------------------------------------------------
     @contextmanager
-    def lease(self, task: str, choice: tuple[str, str] | Literal["none"] | None = None) -> Iterator[AdapterUse]:
+    def lease(self, task: str, choice: AdapterChoice = None) -> Iterator[AdapterUse]:
         """Pin what one request runs with for its whole duration.
 
         `choice` None means the task's bound adapter, (name, version) a registered adapter

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import api_models as m
-from app.adapters import AdapterUse
+from app.adapters import AdapterChoice, AdapterUse
 from app.grounding import Span
 from app.manifests import Task
 from app.problems import (
@@ -159,7 +159,7 @@ def create_app(service: Service) -> FastAPI:
         task: Task,
         sizes: list[tuple[str, int]],
         work: Callable[[AdapterUse], Awaitable[T]],
-        choice: tuple[str, str] | Literal["none"] | None = None,
+        choice: AdapterChoice = None,
     ) -> tuple[AdapterUse, T] | None:
         """Check inputs, lease the task's adapter and run `work`; None if the client left."""
         service.check_inputs(sizes)

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.adapters import AdapterChoice
+
 ID_PATTERN = r"^[^\x00-\x1f]{1,256}$"
 
 
@@ -53,7 +55,7 @@ class _TaskRequest(_In):
     task: str
     adapter: AdapterSelection | Literal["none"] | None = Field(None, description=_ADAPTER_FIELD_DOC)
 
-    def adapter_choice(self) -> tuple[str, str] | Literal["none"] | None:
+    def adapter_choice(self) -> AdapterChoice:
         if isinstance(self.adapter, AdapterSelection):
             return (self.adapter.name, self.adapter.version)
         return self.adapter

@@ -97,6 +97,15 @@ def _string(obj: dict[str, Any], key: str, where: str = "") -> str:
     return value
 
 
+def _list(obj: dict[str, Any], key: str) -> list[Any]:
+    if key not in obj:
+        raise _Bad(f"{key}: missing")
+    value = obj[key]
+    if not isinstance(value, list):
+        raise _Bad(f"{key}: must be a list")
+    return value
+
+
 def _max_length(schema: dict[str, Any]) -> int:
     if "anyOf" in schema:
         return max(int(alt["maxLength"]) for alt in schema["anyOf"] if alt.get("type") == "string")
@@ -140,11 +149,7 @@ def _check_span(
 
 def _parse_ner(task: Task, obj: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
     text = _string(obj, "text")
-    if "entities" not in obj:
-        raise _Bad("entities: missing")
-    entities = obj["entities"]
-    if not isinstance(entities, list):
-        raise _Bad("entities: must be a list")
+    entities = _list(obj, "entities")
     item_schema = task.schema["properties"]["entities"]["items"]
     max_chars = _max_length(item_schema["properties"]["text"])
     labels, attribute_names = set(task.label_names), task.attribute_names
@@ -199,11 +204,7 @@ def _parse_qa(task: Task, obj: dict[str, Any]) -> tuple[dict[str, str], dict[str
 
 def _parse_classification(task: Task, obj: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
     text = _string(obj, "text")
-    if "labels" not in obj:
-        raise _Bad("labels: missing")
-    labels = obj["labels"]
-    if not isinstance(labels, list):
-        raise _Bad("labels: must be a list")
+    labels = _list(obj, "labels")
     if not labels:
         raise _Bad("labels: at least one label is required")
     for i, label in enumerate(labels):

@@ -22,10 +22,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
+from app.adapters import AdapterChoice
 from app.datasets import DataError, Record, load_records, model_outputs, source_of
 from app.eval_metrics import classification_scores, markdown_table, ner_scores, qa_scores
 from app.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, TaskManifest, load_tasks
@@ -33,8 +34,6 @@ from app.problems import TIMEOUT, Problem
 from app.service import Service, build_service
 from app.settings import Settings
 from app.task_runner import ClassifyResult, Document, NerResult, QaItem, QaResult, gather_first_error
-
-AdapterChoice = tuple[str, str] | Literal["none"] | None
 
 ENDPOINTS = {"ner": "/v1/ner", "qa": "/v1/qa", "classification": "/v1/classify"}
 _ITEMS_KEY = {"ner": "documents", "qa": "items", "classification": "documents"}
