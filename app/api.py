@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,30 +16,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import api_models as m
-from app.adapters import AdapterChoice, AdapterUse
-from app.grounding import Span
-from app.manifests import Task
+from app.batch_api import batch_router
+from app.batch_jobs import BatchRunner
+from app.batch_store import BatchStore
 from app.problems import (
     INTERNAL,
     INVALID_REQUEST,
     NOT_FOUND,
     PAYLOAD_TOO_LARGE,
     PROBLEM_MEDIA_TYPE,
-    TIMEOUT,
     UNAUTHORIZED,
     UNKNOWN_TASK,
     Problem,
     ProblemType,
 )
 from app.service import Service, run_startup
-from app.task_runner import Document, QaItem
+from app.task_calls import Abandoned, execute, prepare, validation_errors
 
 log = logging.getLogger("medlora.api")
 T = TypeVar("T")
-
-
-class ClientDisconnected(Exception):
-    pass
 
 
 def problem_response(problem: Problem, request: Request) -> JSONResponse:
@@ -73,12 +67,8 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
                 await job
         watcher.cancel()
     if job.cancelled():
-        raise ClientDisconnected
+        raise Abandoned
     return job.result()
-
-
-def _span_entity(span: Span) -> m.EntityOut:
-    return m.EntityOut(start=span.start, end=span.end, text=span.text, label=span.label, attributes=span.attributes)
 
 
 def create_app(service: Service) -> FastAPI:
@@ -87,13 +77,17 @@ def create_app(service: Service) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         startup = asyncio.create_task(run_startup(service))
+        # Unfinished batch jobs pick up where they stopped; their lines wait for the engine.
+        await batch_runner.resume_all()
         try:
             yield
         finally:
+            await batch_runner.stop()
             startup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await startup
             await service.stop()
+            batch_store.close()
 
     app = FastAPI(
         title="medlora",
@@ -102,6 +96,9 @@ def create_app(service: Service) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    batch_store = BatchStore(settings.batch_dir)
+    batch_runner = BatchRunner(service, batch_store, concurrency=settings.batch_concurrency)
+    app.include_router(batch_router(settings, batch_store, batch_runner))
     # Whole-body bound: the largest valid request, with JSON escaping at its worst.
     max_body = settings.max_documents * (settings.max_document_chars * 6 + 4096) + 65536
 
@@ -110,9 +107,11 @@ def create_app(service: Service) -> FastAPI:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id[:128]
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body:
+        # Batch uploads have their own (larger) limit, checked while the file streams in.
+        limit = settings.batch_max_upload_bytes + 65536 if request.url.path == "/v1/files" else max_body
+        if length and length.isdigit() and int(length) > limit:
             response: Response = problem_response(
-                Problem(PAYLOAD_TOO_LARGE, f"request body exceeds {max_body} bytes"), request
+                Problem(PAYLOAD_TOO_LARGE, f"request body exceeds {limit} bytes"), request
             )
         else:
             response = await call_next(request)
@@ -125,11 +124,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Field locations and messages only: pydantic's `input` would echo clinical text.
-        errors = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
-        ]
+        errors = validation_errors(exc)
         return problem_response(Problem(INVALID_REQUEST, "request body failed validation", {"errors": errors}), request)
 
     @app.exception_handler(StarletteHTTPException)
@@ -153,129 +148,29 @@ def create_app(service: Service) -> FastAPI:
         if settings.admin_token and request.headers.get("authorization") != f"Bearer {settings.admin_token}":
             raise Problem(UNAUTHORIZED, "adapter administration needs the admin bearer token")
 
-    async def run_task(
-        request: Request,
-        endpoint: str,
-        task: Task,
-        sizes: list[tuple[str, int]],
-        work: Callable[[AdapterUse], Awaitable[T]],
-        choice: AdapterChoice = None,
-    ) -> tuple[AdapterUse, T] | None:
-        """Check inputs, lease the task's adapter and run `work`; None if the client left."""
-        service.check_inputs(sizes)
-        service.require_ready()
-        n_items, n_chars = len(sizes), sum(size for _, size in sizes)
-        started = time.perf_counter()
-        outcome = "error"
-        with service.registry.lease(task.name, choice) as adapter:
-            labels = (task.name, adapter.key)
-            service.metrics.in_flight.labels(*labels).inc()
-            try:
-                async with asyncio.timeout(settings.request_timeout_s):
-                    result = await cancel_on_disconnect(request, work(adapter))
-                outcome = "ok"
-                service.metrics.items.labels(*labels).inc(n_items)
-                return adapter, result
-            except Problem as exc:
-                outcome = exc.kind.slug
-                raise
-            except TimeoutError as exc:
-                outcome = TIMEOUT.slug
-                raise Problem(TIMEOUT, f"no result within {settings.request_timeout_s:g} s") from exc
-            except ClientDisconnected:
-                outcome = "client_disconnected"
-                return None
-            finally:
-                elapsed = time.perf_counter() - started
-                service.metrics.in_flight.labels(*labels).dec()
-                service.metrics.requests.labels(endpoint, *labels, outcome).inc()
-                service.metrics.latency.labels(*labels).observe(elapsed)
-                log.info(
-                    "request",
-                    extra={
-                        "request_id": request.state.request_id,
-                        "endpoint": endpoint,
-                        "task": task.name,
-                        "adapter": adapter.key,
-                        "items": n_items,
-                        "chars": n_chars,
-                        "ms": round(elapsed * 1000, 1),
-                        "outcome": outcome,
-                    },
-                )
-
-    def model_info(adapter: AdapterUse) -> m.ModelInfo:
-        return m.ModelInfo(base=service.model.display_name, adapter=adapter.name, adapter_version=adapter.version)
-
-    disconnected = Response(status_code=499)
+    async def run_call(request: Request, endpoint: str, body: m.NerRequest | m.QaRequest | m.ClassifyRequest) -> Any:
+        call = prepare(service, endpoint, body)
+        try:
+            return await execute(
+                service,
+                call,
+                request_id=request.state.request_id,
+                watch=lambda work: cancel_on_disconnect(request, work),
+            )
+        except Abandoned:
+            return Response(status_code=499)
 
     @app.post("/v1/ner", response_model=m.NerResponse, tags=["tasks"])
-    async def ner(body: m.NerRequest, request: Request) -> m.NerResponse | Response:
-        task = service.task(body.task, "ner")
-        docs = [Document(d.id, d.text) for d in body.documents]
-        ran = await run_task(
-            request,
-            "ner",
-            task,
-            [(d.id, len(d.text)) for d in docs],
-            lambda a: service.runner.ner(task, a, docs),
-            body.adapter_choice(),
-        )
-        if ran is None:
-            return disconnected
-        adapter, results = ran
-        return m.NerResponse(
-            task=task.name,
-            model=model_info(adapter),
-            documents=[
-                m.NerDocumentOut(
-                    id=r.id, entities=[_span_entity(s) for s in r.entities], entity_limit_reached=r.limit_reached
-                )
-                for r in results
-            ],
-        )
+    async def ner(body: m.NerRequest, request: Request) -> Any:
+        return await run_call(request, "ner", body)
 
     @app.post("/v1/qa", response_model=m.QaResponse, tags=["tasks"])
-    async def qa(body: m.QaRequest, request: Request) -> m.QaResponse | Response:
-        task = service.task(body.task, "qa")
-        items = [QaItem(i.id, i.context, i.question) for i in body.items]
-        sizes = [(i.id, len(i.context) + len(i.question)) for i in items]
-        ran = await run_task(
-            request, "qa", task, sizes, lambda a: service.runner.qa(task, a, items), body.adapter_choice()
-        )
-        if ran is None:
-            return disconnected
-        adapter, results = ran
-        return m.QaResponse(
-            task=task.name,
-            model=model_info(adapter),
-            items=[
-                m.QaItemOut(
-                    id=r.id,
-                    answer=None
-                    if r.answer is None
-                    else m.AnswerOut(text=r.answer.text, start=r.answer.start, end=r.answer.end),
-                )
-                for r in results
-            ],
-        )
+    async def qa(body: m.QaRequest, request: Request) -> Any:
+        return await run_call(request, "qa", body)
 
     @app.post("/v1/classify", response_model=m.ClassifyResponse, tags=["tasks"])
-    async def classify(body: m.ClassifyRequest, request: Request) -> m.ClassifyResponse | Response:
-        task = service.task(body.task, "classification")
-        docs = [Document(d.id, d.text) for d in body.documents]
-        sizes = [(d.id, len(d.text)) for d in docs]
-        ran = await run_task(
-            request, "classify", task, sizes, lambda a: service.runner.classify(task, a, docs), body.adapter_choice()
-        )
-        if ran is None:
-            return disconnected
-        adapter, results = ran
-        return m.ClassifyResponse(
-            task=task.name,
-            model=model_info(adapter),
-            documents=[m.ClassifyDocumentOut(id=r.id, labels=r.labels) for r in results],
-        )
+    async def classify(body: m.ClassifyRequest, request: Request) -> Any:
+        return await run_call(request, "classify", body)
 
     @app.get("/v1/tasks", tags=["registry"])
     async def list_tasks() -> dict[str, Any]:

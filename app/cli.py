@@ -82,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_eval_arguments(evaluate)
     compare = sub.add_parser("compare", help="Side-by-side table of eval reports.")
     add_compare_arguments(compare)
+    from app.annotate import add_annotate_arguments, add_merge_arguments, annotate_main, merge_main
+
+    annotate = sub.add_parser("annotate", help="Annotate a JSONL/CSV/folder archive of notes, resumably.")
+    add_annotate_arguments(annotate)
+    merge = sub.add_parser("merge", help="Merge `annotate --shard` outputs and check every note is there once.")
+    add_merge_arguments(merge)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -97,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return eval_main(args)
     if args.command == "compare":
         return compare_main(args)
+    if args.command == "annotate":
+        return annotate_main(args)
+    if args.command == "merge":
+        return merge_main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

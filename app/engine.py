@@ -27,6 +27,8 @@ class GenerationRequest:
     max_tokens: int
     temperature: float = 0.0
     adapter: AdapterHandle | None = None
+    # Lower runs first (vLLM's priority scheduling): interactive 0, batch work after it.
+    priority: int = 0
 
 
 @dataclass(frozen=True)

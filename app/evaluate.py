@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
 import time
@@ -31,16 +30,14 @@ from app.datasets import DataError, Record, load_records, model_outputs, source_
 from app.eval_metrics import classification_scores, markdown_table, ner_scores, qa_scores
 from app.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, TaskManifest, load_tasks
 from app.problems import TIMEOUT, Problem
-from app.service import Service, build_service
-from app.settings import Settings
+from app.service import Service, make_local_service, settings_for
+from app.service_client import HTTP_TIMEOUT, ServiceUnavailable, wait_ready
 from app.task_runner import ClassifyResult, Document, NerResult, QaItem, QaResult, gather_first_error
 
 ENDPOINTS = {"ner": "/v1/ner", "qa": "/v1/qa", "classification": "/v1/classify"}
 _ITEMS_KEY = {"ner": "documents", "qa": "items", "classification": "documents"}
 # Problems that no retry or smaller batch can fix: the run is misconfigured, so it stops.
 _FATAL_STATUS = {400, 401, 403, 404, 409}
-HTTP_TIMEOUT = httpx.Timeout(3600.0, connect=30.0)
-READY_TIMEOUT_S = 900.0
 
 
 class EvalError(Exception):
@@ -131,21 +128,6 @@ def _from_response(task: Task, batch: list[Record], body: dict[str, Any]) -> lis
         else:
             out.append({"labels": list(item["labels"])})
     return out
-
-
-async def wait_ready(client: httpx.AsyncClient, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            response = await client.get("/readyz")
-        except httpx.TransportError as exc:
-            raise EvalError(f"cannot reach {client.base_url}: {exc}") from exc
-        if response.status_code == 200:
-            return
-        status = response.json().get("status") if response.headers.get("content-type", "").endswith("json") else None
-        if status == "failed" or time.monotonic() > deadline:
-            raise EvalError(f"{client.base_url} is not ready: {response.text[:500]}")
-        await asyncio.sleep(2)
 
 
 async def predict_via_url(
@@ -507,30 +489,10 @@ async def _eval_url(
     return task, records, predictions, adapter_used, time.perf_counter() - started
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, object] = {}
-    if args.model:
-        overrides["model"] = args.model
-    if args.adapters:
-        overrides["adapters_dir"] = Path(args.adapters)
-        if any(Path(args.adapters).glob("*.yaml")):
-            overrides["tasks_dir"] = Path(args.adapters)
-    return Settings(**overrides)  # type: ignore[arg-type]
-
-
-def _make_service(settings: Settings) -> Service:
-    """The in-process service (vLLM engine), as `medlora serve` builds it."""
-    from app.logs import configure_logging
-
-    configure_logging(settings.log_level)
-    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    return build_service(settings)
-
-
 async def _eval_in_process(
     args: argparse.Namespace, adapter: AdapterChoice
 ) -> tuple[Task, list[Record], list[dict[str, Any]], str | None, float]:
-    settings = _settings(args)
+    settings = settings_for(args.model, args.adapters)
     tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
     if args.task not in tasks:
         raise EvalError(f"no task {args.task!r} in {settings.tasks_dir} (tasks: {sorted(tasks)})")
@@ -543,7 +505,7 @@ async def _eval_in_process(
         if overlap:
             print(f"medlora eval: warning: {len(overlap)} shot id(s) also in the test data", file=sys.stderr)
         task = few_shot_task(task, shots, args.few_shot)
-    service = _make_service(settings)
+    service = make_local_service(settings)
     service.tasks[task.name] = task
     try:
         await service.start()
@@ -564,7 +526,7 @@ def eval_main(args: argparse.Namespace) -> int:
         adapter = _check_args(args)
         run = _eval_url(args, adapter) if args.url else _eval_in_process(args, adapter)
         task, records, predictions, adapter_used, seconds = asyncio.run(run)
-    except (EvalError, DataError, ManifestError, httpx.HTTPError) as exc:
+    except (EvalError, DataError, ManifestError, ServiceUnavailable, httpx.HTTPError) as exc:
         print(f"medlora eval: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -34,6 +34,11 @@ INVALID_ADAPTER = ProblemType("invalid-adapter", "Adapter files are invalid", 42
 ADAPTER_CONFLICT = ProblemType("adapter-conflict", "Adapter state conflict", 409)
 UNAUTHORIZED = ProblemType("unauthorized", "Missing or wrong admin token", 401)
 INTERNAL = ProblemType("internal-error", "Internal error", 500)
+# Batch input (annotate CLI, batch jobs): one bad line is reported, the rest still run.
+INVALID_LINE = ProblemType("invalid-line", "Input line is invalid", 400)
+EMPTY_TEXT = ProblemType("empty-text", "Note is empty", 422)
+BATCH_NOT_CANCELLABLE = ProblemType("batch-not-cancellable", "Batch is already finished", 409)
+FILE_IN_USE = ProblemType("file-in-use", "File is used by an unfinished batch", 409)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from app.task_runner import TaskRunner
 log = logging.getLogger("medlora.service")
 
 # Bump when the tiny model's recipe changes, so that cached builds are not reused.
-EMBEDDED_CACHE_NAME = "embedded-v2"
+EMBEDDED_CACHE_NAME = "embedded-v3"
 
 
 @dataclass(frozen=True)
@@ -186,3 +187,26 @@ async def run_startup(service: Service) -> None:
     except Exception as exc:
         service.startup_error = str(exc)
         log.error("startup failed", extra={"error": str(exc)})
+
+
+def settings_for(model: str | None, adapters: str | Path | None) -> Settings:
+    """Settings for a CLI run: env vars, then --model / --adapters (a folder of adapters
+    usually carries its own task manifests)."""
+    overrides: dict[str, object] = {}
+    if model:
+        overrides["model"] = model
+    if adapters:
+        overrides["adapters_dir"] = Path(adapters)
+        if any(Path(adapters).glob("*.yaml")):
+            overrides["tasks_dir"] = Path(adapters)
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def make_local_service(settings: Settings) -> Service:
+    """The in-process service (vLLM engine) for CLI commands, as `medlora serve` builds it."""
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    # vLLM's engine core runs in a spawned process; it must not re-import this CLI's state.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    return build_service(settings)

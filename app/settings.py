@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     max_documents: int = Field(64, description="Most documents or QA items in one request.")
     max_document_chars: int = Field(200_000, description="Largest document, in characters.")
     request_timeout_s: float = Field(600.0, description="Engine time allowed for one request.")
+    batch_dir: Path = Field(
+        Path.home() / ".local" / "share" / "medlora" / "batches",
+        description="Batch API store: SQLite database, uploaded files and outputs (keep it on a persistent volume).",
+    )
+    batch_concurrency: int = Field(
+        32, ge=1, description="Batch lines in flight at once, across all jobs (interactive requests are not limited)."
+    )
+    batch_max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest batch input file, in bytes.")
+    batch_max_lines: int = Field(50_000, ge=1, description="Most lines in one batch input file.")
     log_level: str = Field("INFO", description="Log level.")
     admin_token: str | None = Field(
         None, description="If set, adapter admin endpoints require 'Authorization: Bearer <token>'."

@@ -92,7 +92,9 @@ class TaskRunner:
         ids, max_tokens = self.budget(task, payload, source)
         return len(ids) + max_tokens <= self.max_model_len, len(ids) + max_tokens
 
-    async def _generate(self, task: Task, adapter: AdapterUse, payload: dict[str, str], source: str) -> dict[str, Any]:
+    async def _generate(
+        self, task: Task, adapter: AdapterUse, payload: dict[str, str], source: str, priority: int
+    ) -> dict[str, Any]:
         labels = (task.name, adapter.key)
         prompt_ids, max_tokens = self.budget(task, payload, source)
         if len(prompt_ids) + max_tokens > self.max_model_len:
@@ -104,6 +106,7 @@ class TaskRunner:
             max_tokens=max_tokens,
             temperature=task.manifest.generation.temperature,
             adapter=adapter.handle,
+            priority=priority,
         )
         try:
             result = await self.engine.generate(request)
@@ -131,7 +134,7 @@ class TaskRunner:
         return dict(output)
 
     async def _over_chunks(
-        self, task: Task, adapter: AdapterUse, text: str, make_payload: Any
+        self, task: Task, adapter: AdapterUse, text: str, make_payload: Any, priority: int
     ) -> list[tuple[Chunk, dict[str, Any]]]:
         """Generate once per chunk of `text`, re-splitting any chunk the context cannot hold."""
         gen = task.manifest.generation
@@ -140,7 +143,7 @@ class TaskRunner:
 
         async def one(chunk: Chunk) -> None:
             try:
-                output = await self._generate(task, adapter, make_payload(chunk.text), chunk.text)
+                output = await self._generate(task, adapter, make_payload(chunk.text), chunk.text, priority)
                 done.append((chunk, output))
             except _PromptTooLong:
                 if len(chunk.text) <= _MIN_CHUNK_CHARS:
@@ -161,11 +164,11 @@ class TaskRunner:
             self.metrics.spans_dropped.labels(task.name, adapter.key, reason).inc(n)
 
     # -- task types ---------------------------------------------------------------------
-    async def ner(self, task: Task, adapter: AdapterUse, docs: list[Document]) -> list[NerResult]:
+    async def ner(self, task: Task, adapter: AdapterUse, docs: list[Document], *, priority: int = 0) -> list[NerResult]:
         async def one(doc: Document) -> NerResult:
             if not doc.text.strip():
                 return NerResult(doc.id, [])
-            outputs = await self._over_chunks(task, adapter, doc.text, lambda t: {"text": t})
+            outputs = await self._over_chunks(task, adapter, doc.text, lambda t: {"text": t}, priority)
             per_chunk: list[list[Span]] = []
             limit = task.schema["properties"]["entities"]["maxItems"]
             limit_reached = any(len(output.get("entities", [])) >= limit for _, output in outputs)
@@ -182,12 +185,12 @@ class TaskRunner:
 
         return await gather_first_error([one(d) for d in docs])
 
-    async def qa(self, task: Task, adapter: AdapterUse, items: list[QaItem]) -> list[QaResult]:
+    async def qa(self, task: Task, adapter: AdapterUse, items: list[QaItem], *, priority: int = 0) -> list[QaResult]:
         async def one(item: QaItem) -> QaResult:
             if not item.context.strip():
                 return QaResult(item.id, None)
             outputs = await self._over_chunks(
-                task, adapter, item.context, lambda t: {"context": t, "question": item.question}
+                task, adapter, item.context, lambda t: {"context": t, "question": item.question}, priority
             )
             # Chunks are in document order: the first chunk that answers wins.
             for chunk, output in outputs:
@@ -200,11 +203,13 @@ class TaskRunner:
 
         return await gather_first_error([one(i) for i in items])
 
-    async def classify(self, task: Task, adapter: AdapterUse, docs: list[Document]) -> list[ClassifyResult]:
+    async def classify(
+        self, task: Task, adapter: AdapterUse, docs: list[Document], *, priority: int = 0
+    ) -> list[ClassifyResult]:
         order = {name: i for i, name in enumerate(task.label_names)}
 
         async def one(doc: Document) -> ClassifyResult:
-            outputs = await self._over_chunks(task, adapter, doc.text, lambda t: {"text": t})
+            outputs = await self._over_chunks(task, adapter, doc.text, lambda t: {"text": t}, priority)
             votes: Counter[str] = Counter()
             for _, output in outputs:
                 votes.update(dict.fromkeys(output["labels"], 1))

@@ -50,6 +50,8 @@ class VllmEngine:
             max_lora_rank=s.max_lora_rank,
             structured_outputs_config={"backend": s.structured_outputs_backend},
             disable_log_stats=False,
+            # Batch jobs submit at a lower priority so interactive requests are scheduled first.
+            scheduling_policy="priority",
             seed=0,
         )
         if _has_cuda():
@@ -98,6 +100,7 @@ class VllmEngine:
                 params,
                 request.request_id,
                 lora_request=lora,
+                priority=request.priority,
             ):
                 final = output
         except asyncio.CancelledError:

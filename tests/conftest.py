@@ -38,7 +38,7 @@ def make_fake_service(fake_adapters_dir: Path) -> FakeServiceFactory:
             model=FAKE_BASE,
             tasks_dir=TASKS_DIR,
             adapters_dir=fake_adapters_dir,
-            **settings_overrides,  # type: ignore[arg-type]
+            **{"batch_dir": fake_adapters_dir.parent / "batches", **settings_overrides},  # type: ignore[arg-type]
         )
         service = build_service(
             settings, engine=engine, renderer=PromptRenderer(FakeTokenizer()), metrics_registry=CollectorRegistry()

@@ -303,7 +303,7 @@ def test_eval_main_writes_reports_and_few_shot_uses_the_shots(
         engines.append(engine)
         return service
 
-    monkeypatch.setattr(evaluate, "_make_service", fake_service)
+    monkeypatch.setattr(evaluate, "make_local_service", fake_service)
     out_a, out_b = tmp_path / "a", tmp_path / "b"
     assert eval_main(eval_args("--task", "classify-it-note-type", "--data", str(data), "--out", str(out_a))) == 0
     few_shot = ["--few-shot", "1", "--shots", str(shots), "--batch-size", "1"]
@@ -372,7 +372,7 @@ def test_eval_main_reports_bad_data_before_starting(
     def no_service(settings: Any) -> Service:
         raise AssertionError("the service must not be built for bad data")
 
-    monkeypatch.setattr(evaluate, "_make_service", no_service)
+    monkeypatch.setattr(evaluate, "make_local_service", no_service)
     assert eval_main(eval_args("--task", "classify-it-note-type", "--data", str(data))) == 2
     assert "line 1: labels: at least one label is required" in capsys.readouterr().err
 

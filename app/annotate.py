@@ -1,0 +1,596 @@
+"""`medlora annotate`: annotate an archive of notes, resumably, with the engine kept busy.
+
+Input: JSONL (`id` + `text`, or `id` + `context` + `question` for QA), CSV with named
+columns, or a folder of `.txt` files (id = path without `.txt`). Each note becomes one
+request body, exactly what `POST /v1/<endpoint>` takes, run in process or against
+`--url`. Results are appended line by line to the output (`journal.Journal`); lines
+that cannot be annotated go to the errors file with the reason. Re-running the same
+command skips what either file already holds, so an interrupted run (even `kill -9`)
+resumes with every input line accounted for exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import re
+import sys
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.journal import Journal, JournalError, recover
+from app.manifests import ManifestError, load_tasks
+from app.problems import DUPLICATE_ID, EMPTY_TEXT, INTERNAL, INVALID_LINE, TIMEOUT, Problem
+from app.service import Service, make_local_service, settings_for
+from app.service_client import HTTP_TIMEOUT, ServiceUnavailable, post_with_retries, wait_ready
+from app.settings import Settings
+from app.task_calls import BATCH_PRIORITY, call_json
+
+ENDPOINT_OF = {"ner": "ner", "qa": "qa", "classification": "classify"}
+ITEMS_KEY = {"ner": "documents", "qa": "items", "classify": "documents"}
+_ID_MAX = 256
+
+
+class AnnotateError(Exception):
+    """The run cannot go on (bad arguments, unreadable input, service unreachable)."""
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    position: str  # "line 12", "row 3", "file a/b.txt": where it came from, and its resume key if rejected
+    number: int  # 1-based record number in the input
+    id: str | None
+    payload: dict[str, str] | None  # {"text"} or {"context", "question"}
+    problem: Problem | None = None
+
+
+@dataclass(frozen=True)
+class Columns:
+    id: str = "id"
+    text: str = "text"
+    context: str = "context"
+    question: str = "question"
+
+
+def _fields(task_type: str) -> tuple[str, ...]:
+    return ("context", "question") if task_type == "qa" else ("text",)
+
+
+def _invalid(position: str, number: int, reason: str, item_id: str | None = None) -> InputRecord:
+    return InputRecord(position, number, item_id, None, Problem(INVALID_LINE, f"{position}: {reason}"))
+
+
+def _record(position: str, number: int, raw_id: Any, values: dict[str, Any], task_type: str) -> InputRecord:
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        raw_id = str(raw_id)
+    if not isinstance(raw_id, str) or not raw_id or len(raw_id) > _ID_MAX or re.search(r"[\x00-\x1f]", raw_id):
+        return _invalid(position, number, f"needs an id: a string of 1-{_ID_MAX} characters without control characters")
+    payload: dict[str, str] = {}
+    for name in _fields(task_type):
+        value = values.get(name)
+        if not isinstance(value, str):
+            return _invalid(position, number, f"field {name!r} must be a string", raw_id)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _invalid(position, number, f"field {name!r} is not valid UTF-8", raw_id)
+        payload[name] = value
+    main_text = payload.get("text", payload.get("context", ""))
+    if not main_text.strip():
+        return InputRecord(position, number, raw_id, None, Problem(EMPTY_TEXT, f"{position}: the note is empty"))
+    return InputRecord(position, number, raw_id, payload)
+
+
+def read_jsonl(path: Path, task_type: str) -> Iterator[InputRecord]:
+    number = 0
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue  # blank lines are not records
+            number += 1
+            position = f"line {line_no}"
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield _invalid(position, number, "not valid UTF-8")
+                continue
+            except json.JSONDecodeError as exc:
+                yield _invalid(position, number, f"not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(obj, dict):
+                yield _invalid(position, number, "not a JSON object")
+                continue
+            yield _record(position, number, obj.get("id"), obj, task_type)
+
+
+def read_csv(path: Path, task_type: str, columns: Columns) -> Iterator[InputRecord]:
+    wanted = {"id": columns.id, **{name: getattr(columns, name) for name in _fields(task_type)}}
+    # surrogateescape keeps bad bytes as lone surrogates, so one bad row is rejected, not the file.
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [col for col in wanted.values() if col not in (reader.fieldnames or [])]
+        if missing:
+            raise AnnotateError(f"{path}: missing column(s) {missing}; header has {reader.fieldnames}")
+        for number, row in enumerate(reader, start=1):
+            values = {name: row.get(col) for name, col in wanted.items()}
+            yield _record(f"row {number}", number, values.pop("id"), values, task_type)
+
+
+def read_folder(path: Path, task_type: str) -> Iterator[InputRecord]:
+    if task_type == "qa":
+        raise AnnotateError("QA needs a question per note: use JSONL or CSV input, not a folder")
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    for number, file in enumerate(files, start=1):
+        rel = file.relative_to(path).as_posix()
+        position = f"file {rel}"
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            yield _invalid(position, number, "not valid UTF-8", rel[: -len(".txt")])
+            continue
+        yield _record(position, number, rel[: -len(".txt")], {"text": text}, task_type)
+
+
+def read_input(path: Path, task_type: str, columns: Columns) -> Iterator[InputRecord]:
+    if path.is_dir():
+        return read_folder(path, task_type)
+    if not path.is_file():
+        raise AnnotateError(f"{path}: no such file or folder")
+    if path.suffix.lower() == ".csv":
+        return read_csv(path, task_type, columns)
+    return read_jsonl(path, task_type)
+
+
+# -- sharding ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+        if not match or int(match[2]) < 1 or int(match[1]) >= int(match[2]):
+            raise AnnotateError(f"--shard must be I/N with 0 <= I < N, not {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    def owns(self, record: InputRecord) -> bool:
+        # By id, so that every copy of an id lands in the same shard (duplicates are caught
+        # there); records without a usable id go by their number.
+        key = zlib.crc32(record.id.encode()) if record.id is not None else record.number
+        return key % self.count == self.index
+
+
+ALL = Shard(0, 1)
+
+
+# -- backends ----------------------------------------------------------------------------
+class LineFailed(Exception):
+    """This line cannot be annotated; the problem body says why. The run continues."""
+
+    def __init__(self, problem: dict[str, Any]):
+        super().__init__(problem.get("detail", ""))
+        self.problem = problem
+
+
+Backend = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]  # (endpoint, body, request id)
+
+
+def request_body(task: str, endpoint: str, record: InputRecord) -> dict[str, Any]:
+    assert record.payload is not None and record.id is not None
+    return {"task": task, ITEMS_KEY[endpoint]: [{"id": record.id, **record.payload}]}
+
+
+def output_line(endpoint: str, response: dict[str, Any]) -> dict[str, Any]:
+    """One annotated note: the API's per-item object plus the model that produced it."""
+    item = dict(response[ITEMS_KEY[endpoint]][0])
+    item["model"] = response["model"]
+    return item
+
+
+# -- the run -----------------------------------------------------------------------------
+@dataclass
+class Summary:
+    task: str
+    input: str
+    output: str
+    errors: str
+    records: int = 0  # input records in this shard
+    already_done: int = 0  # skipped: in the output or errors file from an earlier run
+    annotated: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    error_types: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def notes_per_s(self) -> float:
+        return self.annotated / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "input": self.input,
+            "output": self.output,
+            "errors": self.errors,
+            "records": self.records,
+            "already_done": self.already_done,
+            "annotated": self.annotated,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 2),
+            "notes_per_s": round(self.notes_per_s, 2),
+            "error_types": self.error_types,
+        }
+
+
+class Progress:
+    """tqdm bar on a terminal; a plain line every `every_s` seconds otherwise."""
+
+    def __init__(self, total: int, *, tty: bool, every_s: float = 10.0):
+        self.total, self.done, self.every_s = total, 0, every_s
+        self.started = self._last = time.monotonic()
+        self._bar: Any = None
+        if tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="note", desc="annotate", file=sys.stderr)
+
+    def advance(self, failed: int) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(errors=failed, refresh=False)
+            return
+        now = time.monotonic()
+        if now - self._last >= self.every_s or self.done == self.total:
+            self._last = now
+            rate = self.done / max(now - self.started, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            print(
+                f"annotate: {self.done}/{self.total} notes, {failed} errors, {rate:.1f} notes/s, ETA {_duration(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+async def annotate(
+    records: Callable[[], Iterator[InputRecord]],
+    backend: Backend,
+    *,
+    task: str,
+    task_type: str,
+    output: Path,
+    errors: Path,
+    summary: Summary,
+    concurrency: int = 64,
+    shard: Shard = ALL,
+    tty: bool = False,
+) -> Summary:
+    """Annotate every record of the shard not already in `output` or `errors`.
+
+    `records` is called twice: once to count (for the ETA), once to run, so a large
+    archive streams instead of being held in memory.
+    """
+    endpoint = ENDPOINT_OF[task_type]
+    started = time.perf_counter()
+    with Journal(output) as out, Journal(errors) as err:
+        done_ids = {str(r.get("id")) for r in out.open()}
+        done_positions = {str(r.get("position")) for r in err.open()}
+        summary.records = sum(1 for r in records() if shard.owns(r))
+        progress = Progress(summary.records, tty=tty)
+        seen: set[str] = set()
+        pending: set[asyncio.Task[None]] = set()
+
+        def fail(record: InputRecord, problem: dict[str, Any]) -> None:
+            err.append({"id": record.id, "position": record.position, "error": problem})
+            summary.failed += 1
+            slug = str(problem.get("type", "")).rsplit(":", 1)[-1]
+            summary.error_types[slug] = summary.error_types.get(slug, 0) + 1
+
+        async def run_one(record: InputRecord) -> None:
+            try:
+                response = await backend(endpoint, request_body(task, endpoint, record), f"annotate-{record.number}")
+            except LineFailed as exc:
+                fail(record, exc.problem)
+            else:
+                out.append(output_line(endpoint, response))
+                summary.annotated += 1
+            progress.advance(summary.failed)
+
+        try:
+            for record in records():
+                if not shard.owns(record):
+                    continue
+                first = record.id is not None and record.id not in seen
+                if record.id is not None:
+                    seen.add(record.id)
+                if record.position in done_positions or (first and record.id in done_ids):
+                    summary.already_done += 1
+                    progress.advance(summary.failed)
+                    continue
+                if record.problem is None and not first:
+                    duplicate = Problem(DUPLICATE_ID, f"{record.position}: id {record.id!r} appeared earlier")
+                    record = InputRecord(record.position, record.number, record.id, None, duplicate)
+                if record.problem is not None:
+                    fail(record, record.problem.body())
+                    progress.advance(summary.failed)
+                    continue
+                while len(pending) >= concurrency:
+                    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task_done in finished:
+                        task_done.result()  # a fatal error stops the run here
+                pending.add(asyncio.create_task(run_one(record)))
+            while pending:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task_done in finished:
+                    task_done.result()
+        finally:
+            for leftover in pending:
+                leftover.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            progress.close()
+            summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def default_errors_path(output: Path) -> Path:
+    name = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+    return output.with_name(name + ".errors.jsonl")
+
+
+def internal_problem(exc: BaseException) -> dict[str, Any]:
+    # The exception type only: messages can quote input text.
+    return Problem(INTERNAL, f"unexpected {type(exc).__name__}; see the logs").body()
+
+
+# -- command line ------------------------------------------------------------------------
+def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="Task name (a manifest in the tasks folder).")
+    parser.add_argument("--input", required=True, type=Path, help="JSONL file, CSV file, or folder of .txt notes.")
+    parser.add_argument("--output", required=True, type=Path, help="Annotations, one JSON line per note (appended).")
+    parser.add_argument("--errors", type=Path, help="Rejected lines with reasons (default: OUTPUT.errors.jsonl).")
+    parser.add_argument("--url", help="A running medlora service (default: an in-process engine).")
+    parser.add_argument("--concurrency", type=int, default=64, help="Notes in flight at once (default 64).")
+    parser.add_argument("--shard", default="0/1", help="I/N: annotate only shard I of N (ids hashed); default 0/1.")
+    parser.add_argument("--id-column", default="id", help="CSV: id column (default id).")
+    parser.add_argument("--text-column", default="text", help="CSV: text column (default text).")
+    parser.add_argument("--context-column", default="context", help="CSV, QA: context column.")
+    parser.add_argument("--question-column", default="question", help="CSV, QA: question column.")
+    parser.add_argument("--model", help="In process: base model id or path (default: embedded tiny model).")
+    parser.add_argument("--adapters", help="In process: adapters folder (and task manifests if it has *.yaml).")
+
+
+def in_process_backend(service: Service) -> Backend:
+    async def call(endpoint: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        try:
+            return await call_json(
+                service, endpoint, body, request_id=request_id, origin="annotate", priority=BATCH_PRIORITY
+            )
+        except Problem as exc:
+            if not service.engine.ready:
+                raise AnnotateError(f"the engine stopped: {exc.detail}") from None
+            raise LineFailed(exc.body()) from None
+        except Exception as exc:  # a bug for one line must not stop thousands of others
+            raise LineFailed(internal_problem(exc)) from None
+
+    return call
+
+
+# Wrong for every line alike: stop instead of filling the errors file.
+_FATAL_STATUS = frozenset({401, 403, 404})
+
+
+def remote_backend(client: httpx.AsyncClient) -> Backend:
+    async def call(endpoint: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        try:
+            response = await post_with_retries(client, f"/v1/{endpoint}", body, request_id=request_id)
+        except ServiceUnavailable as exc:
+            raise AnnotateError(str(exc)) from None
+        except httpx.TimeoutException:
+            raise LineFailed(Problem(TIMEOUT, "no response from the service in time").body()) from None
+        if response.status_code == 200:
+            result: dict[str, Any] = response.json()
+            return result
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {"status": response.status_code, "detail": response.text[:500]}
+        if response.status_code in _FATAL_STATUS:
+            raise AnnotateError(f"{client.base_url}/v1/{endpoint}: {response.status_code} {problem.get('detail', '')}")
+        raise LineFailed(problem)
+
+    return call
+
+
+async def _run(args: argparse.Namespace, summary: Summary) -> Summary:
+    shard = Shard.parse(args.shard)
+    if args.concurrency < 1:
+        raise AnnotateError("--concurrency must be at least 1")
+    columns = Columns(args.id_column, args.text_column, args.context_column, args.question_column)
+    tty = sys.stderr.isatty()
+
+    async def run_with(backend: Backend, task_type: str) -> Summary:
+        return await annotate(
+            lambda: read_input(args.input, task_type, columns),
+            backend,
+            task=args.task,
+            task_type=task_type,
+            output=args.output,
+            errors=Path(summary.errors),
+            summary=summary,
+            concurrency=args.concurrency,
+            shard=shard,
+            tty=tty,
+        )
+
+    if args.url:
+        async with httpx.AsyncClient(
+            base_url=args.url, timeout=HTTP_TIMEOUT, limits=httpx.Limits(max_connections=args.concurrency)
+        ) as client:
+            try:
+                await wait_ready(client)
+                tasks = (await client.get("/v1/tasks")).json()["tasks"]
+            except ServiceUnavailable as exc:
+                raise AnnotateError(str(exc)) from None
+            types = {t["name"]: t["type"] for t in tasks}
+            if args.task not in types:
+                raise AnnotateError(f"{args.url} has no task {args.task!r} (tasks: {sorted(types)})")
+            read_input(args.input, types[args.task], columns)  # fail on a bad path before any work
+            return await run_with(remote_backend(client), types[args.task])
+    settings = settings_for(args.model, args.adapters)
+    tasks_found = load_tasks(settings.tasks_dir, settings.schemas_dir)
+    if args.task not in tasks_found:
+        raise AnnotateError(f"no task {args.task!r} in {settings.tasks_dir} (tasks: {sorted(tasks_found)})")
+    task_type = tasks_found[args.task].type
+    read_input(args.input, task_type, columns)
+    service = make_local_service(settings)
+    try:
+        await service.start()
+        return await run_with(in_process_backend(service), task_type)
+    finally:
+        await service.stop()
+
+
+def annotate_main(args: argparse.Namespace) -> int:
+    """0: every record of the shard is in the output or errors file; 2: the run stopped early."""
+    errors = args.errors or default_errors_path(args.output)
+    summary = Summary(task=args.task, input=str(args.input), output=str(args.output), errors=str(errors))
+    try:
+        asyncio.run(_run(args, summary))
+    except (AnnotateError, JournalError, ManifestError, OSError) as exc:
+        print(f"medlora annotate: {exc}", file=sys.stderr)
+        print(json.dumps({**summary.as_dict(), "stopped": str(exc)}))
+        return 2
+    except KeyboardInterrupt:
+        print("medlora annotate: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    print(
+        f"medlora annotate: {summary.annotated} annotated, {summary.failed} errors"
+        f"{f' (see {errors})' if summary.failed else ''}, {summary.already_done} already done; "
+        f"{summary.notes_per_s:.1f} notes/s",
+        file=sys.stderr,
+    )
+    print(json.dumps(summary.as_dict()))
+    return 0
+
+
+# -- merging shards ------------------------------------------------------------------------
+@dataclass
+class MergeReport:
+    records: int = 0
+    annotated: int = 0
+    failed: int = 0
+    missing: list[str] = field(default_factory=list)  # input records in no shard's files
+    duplicated: list[str] = field(default_factory=list)  # in more than one line
+    unexpected: list[str] = field(default_factory=list)  # ids that are not in the input
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.duplicated or self.unexpected)
+
+    def as_dict(self, sample: int = 20) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "annotated": self.annotated,
+            "failed": self.failed,
+            "complete": self.complete,
+            "missing": len(self.missing),
+            "duplicated": len(self.duplicated),
+            "unexpected": len(self.unexpected),
+            "examples": {
+                "missing": self.missing[:sample],
+                "duplicated": self.duplicated[:sample],
+                "unexpected": self.unexpected[:sample],
+            },
+        }
+
+
+def merge_shards(records: Iterator[InputRecord], shard_outputs: list[Path], output: Path, errors: Path) -> MergeReport:
+    """Concatenate shard outputs and errors; check every input record is in exactly one line."""
+    report = MergeReport()
+    id_count: dict[str, int] = {}
+    position_count: dict[str, int] = {}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "wb") as merged_out, open(errors, "wb") as merged_err:
+        for shard_output in shard_outputs:
+            for path, merged in ((shard_output, merged_out), (default_errors_path(shard_output), merged_err)):
+                for line in recover(path):
+                    merged.write((json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+                    if merged is merged_out:
+                        key = str(line.get("id"))
+                        id_count[key] = id_count.get(key, 0) + 1
+                        report.annotated += 1
+                    else:
+                        key = str(line.get("position"))
+                        position_count[key] = position_count.get(key, 0) + 1
+                        report.failed += 1
+    seen: set[str] = set()
+    for record in records:
+        report.records += 1
+        first = record.id is not None and record.id not in seen
+        if record.id is not None:
+            seen.add(record.id)
+        in_output = id_count.pop(record.id, 0) if first and record.id is not None else 0
+        in_errors = position_count.pop(record.position, 0)
+        if in_output + in_errors == 0:
+            report.missing.append(record.id or record.position)
+        elif in_output + in_errors > 1:
+            report.duplicated.append(record.id or record.position)
+    report.unexpected = sorted(id_count) + sorted(position_count)
+    return report
+
+
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="Task the shards annotated (for reading the input).")
+    parser.add_argument("--input", required=True, type=Path, help="The input every shard read.")
+    parser.add_argument("--output", required=True, type=Path, help="Merged annotations.")
+    parser.add_argument("--errors", type=Path, help="Merged errors (default: OUTPUT.errors.jsonl).")
+    parser.add_argument("--tasks", type=Path, help="Task manifests folder (default: the repository's adapters/).")
+    parser.add_argument("--id-column", default="id", help="CSV: id column (default id).")
+    parser.add_argument("--text-column", default="text", help="CSV: text column (default text).")
+    parser.add_argument("--context-column", default="context", help="CSV, QA: context column.")
+    parser.add_argument("--question-column", default="question", help="CSV, QA: question column.")
+    parser.add_argument("shards", nargs="+", type=Path, help="Each shard's --output file.")
+
+
+def merge_main(args: argparse.Namespace) -> int:
+    """0: every input record is in exactly one merged line; 1: records missing or repeated; 2: cannot run."""
+    settings = Settings(**({"tasks_dir": args.tasks} if args.tasks else {}))
+    try:
+        tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
+        if args.task not in tasks:
+            raise AnnotateError(f"no task {args.task!r} in {settings.tasks_dir}")
+        columns = Columns(args.id_column, args.text_column, args.context_column, args.question_column)
+        records = read_input(args.input, tasks[args.task].type, columns)
+        report = merge_shards(records, args.shards, args.output, args.errors or default_errors_path(args.output))
+    except (AnnotateError, JournalError, ManifestError, OSError) as exc:
+        print(f"medlora merge: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict()))
+    if not report.complete:
+        print(
+            f"medlora merge: incomplete: {len(report.missing)} missing, {len(report.duplicated)} repeated, "
+            f"{len(report.unexpected)} not in the input",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,196 @@
+"""Persistent state of the OpenAI-compatible batch API: SQLite for records, plain files for content.
+
+Layout under the store's root: `store.sqlite3`, `files/<file id>.jsonl` (uploads and
+finished outputs), `batches/<batch id>/{output,errors}.jsonl` (journals being written).
+The database is small and touched a few times a second at most, so one connection
+behind a lock, called from worker threads, is all it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Every state a batch can be in (OpenAI's names); the first four are resumed after a restart.
+ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+FINAL_STATUSES = ("completed", "failed", "cancelled", "expired")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    purpose TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    lines INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batches_status ON batches (status);
+"""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: str
+    purpose: str  # "batch" (uploads), "batch_output" (outputs and error files)
+    filename: str
+    bytes: int
+    lines: int
+    created_at: int
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": self.bytes,
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+        }
+
+
+@dataclass
+class Batch:
+    id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    created_at: int
+    expires_at: int
+    status: str = "validating"
+    metadata: dict[str, str] | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    timestamps: dict[str, int] = field(default_factory=dict)  # in_progress_at, completed_at, ...
+
+    def describe(self) -> dict[str, Any]:
+        """The OpenAI Batch object."""
+        stamps = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "errors": {"object": "list", "data": self.errors} if self.errors else None,
+            "input_file_id": self.input_file_id,
+            "completion_window": self.completion_window,
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            **{f"{s}_at": self.timestamps.get(s) for s in stamps},
+            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
+            "metadata": self.metadata,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> Batch:
+        return cls(**json.loads(text))
+
+
+class BatchStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.files_dir = self.root / "files"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        (self.root / "batches").mkdir(exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.root / "store.sqlite3", check_same_thread=False, isolation_level=None)
+        # WAL: readers (status polls) never wait for the worker's writes; synchronous=FULL
+        # so that a committed status change survives a crash.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- files ---------------------------------------------------------------------------
+    def file_path(self, file_id: str) -> Path:
+        return self.files_dir / f"{file_id}.jsonl"
+
+    def add_file(self, file_id: str, purpose: str, filename: str, size: int, lines: int) -> StoredFile:
+        record = StoredFile(file_id, purpose, filename, size, lines, int(time.time()))
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                (record.id, record.purpose, record.filename, record.bytes, record.lines, record.created_at),
+            )
+        return record
+
+    def get_file(self, file_id: str) -> StoredFile | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        return StoredFile(*row) if row else None
+
+    def list_files(self, purpose: str | None = None) -> list[StoredFile]:
+        with self._lock:
+            if purpose:
+                rows = self._db.execute(
+                    "SELECT * FROM files WHERE purpose = ? ORDER BY created_at DESC, id", (purpose,)
+                ).fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM files ORDER BY created_at DESC, id").fetchall()
+        return [StoredFile(*row) for row in rows]
+
+    def delete_file(self, file_id: str) -> bool:
+        with self._lock:
+            deleted = self._db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount
+        self.file_path(file_id).unlink(missing_ok=True)
+        return bool(deleted)
+
+    def file_in_use(self, file_id: str) -> bool:
+        """An upload that an unfinished batch still reads."""
+        return any(b.input_file_id == file_id for b in self.batches(ACTIVE_STATUSES))
+
+    # -- batches -------------------------------------------------------------------------
+    def batch_dir(self, batch_id: str) -> Path:
+        return self.root / "batches" / batch_id
+
+    def save_batch(self, batch: Batch) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET data = excluded.data, status = excluded.status",
+                (batch.id, batch.to_json(), batch.status, batch.created_at),
+            )
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        return Batch.from_json(row[0]) if row else None
+
+    def batches(self, statuses: tuple[str, ...] | None = None) -> list[Batch]:
+        with self._lock:
+            if statuses:
+                marks = ",".join("?" * len(statuses))
+                rows = self._db.execute(
+                    f"SELECT data FROM batches WHERE status IN ({marks}) ORDER BY created_at, id", statuses
+                ).fetchall()
+            else:
+                rows = self._db.execute("SELECT data FROM batches ORDER BY created_at DESC, id DESC").fetchall()
+        return [Batch.from_json(row[0]) for row in rows]
