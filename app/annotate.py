@@ -531,7 +531,9 @@ def merge_shards(records: Iterator[InputRecord], shard_outputs: list[Path], outp
     position_count: dict[str, int] = {}
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "wb") as merged_out, open(errors, "wb") as merged_err:
-        for shard_output in shard_outputs:
+        # A shell glob such as shard-*.jsonl also matches the shards' errors files; those
+        # are read beside their output file, not as outputs.
+        for shard_output in [p for p in shard_outputs if not p.name.endswith(".errors.jsonl")]:
             for path, merged in ((shard_output, merged_out), (default_errors_path(shard_output), merged_err)):
                 for line in recover(path):
                     merged.write((json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode())

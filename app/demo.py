@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -27,7 +26,6 @@ from typing import Any
 
 from app.datasets import load_records
 from app.manifests import Task
-from app.prompts import serialize_output
 from app.synthetic import examples_for_task, write_jsonl
 from app.tiny_model import (
     TMP_PREFIX,
@@ -40,9 +38,8 @@ from app.tiny_model import (
 
 log = logging.getLogger("medlora.demo")
 
-DEMO_CACHE_NAME = "embedded-demo-v3"
+DEMO_CACHE_NAME = "embedded-demo-v2"
 TRAIN_SEED, TEST_SEED, PRETRAIN_SEED = 1, 99, 7
-DEMO_VOCAB = 4096
 
 
 @dataclass(frozen=True)
@@ -71,52 +68,13 @@ def _complete_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").is_file() and (path / "registration.json").is_file()
 
 
-def pretrain_texts(recipe: DemoRecipe, tasks: dict[str, Task]) -> list[str]:
-    """Note texts, each followed by one JSON answer of random content for a random task.
-
-    A real base model already knows JSON and how to quote text from its context; the tiny
-    one learns that here. The JSON is random (random spans, labels and flags), so the base
-    learns the format, not the tasks: without an adapter it still cannot annotate.
-    Measured without it: token embeddings of JSON punctuation and label names never
-    trained, answers stayed near uniform over the vocabulary (completion loss 5.2).
-    """
-    rng = random.Random(PRETRAIN_SEED)
-    known = [t for t in tasks.values() if t.name in recipe.train_records]
+def pretrain_texts(recipe: DemoRecipe) -> list[str]:
     texts: list[str] = []
-    for name in recipe.train_records:
-        for row in examples_for_task(name, recipe.pretrain_notes_per_task, PRETRAIN_SEED):
-            note = row.get("text") or row["context"]
-            if known:
-                task = rng.choice(known)
-                note += "\n" + serialize_output(task, random_output(task, note, rng))
-            texts.append(note)
-    rng.shuffle(texts)
+    for task in recipe.train_records:
+        for row in examples_for_task(task, recipe.pretrain_notes_per_task, PRETRAIN_SEED):
+            texts.append(row.get("text") or row["context"])
+    random.Random(PRETRAIN_SEED).shuffle(texts)
     return texts
-
-
-def random_output(task: Task, source: str, rng: random.Random) -> dict[str, Any]:
-    """A schema-shaped answer with random content (spans are runs of whole words of `source`)."""
-    words = [m for m in re.finditer(r"\w+", source)]
-
-    def span() -> str:
-        first = rng.randrange(len(words))
-        last = min(len(words) - 1, first + rng.randrange(3))
-        return source[words[first].start() : words[last].end()]
-
-    labels = task.label_names
-    if task.type == "classification":
-        return {"labels": [rng.choice(labels)]}
-    if task.type == "qa":
-        return {"answer": span() if words and rng.random() < 0.7 else None}
-    entities = [
-        {
-            "text": span(),
-            "label": rng.choice(labels),
-            "attributes": {a: rng.random() < 0.2 for a in task.attribute_names},
-        }
-        for _ in range(rng.randrange(5) if words else 0)
-    ]
-    return {"entities": entities}
 
 
 def pretrain_base(random_base: Path, out_dir: Path, texts: list[str], *, epochs: int, lr: float) -> None:
@@ -128,7 +86,7 @@ def pretrain_base(random_base: Path, out_dir: Path, texts: list[str], *, epochs:
     tokenizer = AutoTokenizer.from_pretrained(random_base)
     model: Any = AutoModelForCausalLM.from_pretrained(random_base, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    encoded = [tokenizer.encode(t, add_special_tokens=False)[:1024] for t in texts]
+    encoded = [tokenizer.encode(t, add_special_tokens=False)[:512] for t in texts]
     batch_size = 8
     for epoch in range(epochs):
         total = 0.0
@@ -173,13 +131,13 @@ def ensure_demo(cache_dir: Path, tasks: dict[str, Task], recipe: DemoRecipe | No
         started = time.perf_counter()
         sweep_stale_tmp(root)
         random_base = root / "random-base"
-        texts = pretrain_texts(recipe, tasks)
         if not is_complete_base(random_base):
-            # The tokenizer learns the notes' words as whole tokens: fewer tokens to copy per span.
-            build_tiny_base(random_base, corpus=texts, vocab_size=DEMO_VOCAB)
+            build_tiny_base(random_base)
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "base-", dir=root))
         try:
-            pretrain_base(random_base, tmp, texts, epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr)
+            pretrain_base(
+                random_base, tmp, pretrain_texts(recipe), epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr
+            )
             publish_dir(tmp, base, is_complete_base)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -29,7 +29,7 @@ from app.task_runner import TaskRunner
 log = logging.getLogger("medlora.service")
 
 # Bump when the tiny model's recipe changes, so that cached builds are not reused.
-EMBEDDED_CACHE_NAME = "embedded-v3"
+EMBEDDED_CACHE_NAME = "embedded-v2"
 
 
 @dataclass(frozen=True)

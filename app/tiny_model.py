@@ -103,36 +103,25 @@ Emergency note — patient reports “severe” pain 8/10; ibuprofen 400 mg give
 """.splitlines()
 
 
-def _train_tokenizer(corpus: Sequence[str] = (), vocab_size: int = _VOCAB_TARGET) -> PreTrainedTokenizerFast:
+def _train_tokenizer() -> PreTrainedTokenizerFast:
     """Train the byte-level BPE and wrap it as a transformers fast tokenizer."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    # Words, whitespace runs and single punctuation marks are separate pre-tokens, so a
-    # word has the same token ids in a note and inside a JSON string: `"dolore` and
-    # ` dolore` would otherwise be different tokens, and a tiny model copying spans into
-    # its answer must then also learn that mapping for every word (measured: strict NER
-    # F1 stayed under 0.11 with GPT-2 style pre-tokenization). Real Qwen3 tokenizers are
-    # untouched by this; it only shapes the tiny local model.
     # Byte-level, with the full 256-byte alphabet seeded, so that any Unicode
     # input (emoji, CRLF, control chars) maps to tokens and never to <unk>.
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\s+|\w+|[^\w\s]"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=_VOCAB_TARGET,
         min_frequency=1,
         show_progress=False,
         special_tokens=[PAD_TOKEN, IM_START, IM_END],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator([*_CORPUS, *corpus], trainer=trainer)
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
     # Qwen3 registers the think markers as added but non-special tokens, so
     # skip_special_tokens keeps them and reasoning parsers can see them.
     tok.add_tokens(
@@ -153,20 +142,14 @@ def _train_tokenizer(corpus: Sequence[str] = (), vocab_size: int = _VOCAB_TARGET
     return fast
 
 
-def build_tiny_base(
-    out_dir: Path, *, seed: int = 0, corpus: Sequence[str] = (), vocab_size: int = _VOCAB_TARGET
-) -> Path:
-    """Write a tiny Qwen3ForCausalLM (safetensors) + tokenizer + chat template into out_dir; return out_dir.
-
-    `corpus` adds text for the tokenizer to learn merges from (the demo passes its notes, so
-    their words become single tokens).
-    """
+def build_tiny_base(out_dir: Path, *, seed: int = 0) -> Path:
+    """Write a tiny Qwen3ForCausalLM (safetensors) + tokenizer + chat template into out_dir; return out_dir."""
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(corpus, vocab_size)
+    tokenizer = _train_tokenizer()
     vocab_size = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)

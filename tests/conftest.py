@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+# hypothesis is imported up front: imported late (by its pytest plugin's summary hook), CPython
+# 3.11.7's AST rewriter crashed with "AST constructor recursion depth mismatch" after asyncio runs.
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry

@@ -164,7 +164,9 @@ def test_shards_partition_the_input_and_merge_checks_exactly_once(
     )
 
     records = an.read_input(src, "ner", an.Columns())
-    report = an.merge_shards(records, outputs, tmp_path / "all.jsonl", tmp_path / "all.errors.jsonl")
+    globbed = sorted(tmp_path.glob("shard-*.jsonl"))  # as a shell glob gives them: errors files included
+    assert len(globbed) == 6
+    report = an.merge_shards(records, globbed, tmp_path / "all.jsonl", tmp_path / "all.errors.jsonl")
     assert report.complete and (report.records, report.annotated, report.failed) == (22, 20, 2)
     assert sorted(ids_of(tmp_path / "all.jsonl")) == sorted(f"n{i}" for i in range(20))
 

@@ -57,6 +57,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     env = {
         **os.environ,
         "MEDLORA_CACHE_DIR": str(work / "cache"),
+        "MEDLORA_BATCH_DIR": str(work / "batches"),
         # Random weights: the worst case for the decoding guarantees under test here.
         "MEDLORA_EMBEDDED_ADAPTERS": "random",
         "MEDLORA_PORT": str(port),

@@ -1,0 +1,153 @@
+"""Notes per second: `medlora annotate` vs. vLLM's own offline `LLM.generate`, same machine, same run.
+
+Both sides get the same synthetic notes, the same prompts, grammars, token budgets and
+adapter (the prompts are built by the gateway's own code, so only the serving path
+differs). Each side runs in its own subprocess, one after the other, so each owns the
+machine; engine start is excluded from both timings. The medlora side is the whole
+annotate run: reading the JSONL, building each request, generation through AsyncLLM,
+validation, grounding and writing the output file line by line.
+
+    .venv/bin/python -m bench.batch_throughput --task classify-it-note-type --notes 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from app.settings import REPO_ROOT, Settings
+from app.synthetic import examples_for_task, write_jsonl
+
+
+def _service(cache_dir: Path) -> Any:
+    from app.service import build_service
+
+    return build_service(Settings(cache_dir=cache_dir, embedded_adapters="random"))
+
+
+def vllm_side(task_name: str, data: Path, cache_dir: Path) -> dict[str, Any]:
+    """The same engine requests annotate would send, through vLLM's offline LLM.generate."""
+    from vllm import LLM
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+    from app.grammar import compile_grammar
+
+    service = _service(cache_dir)
+    task = service.tasks[task_name]
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    settings = service.settings
+    llm = LLM(
+        model=service.model.path,
+        max_model_len=settings.max_model_len,
+        enable_lora=True,
+        max_loras=settings.max_loras,
+        max_lora_rank=settings.max_lora_rank,
+        structured_outputs_config={"backend": "guidance"},
+        seed=0,
+    )
+    ref = task.manifest.adapter
+    lora = LoRARequest(ref.name + "@" + ref.version, 1, str(service.resolve_adapter_path(ref.path)))
+    prompts, params = [], []
+    for row in rows:
+        payload = (
+            {"text": row["text"]} if task.type != "qa" else {"context": row["context"], "question": row["question"]}
+        )
+        source = payload.get("text") or payload["context"]
+        ids, max_tokens = service.runner.budget(task, payload, source)
+        prompts.append(TokensPrompt(prompt_token_ids=ids))
+        params.append(
+            SamplingParams(
+                temperature=task.manifest.generation.temperature,
+                max_tokens=max_tokens,
+                structured_outputs=StructuredOutputsParams(grammar=compile_grammar(task.schema, source)),
+            )
+        )
+    started = time.perf_counter()
+    outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    finished = sum(1 for o in outputs if o.outputs[0].finish_reason == "stop")
+    return {"notes": len(rows), "seconds": round(seconds, 2), "finished_stop": finished}
+
+
+def medlora_side(task_name: str, data: Path, cache_dir: Path, concurrency: int) -> dict[str, Any]:
+    from app import annotate as an
+
+    async def go() -> dict[str, Any]:
+        service = _service(cache_dir)
+        await service.start()
+        task_type = service.tasks[task_name].type
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out.jsonl"
+            summary = an.Summary(task_name, str(data), str(out), str(an.default_errors_path(out)))
+            started = time.perf_counter()
+            await an.annotate(
+                lambda: an.read_input(data, task_type, an.Columns()),
+                an.in_process_backend(service),
+                task=task_name,
+                task_type=task_type,
+                output=out,
+                errors=an.default_errors_path(out),
+                summary=summary,
+                concurrency=concurrency,
+            )
+            seconds = time.perf_counter() - started
+        await service.stop()
+        return {"notes": summary.annotated + summary.failed, "seconds": round(seconds, 2), "failed": summary.failed}
+
+    return asyncio.run(go())
+
+
+def run_side(side: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.batch_throughput", "--side", side, "--task", args.task]
+    cmd += ["--data", str(data), "--cache", str(args.cache), "--concurrency", str(args.concurrency)]
+    env = {**os.environ, "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{side} side failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="classify-it-note-type")
+    parser.add_argument("--notes", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=256, help="annotate --concurrency")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "medlora-bench-cache")
+    parser.add_argument("--side", choices=["vllm", "medlora"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:  # one side, in its own process
+        if args.side == "vllm":
+            result = vllm_side(args.task, args.data, args.cache)
+        else:
+            result = medlora_side(args.task, args.data, args.cache, args.concurrency)
+        print(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "notes.jsonl"
+        rows = examples_for_task(args.task, args.notes, seed=11)
+        keys = ("context", "question") if "qa" in args.task else ("text",)
+        write_jsonl(data, [{"id": f"n{i}", **{k: r[k] for k in keys}} for i, r in enumerate(rows)])
+        report: dict[str, Any] = {"task": args.task, "notes": args.notes, "concurrency": args.concurrency}
+        report["vllm_offline"] = run_side("vllm", args, data)
+        report["medlora_annotate"] = run_side("medlora", args, data)
+    v, m = report["vllm_offline"], report["medlora_annotate"]
+    report["vllm_notes_per_s"] = round(v["notes"] / v["seconds"], 2)
+    report["medlora_notes_per_s"] = round(m["notes"] / m["seconds"], 2)
+    report["ratio"] = round(report["medlora_notes_per_s"] / report["vllm_notes_per_s"], 3)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
