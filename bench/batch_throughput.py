@@ -26,6 +26,8 @@ from typing import Any
 from app.settings import REPO_ROOT, Settings
 from app.synthetic import examples_for_task, write_jsonl
 
+_MARK = "BENCH_RESULT "
+
 
 def _service(cache_dir: Path) -> Any:
     from app.service import build_service
@@ -46,6 +48,8 @@ def vllm_side(task_name: str, data: Path, cache_dir: Path) -> dict[str, Any]:
     task = service.tasks[task_name]
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     settings = service.settings
+    # As VllmEngine.start does: the CPU backend reads its KV cache size from the environment.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
     llm = LLM(
         model=service.model.path,
         max_model_len=settings.max_model_len,
@@ -114,7 +118,8 @@ def run_side(side: str, args: argparse.Namespace, data: Path) -> dict[str, Any]:
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{side} side failed:\n{done.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith(_MARK))
+    result: dict[str, Any] = json.loads(line[len(_MARK) :])
     return result
 
 
@@ -132,7 +137,7 @@ def main() -> None:
             result = vllm_side(args.task, args.data, args.cache)
         else:
             result = medlora_side(args.task, args.data, args.cache, args.concurrency)
-        print(json.dumps(result))
+        print(_MARK + json.dumps(result), flush=True)  # vLLM logs to stdout too
         return
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "notes.jsonl"

@@ -120,7 +120,14 @@ def test_openai_client_batch_job_against_the_real_service(live_server: LiveServe
         }
         for i, row in enumerate(rows)
     ]
-    lines.append({"custom_id": "bad", "method": "POST", "url": "/v1/classify", "body": {"task": "no-such-task"}})
+    lines.append(
+        {
+            "custom_id": "bad",
+            "method": "POST",
+            "url": "/v1/classify",
+            "body": {"task": "no-such-task", "documents": [{"id": "x", "text": "nota"}]},
+        }
+    )
     data = "".join(json.dumps(x) + "\n" for x in lines).encode()
     uploaded = client.files.create(file=("batch.jsonl", io.BytesIO(data)), purpose="batch")
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/classify", completion_window="24h")  # type: ignore[arg-type]
