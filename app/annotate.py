@@ -32,10 +32,8 @@ from app.problems import DUPLICATE_ID, EMPTY_TEXT, INTERNAL, INVALID_LINE, TIMEO
 from app.service import Service, make_local_service, settings_for
 from app.service_client import HTTP_TIMEOUT, ServiceUnavailable, post_with_retries, wait_ready
 from app.settings import Settings
-from app.task_calls import BATCH_PRIORITY, call_json
+from app.task_calls import BATCH_PRIORITY, ENDPOINT_OF, ITEMS_KEY, call_json
 
-ENDPOINT_OF = {"ner": "ner", "qa": "qa", "classification": "classify"}
-ITEMS_KEY = {"ner": "documents", "qa": "items", "classify": "documents"}
 _ID_MAX = 256
 
 

@@ -22,12 +22,12 @@ from app.batch_store import ACTIVE_STATUSES, Batch, BatchStore
 from app.journal import Journal, recover
 from app.problems import DUPLICATE_ID, INTERNAL, INVALID_LINE, NOT_READY, Problem
 from app.service import Service
-from app.task_calls import BATCH_PRIORITY, call_json
+from app.task_calls import BATCH_PRIORITY, TASK_TYPES, call_json
 
 log = logging.getLogger("medlora.batch")
 
 # Public endpoint paths a batch can target -> task_calls endpoint names.
-BATCH_ENDPOINTS = {"/v1/ner": "ner", "/v1/qa": "qa", "/v1/classify": "classify"}
+BATCH_ENDPOINTS = {f"/v1/{endpoint}": endpoint for endpoint in TASK_TYPES}
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 _COUNT_EVERY_S = 1.0
 

@@ -19,6 +19,7 @@ import json
 import re
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,15 @@ from typing import Any
 import httpx
 
 from app.adapters import AdapterChoice
-from app.datasets import DataError, Record, load_records, model_outputs, source_of
+from app.datasets import DataError, Record, load_records, model_outputs
 from app.eval_metrics import classification_scores, markdown_table, ner_scores, qa_scores
 from app.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, TaskManifest, load_tasks
-from app.problems import TIMEOUT, Problem
+from app.problems import Problem
 from app.service import Service, make_local_service, settings_for
 from app.service_client import HTTP_TIMEOUT, ServiceUnavailable, wait_ready
-from app.task_runner import ClassifyResult, Document, NerResult, QaItem, QaResult, gather_first_error
+from app.task_calls import ENDPOINT_OF, INTERACTIVE_PRIORITY, ITEMS_KEY, call_json
+from app.task_runner import gather_first_error
 
-ENDPOINTS = {"ner": "/v1/ner", "qa": "/v1/qa", "classification": "/v1/classify"}
-_ITEMS_KEY = {"ner": "documents", "qa": "items", "classification": "documents"}
 # Problems that no retry or smaller batch can fix: the run is misconfigured, so it stops.
 _FATAL_STATUS = {400, 401, 403, 404, 409}
 
@@ -56,8 +56,13 @@ def empty_prediction(task: Task) -> dict[str, Any]:
     return {"labels": []}
 
 
-def _request_item(task: Task, record: Record) -> dict[str, str]:
-    return {"id": record.id, **record.payload}
+def request_body(task: Task, batch: list[Record], adapter: AdapterChoice) -> dict[str, Any]:
+    """The API request for a batch of records (the same body in process and over HTTP)."""
+    items = [{"id": r.id, **r.payload} for r in batch]
+    body: dict[str, Any] = {"task": task.name, ITEMS_KEY[ENDPOINT_OF[task.type]]: items}
+    if adapter is not None:
+        body["adapter"] = _adapter_field(adapter)
+    return body
 
 
 # --------------------------------------------------------------------------- predicting
@@ -112,7 +117,7 @@ def _adapter_field(adapter: AdapterChoice) -> Any:
 
 
 def _from_response(task: Task, batch: list[Record], body: dict[str, Any]) -> list[dict[str, Any]]:
-    items = body.get(_ITEMS_KEY[task.type]) or []
+    items = body.get(ITEMS_KEY[ENDPOINT_OF[task.type]]) or []
     by_id = {item["id"]: item for item in items}
     if sorted(by_id) != sorted(r.id for r in batch):
         raise EvalError(f"the server answered for other ids than were sent ({len(by_id)} of {len(batch)})")
@@ -144,14 +149,12 @@ async def predict_via_url(
 
     `transport` is for tests (an in-memory ASGI app); by default this is plain HTTP.
     """
-    endpoint, key = ENDPOINTS[task.type], _ITEMS_KEY[task.type]
+    endpoint = f"/v1/{ENDPOINT_OF[task.type]}"
     async with httpx.AsyncClient(base_url=url, timeout=HTTP_TIMEOUT, transport=transport) as client:
         await wait_ready(client)
 
         async def call(batch: list[Record]) -> list[dict[str, Any]]:
-            body: dict[str, Any] = {"task": task.name, key: [_request_item(task, r) for r in batch]}
-            if adapter is not None:
-                body["adapter"] = _adapter_field(adapter)
+            body = request_body(task, batch, adapter)
             try:
                 response = await client.post(endpoint, json=body)
             except httpx.TimeoutException as exc:
@@ -167,20 +170,6 @@ async def predict_via_url(
         return await _predict(task, records, call, batch_size=batch_size, concurrency=concurrency)
 
 
-def _result_prediction(result: NerResult | QaResult | ClassifyResult) -> dict[str, Any]:
-    if isinstance(result, NerResult):
-        return {
-            "entities": [
-                {"start": s.start, "end": s.end, "text": s.text, "label": s.label, "attributes": dict(s.attributes)}
-                for s in result.entities
-            ]
-        }
-    if isinstance(result, QaResult):
-        a = result.answer
-        return {"answer": None if a is None else {"start": a.start, "end": a.end, "text": a.text}}
-    return {"labels": list(result.labels)}
-
-
 async def predict_in_process(
     service: Service,
     task: Task,
@@ -190,8 +179,7 @@ async def predict_in_process(
     batch_size: int = 16,
     concurrency: int = 4,
 ) -> list[dict[str, Any]]:
-    """Predictions from a started in-process service, through the runner and leases the API uses."""
-    settings = service.settings
+    """Predictions from a started in-process service, through the request path the API uses."""
     if not service.ready:
         raise EvalError(f"the service is not ready ({service.startup_error or 'not started'})")
     try:
@@ -201,34 +189,22 @@ async def predict_in_process(
         raise EvalError(str(exc)) from exc
 
     async def call(batch: list[Record]) -> list[dict[str, Any]]:
-        # The API's own input checks, so that in-process and --url runs fail alike.
+        # The API's own request path (validation, input limits, lease, timeout), so that
+        # in-process and --url runs fail alike and read the same response.
         try:
-            service.check_inputs([(r.id, sum(len(v) for v in r.payload.values())) for r in batch])
+            response = await call_json(
+                service,
+                ENDPOINT_OF[task.type],
+                request_body(task, batch, adapter),
+                request_id=f"eval-{uuid.uuid4().hex}",
+                origin="eval",
+                priority=INTERACTIVE_PRIORITY,
+            )
         except Problem as exc:
             raise _BatchFailed(f"{exc.kind.status} {exc}") from exc
-        with service.registry.lease(task.name, adapter) as use:
-            try:
-                async with asyncio.timeout(settings.request_timeout_s):
-                    results: list[Any]
-                    if task.type == "ner":
-                        results = await service.runner.ner(
-                            task, use, [Document(r.id, source_of(task, r)) for r in batch]
-                        )
-                    elif task.type == "qa":
-                        items = [QaItem(r.id, r.payload["context"], r.payload["question"]) for r in batch]
-                        results = await service.runner.qa(task, use, items)
-                    else:
-                        docs = [Document(r.id, r.payload["text"]) for r in batch]
-                        results = await service.runner.classify(task, use, docs)
-            except Problem as exc:
-                raise _BatchFailed(f"{exc.kind.status} {exc}") from exc
-            except TimeoutError as exc:
-                raise _BatchFailed(
-                    f"{TIMEOUT.status} {TIMEOUT.slug}: no result within {settings.request_timeout_s:g} s"
-                ) from exc
-            except Exception as exc:  # the API answers these with 500 internal-error
-                raise _BatchFailed(f"500 internal-error: {type(exc).__name__}: {str(exc)[:200]}") from exc
-        return [_result_prediction(result) for result in results]
+        except Exception as exc:  # the API answers these with 500 internal-error
+            raise _BatchFailed(f"500 internal-error: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        return _from_response(task, batch, response)
 
     return await _predict(task, records, call, batch_size=batch_size, concurrency=concurrency)
 

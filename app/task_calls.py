@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -25,7 +25,6 @@ from app.service import Service
 from app.task_runner import Document, QaItem
 
 log = logging.getLogger("medlora.calls")
-T = TypeVar("T")
 
 # Interactive requests go first in the engine's queue; batch work fills the gaps.
 INTERACTIVE_PRIORITY = 0
@@ -36,7 +35,9 @@ REQUEST_MODELS: dict[str, type[m.NerRequest | m.QaRequest | m.ClassifyRequest]] 
     "qa": m.QaRequest,
     "classify": m.ClassifyRequest,
 }
-TASK_TYPES = {"ner": "ner", "qa": "qa", "classify": "classification"}
+TASK_TYPES = {"ner": "ner", "qa": "qa", "classify": "classification"}  # endpoint -> task type
+ENDPOINT_OF = {task_type: endpoint for endpoint, task_type in TASK_TYPES.items()}
+ITEMS_KEY = {"ner": "documents", "qa": "items", "classify": "documents"}  # endpoint -> list of inputs
 
 
 class Abandoned(Exception):
