@@ -28,7 +28,7 @@ import httpx
 
 from app.journal import Journal, JournalError, recover
 from app.manifests import ManifestError, load_tasks
-from app.problems import DUPLICATE_ID, EMPTY_TEXT, INTERNAL, INVALID_LINE, TIMEOUT, Problem
+from app.problems import DUPLICATE_ID, EMPTY_TEXT, INVALID_LINE, TIMEOUT, Problem, unexpected
 from app.service import Service, make_local_service, settings_for
 from app.service_client import HTTP_TIMEOUT, ServiceUnavailable, post_with_retries, wait_ready
 from app.settings import Settings
@@ -355,11 +355,6 @@ def default_errors_path(output: Path) -> Path:
     return output.with_name(name + ".errors.jsonl")
 
 
-def internal_problem(exc: BaseException) -> dict[str, Any]:
-    # The exception type only: messages can quote input text.
-    return Problem(INTERNAL, f"unexpected {type(exc).__name__}; see the logs").body()
-
-
 # -- command line ------------------------------------------------------------------------
 def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="Task name (a manifest in the tasks folder).")
@@ -388,7 +383,7 @@ def in_process_backend(service: Service) -> Backend:
                 raise AnnotateError(f"the engine stopped: {exc.detail}") from None
             raise LineFailed(exc.body()) from None
         except Exception as exc:  # a bug for one line must not stop thousands of others
-            raise LineFailed(internal_problem(exc)) from None
+            raise LineFailed(unexpected(exc).body()) from None
 
     return call
 

@@ -10,7 +10,6 @@ at a lower engine priority than interactive requests, which therefore go first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 from app.batch_store import ACTIVE_STATUSES, Batch, BatchStore
 from app.journal import Journal, recover
-from app.problems import DUPLICATE_ID, INTERNAL, INVALID_LINE, NOT_READY, Problem
+from app.problems import DUPLICATE_ID, INTERNAL, INVALID_LINE, NOT_READY, Problem, unexpected
 from app.service import Service
 from app.task_calls import BATCH_PRIORITY, TASK_TYPES, call_json
 
@@ -40,7 +39,7 @@ def input_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
-def _parse_line(raw: bytes, endpoint: str) -> tuple[str | None, Any]:
+def _parse_line(raw: bytes, endpoint: str) -> tuple[str, Any]:
     """(custom_id, body) of one input line; raises Problem(INVALID_LINE) saying what is wrong."""
     try:
         obj = json.loads(raw.decode("utf-8"))
@@ -92,13 +91,6 @@ class BatchRunner:
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
         self._jobs.clear()
-
-    async def wait(self, batch_id: str) -> None:
-        """For tests and the CLI: until the job's task ends."""
-        job = self._jobs.get(batch_id)
-        if job is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(job)
 
     # -- one job -------------------------------------------------------------------------
     async def _save(self, batch: Batch) -> None:
@@ -174,7 +166,7 @@ class BatchRunner:
                 except Problem as exc:
                     write_error(line_id, custom_id, exc)
                 except Exception as exc:  # one line's bug must not fail the job
-                    write_error(line_id, custom_id, Problem(INTERNAL, f"unexpected {type(exc).__name__}"))
+                    write_error(line_id, custom_id, unexpected(exc))
                 else:
                     out.append(
                         {
@@ -185,8 +177,6 @@ class BatchRunner:
                         }
                     )
                     batch.completed += 1
-                finally:
-                    self.slots.release()
 
             try:
                 for number, raw in await asyncio.to_thread(lambda: list(input_lines(input_path))):
@@ -194,12 +184,11 @@ class BatchRunner:
                     try:
                         custom_id, body = _parse_line(raw, batch.endpoint)
                     except Problem as exc:
-                        custom_id, body = exc.extra.get("custom_id"), None
                         if line_id not in done:
-                            write_error(line_id, custom_id, exc)
+                            write_error(line_id, exc.extra.get("custom_id"), exc)
                         continue
                     first = custom_id not in seen_custom_ids
-                    seen_custom_ids.add(str(custom_id))
+                    seen_custom_ids.add(custom_id)
                     if line_id in done:
                         continue
                     if not first:
@@ -208,9 +197,12 @@ class BatchRunner:
                     if batch.id in self._cancel_requested:
                         break
                     await self.slots.acquire()
-                    task = asyncio.create_task(run_line(line_id, str(custom_id), body))
+                    task = asyncio.create_task(run_line(line_id, custom_id, body))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
+                    # A done callback, not a finally in run_line: a task cancelled before it
+                    # started never runs its body, and its slot would leak across all jobs.
+                    task.add_done_callback(lambda _: self.slots.release())
                     if time.monotonic() - last_count > _COUNT_EVERY_S:
                         last_count = time.monotonic()
                         await self._save(batch)

@@ -64,3 +64,8 @@ class Problem(Exception):
             body["instance"] = instance
         body.update(self.extra)
         return body
+
+
+def unexpected(exc: BaseException) -> Problem:
+    """A bug met while serving one item: named by exception type only (messages can quote input text)."""
+    return Problem(INTERNAL, f"unexpected {type(exc).__name__}; see the logs")

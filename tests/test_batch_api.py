@@ -160,6 +160,11 @@ def test_cancel_keeps_finished_lines_and_finished_batches_cannot_be_cancelled(st
     # The input of a finished batch may now be deleted; its outputs stay.
     assert oai.files.delete(uploaded.id).deleted
     assert content(oai, cancelled.output_file_id) == outputs
+    # Aborted lines gave their engine slots back: the single slot still serves a new job.
+    engine.delay_s = 0.0
+    again = oai.files.create(file=("in.jsonl", io.BytesIO(jsonl([line("z", "farmacoZ")]))), purpose="batch")
+    batch2 = oai.batches.create(input_file_id=again.id, endpoint="/v1/ner", completion_window="24h")  # type: ignore[arg-type]
+    assert [o["custom_id"] for o in content(oai, wait_for(oai, batch2.id, {"completed"}).output_file_id)] == ["z"]
 
 
 def test_upload_and_create_errors_are_problems(start: Started) -> None:
