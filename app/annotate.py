@@ -19,7 +19,7 @@ import re
 import sys
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ def _record(position: str, number: int, raw_id: Any, values: dict[str, Any], tas
     return InputRecord(position, number, raw_id, payload)
 
 
-def read_jsonl(path: Path, task_type: str) -> Iterator[InputRecord]:
+def read_jsonl(path: Path, task_type: str) -> Generator[InputRecord, None, None]:
     number = 0
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
@@ -109,7 +109,7 @@ def read_jsonl(path: Path, task_type: str) -> Iterator[InputRecord]:
             yield _record(position, number, obj.get("id"), obj, task_type)
 
 
-def read_csv(path: Path, task_type: str, columns: Columns) -> Iterator[InputRecord]:
+def read_csv(path: Path, task_type: str, columns: Columns) -> Generator[InputRecord, None, None]:
     wanted = {"id": columns.id, **{name: getattr(columns, name) for name in _fields(task_type)}}
     # surrogateescape keeps bad bytes as lone surrogates, so one bad row is rejected, not the file.
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
@@ -122,7 +122,7 @@ def read_csv(path: Path, task_type: str, columns: Columns) -> Iterator[InputReco
             yield _record(f"row {number}", number, values.pop("id"), values, task_type)
 
 
-def read_folder(path: Path, task_type: str) -> Iterator[InputRecord]:
+def read_folder(path: Path, task_type: str) -> Generator[InputRecord, None, None]:
     if task_type == "qa":
         raise AnnotateError("QA needs a question per note: use JSONL or CSV input, not a folder")
     files = sorted(p for p in path.rglob("*.txt") if p.is_file())
@@ -137,7 +137,7 @@ def read_folder(path: Path, task_type: str) -> Iterator[InputRecord]:
         yield _record(position, number, rel[: -len(".txt")], {"text": text}, task_type)
 
 
-def read_input(path: Path, task_type: str, columns: Columns) -> Iterator[InputRecord]:
+def read_input(path: Path, task_type: str, columns: Columns) -> Generator[InputRecord, None, None]:
     if path.is_dir():
         return read_folder(path, task_type)
     if not path.is_file():
@@ -145,6 +145,16 @@ def read_input(path: Path, task_type: str, columns: Columns) -> Iterator[InputRe
     if path.suffix.lower() == ".csv":
         return read_csv(path, task_type, columns)
     return read_jsonl(path, task_type)
+
+
+def check_input(path: Path, task_type: str, columns: Columns) -> None:
+    """Raise AnnotateError now for a missing path, CSV columns or a folder given to QA.
+
+    The readers are generators: their checks run at the first record, so take one.
+    """
+    records = read_input(path, task_type, columns)
+    next(records, None)
+    records.close()
 
 
 # -- sharding ----------------------------------------------------------------------------
@@ -334,13 +344,11 @@ async def annotate(
                     continue
                 while len(pending) >= concurrency:
                     finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task_done in finished:
-                        task_done.result()  # a fatal error stops the run here
+                    _raise_first_error(finished)  # a fatal error stops the run here
                 pending.add(asyncio.create_task(run_one(record)))
             while pending:
                 finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task_done in finished:
-                    task_done.result()
+                _raise_first_error(finished)
         finally:
             for leftover in pending:
                 leftover.cancel()
@@ -348,6 +356,13 @@ async def annotate(
             progress.close()
             summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _raise_first_error(finished: set[asyncio.Task[None]]) -> None:
+    # Retrieve every failure, not just the first: asyncio logs the others as "never retrieved".
+    errors = [error for task in finished if not task.cancelled() and (error := task.exception())]
+    if errors:
+        raise errors[0]
 
 
 def default_errors_path(output: Path) -> Path:
@@ -447,14 +462,14 @@ async def _run(args: argparse.Namespace, summary: Summary) -> Summary:
             types = {t["name"]: t["type"] for t in tasks}
             if args.task not in types:
                 raise AnnotateError(f"{args.url} has no task {args.task!r} (tasks: {sorted(types)})")
-            read_input(args.input, types[args.task], columns)  # fail on a bad path before any work
+            check_input(args.input, types[args.task], columns)
             return await run_with(remote_backend(client), types[args.task])
     settings = settings_for(args.model, args.adapters)
     tasks_found = load_tasks(settings.tasks_dir, settings.schemas_dir)
     if args.task not in tasks_found:
         raise AnnotateError(f"no task {args.task!r} in {settings.tasks_dir} (tasks: {sorted(tasks_found)})")
     task_type = tasks_found[args.task].type
-    read_input(args.input, task_type, columns)
+    check_input(args.input, task_type, columns)  # seconds, not after the engine's start
     service = make_local_service(settings)
     try:
         await service.start()

@@ -300,7 +300,14 @@ def test_cli_reports_summary_and_rejects_bad_arguments(
     summary = json.loads(capsys.readouterr().out)
     assert (summary["annotated"], summary["failed"], summary["errors"]) == (3, 1, str(tmp_path / "out.errors.jsonl"))
 
+    def no_engine(settings: object) -> None:
+        raise AssertionError("input errors must stop the run before the engine starts")
+
+    monkeypatch.setattr(an, "make_local_service", no_engine)
+    bad_csv = tmp_path / "notes.csv"
+    bad_csv.write_text("note,body\nx,farmaco\n")
     for argv, message in [
+        (["--input", str(bad_csv)], "missing column"),
         (["--shard", "2/2"], "--shard"),
         (["--input", str(tmp_path / "missing.jsonl")], "no such file"),
         (["--task", "nope"], "no task"),
