@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from app.engine import AdapterHandle, Engine, EngineError
-from app.problems import ADAPTER_CONFLICT, INVALID_ADAPTER, UNKNOWN_ADAPTER, UNKNOWN_TASK, Problem
+from app.engine import AdapterHandle, Engine, EngineError, EngineUnavailable
+from app.problems import (
+    ADAPTER_CONFLICT,
+    ENGINE_UNAVAILABLE,
+    INVALID_ADAPTER,
+    UNKNOWN_ADAPTER,
+    UNKNOWN_TASK,
+    Problem,
+)
 
 log = logging.getLogger("medlora.adapters")
 
@@ -212,6 +219,8 @@ class AdapterRegistry:
             record.drained.set()
             try:
                 await self.engine.load_adapter(handle)
+            except EngineUnavailable as exc:
+                raise Problem(ENGINE_UNAVAILABLE, str(exc), retry_after_s=5) from exc
             except EngineError as exc:
                 raise Problem(INVALID_ADAPTER, str(exc), {"path": str(path)}) from exc
             record.resident = True

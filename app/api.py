@@ -7,15 +7,17 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import api_models as m
+from app.auth import Authenticator
 from app.batch_api import batch_router
 from app.batch_jobs import BatchRunner
 from app.batch_store import BatchStore
@@ -25,7 +27,6 @@ from app.problems import (
     NOT_FOUND,
     PAYLOAD_TOO_LARGE,
     PROBLEM_MEDIA_TYPE,
-    UNAUTHORIZED,
     UNKNOWN_TASK,
     Problem,
     ProblemType,
@@ -35,10 +36,15 @@ from app.task_calls import Abandoned, execute, prepare, validation_errors
 
 log = logging.getLogger("medlora.api")
 T = TypeVar("T")
+# A security scheme so the OpenAPI document shows how to authenticate; the Authenticator
+# decides. Module level: FastAPI resolves the dependency's (postponed) annotations here.
+BEARER = HTTPBearer(auto_error=False, description="API key (admin key for adapter administration)")
 
 
 def problem_response(problem: Problem, request: Request) -> JSONResponse:
-    headers = {"Retry-After": str(problem.retry_after_s)} if problem.retry_after_s else None
+    headers = dict(problem.headers)
+    if problem.retry_after_s:
+        headers["Retry-After"] = str(problem.retry_after_s)
     return JSONResponse(
         problem.body(instance=request.url.path),
         status_code=problem.kind.status,
@@ -98,7 +104,17 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     batch_store = BatchStore(settings.batch_dir)
     batch_runner = BatchRunner(service, batch_store, concurrency=settings.batch_concurrency)
-    app.include_router(batch_router(settings, batch_store, batch_runner))
+    auth = Authenticator(settings.api_keys_file, settings.admin_keys_file)
+
+    def require_client(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> None:
+        request.state.client = auth.client(request.headers.get("authorization"))
+
+    def require_admin(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> None:
+        request.state.client = auth.admin(request.headers.get("authorization"))
+
+    client_only = [Depends(require_client)]
+    admin_only = [Depends(require_admin)]
+    app.include_router(batch_router(settings, batch_store, batch_runner), dependencies=client_only)
     # Whole-body bound: the largest valid request, with JSON escaping at its worst.
     max_body = settings.max_documents * (settings.max_document_chars * 6 + 4096) + 65536
 
@@ -144,10 +160,6 @@ def create_app(service: Service) -> FastAPI:
         )
         return problem_response(Problem(INTERNAL, "unexpected error; see logs for the request id"), request)
 
-    def check_admin(request: Request) -> None:
-        if settings.admin_token and request.headers.get("authorization") != f"Bearer {settings.admin_token}":
-            raise Problem(UNAUTHORIZED, "adapter administration needs the admin bearer token")
-
     async def run_call(request: Request, endpoint: str, body: m.NerRequest | m.QaRequest | m.ClassifyRequest) -> Any:
         call = prepare(service, endpoint, body)
         try:
@@ -160,19 +172,19 @@ def create_app(service: Service) -> FastAPI:
         except Abandoned:
             return Response(status_code=499)
 
-    @app.post("/v1/ner", response_model=m.NerResponse, tags=["tasks"])
+    @app.post("/v1/ner", response_model=m.NerResponse, tags=["tasks"], dependencies=client_only)
     async def ner(body: m.NerRequest, request: Request) -> Any:
         return await run_call(request, "ner", body)
 
-    @app.post("/v1/qa", response_model=m.QaResponse, tags=["tasks"])
+    @app.post("/v1/qa", response_model=m.QaResponse, tags=["tasks"], dependencies=client_only)
     async def qa(body: m.QaRequest, request: Request) -> Any:
         return await run_call(request, "qa", body)
 
-    @app.post("/v1/classify", response_model=m.ClassifyResponse, tags=["tasks"])
+    @app.post("/v1/classify", response_model=m.ClassifyResponse, tags=["tasks"], dependencies=client_only)
     async def classify(body: m.ClassifyRequest, request: Request) -> Any:
         return await run_call(request, "classify", body)
 
-    @app.get("/v1/tasks", tags=["registry"])
+    @app.get("/v1/tasks", tags=["registry"], dependencies=client_only)
     async def list_tasks() -> dict[str, Any]:
         out = []
         for task in service.tasks.values():
@@ -196,18 +208,18 @@ def create_app(service: Service) -> FastAPI:
             )
         return {"tasks": out}
 
-    @app.get("/v1/adapters", tags=["registry"])
+    @app.get("/v1/adapters", tags=["registry"], dependencies=client_only)
     async def list_adapters() -> dict[str, Any]:
         return {"adapters": [r.describe(service.registry.tasks_using(r.key)) for r in service.registry.records()]}
 
-    @app.post("/v1/adapters", status_code=201, tags=["admin"], dependencies=[Depends(check_admin)])
+    @app.post("/v1/adapters", status_code=201, tags=["admin"], dependencies=admin_only)
     async def register_adapter(body: m.AdapterRegistration) -> dict[str, Any]:
         service.require_ready()
         record = await service.registry.register(body.name, body.version, service.resolve_adapter_path(body.path))
         service.metrics.adapter_resident.labels(record.name, record.version).set(1)
         return record.describe(service.registry.tasks_using(record.key))
 
-    @app.put("/v1/tasks/{task_name}/adapter", tags=["admin"], dependencies=[Depends(check_admin)])
+    @app.put("/v1/tasks/{task_name}/adapter", tags=["admin"], dependencies=admin_only)
     async def switch_adapter(task_name: str, body: m.AdapterSelection) -> dict[str, Any]:
         service.require_ready()
         if task_name not in service.tasks:
@@ -215,7 +227,7 @@ def create_app(service: Service) -> FastAPI:
         previous = await service.bind(task_name, body.name, body.version)
         return {"task": task_name, "adapter": {"name": body.name, "version": body.version}, "previous": previous}
 
-    @app.delete("/v1/adapters/{name}/{version}", status_code=204, tags=["admin"], dependencies=[Depends(check_admin)])
+    @app.delete("/v1/adapters/{name}/{version}", status_code=204, tags=["admin"], dependencies=admin_only)
     async def delete_adapter(name: str, version: str) -> Response:
         service.require_ready()
         await service.registry.unregister(name, version)

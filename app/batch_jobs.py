@@ -19,7 +19,7 @@ from typing import Any
 
 from app.batch_store import ACTIVE_STATUSES, Batch, BatchStore
 from app.journal import Journal, recover
-from app.problems import DUPLICATE_ID, INTERNAL, INVALID_LINE, NOT_READY, Problem, unexpected
+from app.problems import DUPLICATE_ID, ENGINE_UNAVAILABLE, INTERNAL, INVALID_LINE, NOT_READY, Problem, unexpected
 from app.service import Service
 from app.task_calls import BATCH_PRIORITY, TASK_TYPES, call_json
 
@@ -226,7 +226,9 @@ class BatchRunner:
                 )
             except Problem as exc:
                 # The engine went away under this line: wait for it rather than fail the line.
-                if exc.kind is not NOT_READY:
+                if exc.kind is ENGINE_UNAVAILABLE:
+                    await asyncio.sleep(exc.retry_after_s or 1)
+                elif exc.kind is not NOT_READY:
                     raise
 
     async def _ready(self) -> None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.settings import Settings
+from app.settings import ConfigurationError, Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["tasks_dir"] = Path(args.tasks)
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
+    from app.auth import KeyFileError
     from app.logs import configure_logging
     from app.manifests import ManifestError
 
@@ -35,22 +36,50 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     try:
         from app.api import create_app
+        from app.auth import Authenticator
         from app.service import build_service
 
-        service = build_service(settings)
+        Authenticator(settings.api_keys_file, settings.admin_keys_file)  # fail before the model loads
+        app = create_app(build_service(settings))
     except ManifestError as exc:
         print(f"medlora: invalid task configuration: {exc}", file=sys.stderr)
+        return 2
+    except KeyFileError as exc:
+        print(f"medlora: invalid API key configuration: {exc}", file=sys.stderr)
+        return 2
+    except ConfigurationError as exc:
+        print(f"medlora: invalid configuration: {exc}", file=sys.stderr)
         return 2
     import uvicorn
 
     uvicorn.run(
-        create_app(service),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,  # the gateway logs every request itself, without bodies
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    import secrets
+
+    from app.auth import hash_key
+
+    if any(c.isspace() for c in args.name) or not args.name:
+        print("medlora: --name must be one word", file=sys.stderr)
+        return 2
+    if args.generate:
+        key = secrets.token_urlsafe(32)
+        print(key, file=sys.stderr)
+    else:
+        key = sys.stdin.readline().rstrip("\r\n")
+        if len(key) < 16:
+            print("medlora: the key on stdin must have at least 16 characters", file=sys.stderr)
+            return 2
+    print(f"{args.name} {hash_key(key)}")
     return 0
 
 
@@ -88,7 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_annotate_arguments(annotate)
     merge = sub.add_parser("merge", help="Merge `annotate --shard` outputs and check every note is there once.")
     add_merge_arguments(merge)
+    hash_key = sub.add_parser(
+        "hash-key", help="Print a key-file line ('<name> <sha256>') for an API key read from stdin, or a new key."
+    )
+    hash_key.add_argument("--name", required=True, help="Who the key is for (shown in logs, never the key).")
+    hash_key.add_argument(
+        "--generate", action="store_true", help="Make a new random key: printed on stderr, its line on stdout."
+    )
     args = parser.parse_args(argv)
+    if args.command == "hash-key":
+        return _hash_key(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "synth":

@@ -43,6 +43,10 @@ class EngineError(RuntimeError):
     """The engine failed a request for a reason that is not the caller's fault."""
 
 
+class EngineUnavailable(EngineError):
+    """No engine replica could take the request; nothing ran, so the caller may retry it."""
+
+
 class Engine(Protocol):
     @property
     def ready(self) -> bool: ...

@@ -29,10 +29,12 @@ DUPLICATE_ID = ProblemType("duplicate-id", "Duplicate item id in request", 422)
 NOT_READY = ProblemType("not-ready", "Service is not ready", 503)
 GENERATION_FAILED = ProblemType("generation-failed", "Generation could not complete", 502)
 TIMEOUT = ProblemType("timeout", "Generation timed out", 504)
+ENGINE_UNAVAILABLE = ProblemType("engine-unavailable", "No engine replica could take the request", 503)
 UNKNOWN_ADAPTER = ProblemType("unknown-adapter", "Unknown adapter", 404)
 INVALID_ADAPTER = ProblemType("invalid-adapter", "Adapter files are invalid", 422)
 ADAPTER_CONFLICT = ProblemType("adapter-conflict", "Adapter state conflict", 409)
-UNAUTHORIZED = ProblemType("unauthorized", "Missing or wrong admin token", 401)
+UNAUTHORIZED = ProblemType("unauthorized", "Missing or unknown API key", 401)
+FORBIDDEN = ProblemType("forbidden", "This key may not do that", 403)
 INTERNAL = ProblemType("internal-error", "Internal error", 500)
 # Batch input (annotate CLI, batch jobs): one bad line is reported, the rest still run.
 INVALID_LINE = ProblemType("invalid-line", "Input line is invalid", 400)
@@ -49,6 +51,7 @@ class Problem(Exception):
     detail: str
     extra: dict[str, Any] = field(default_factory=dict)
     retry_after_s: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return f"{self.kind.slug}: {self.detail}"

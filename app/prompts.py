@@ -7,9 +7,11 @@ that what an adapter learns is what it is asked (no train/serve skew).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Protocol
 
 from app.manifests import Task
+from app.settings import ConfigurationError
 
 Message = dict[str, str]
 
@@ -92,4 +94,10 @@ class PromptRenderer:
 def load_renderer(model_path: str) -> PromptRenderer:
     from transformers import AutoTokenizer
 
-    return PromptRenderer(AutoTokenizer.from_pretrained(model_path))
+    if model_path.startswith(("/", ".", "~")) and not Path(model_path).expanduser().is_dir():
+        raise ConfigurationError(f"model folder {model_path!r} does not exist (is the models volume mounted?)")
+    try:
+        return PromptRenderer(AutoTokenizer.from_pretrained(model_path))
+    except (OSError, ValueError) as exc:
+        # Offline and air-gapped deployments: a wrong path is the common case; say which.
+        raise ConfigurationError(f"cannot load the tokenizer of model {model_path!r}: {exc}") from exc

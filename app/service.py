@@ -21,7 +21,15 @@ from app.adapters import AdapterRegistry
 from app.engine import Engine
 from app.manifests import Task, load_tasks
 from app.metrics import Metrics
-from app.problems import DUPLICATE_ID, NOT_READY, PAYLOAD_TOO_LARGE, UNKNOWN_TASK, WRONG_TASK_TYPE, Problem
+from app.problems import (
+    DUPLICATE_ID,
+    ENGINE_UNAVAILABLE,
+    NOT_READY,
+    PAYLOAD_TOO_LARGE,
+    UNKNOWN_TASK,
+    WRONG_TASK_TYPE,
+    Problem,
+)
 from app.prompts import PromptRenderer, load_renderer
 from app.settings import Settings
 from app.task_runner import TaskRunner
@@ -97,10 +105,16 @@ class Service:
         await self.engine.start()
         for task in self.tasks.values():
             ref = task.manifest.adapter
-            try:
-                await self.registry.register(ref.name, ref.version, self.resolve_adapter_path(ref.path))
-            except Problem as exc:
-                raise RuntimeError(f"task {task.name}: adapter {ref.name}@{ref.version}: {exc.detail}") from exc
+            while True:
+                try:
+                    await self.registry.register(ref.name, ref.version, self.resolve_adapter_path(ref.path))
+                    break
+                except Problem as exc:
+                    if exc.kind is ENGINE_UNAVAILABLE:
+                        # Remote replicas restarting under us: wait for them, do not fail for good.
+                        await asyncio.sleep(exc.retry_after_s or 5)
+                        continue
+                    raise RuntimeError(f"task {task.name}: adapter {ref.name}@{ref.version}: {exc.detail}") from exc
             await self.bind(task.name, ref.name, ref.version)
         self._adapters_loaded = True
         self.metrics.engine_ready.set(1)
@@ -164,7 +178,12 @@ def build_service(
     """Load and check manifests, resolve the model, and assemble the service (engine not started)."""
     tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
     model = resolve_model(settings, tasks)
-    if engine is None:
+    metrics_registry = metrics_registry or REGISTRY
+    if engine is None and settings.engine == "remote":
+        from app.remote_engine import RemoteEngine
+
+        engine = RemoteEngine(settings, registry=metrics_registry)
+    elif engine is None:
         from app.vllm_engine import VllmEngine
 
         engine = VllmEngine(settings, model.path)
@@ -174,7 +193,7 @@ def build_service(
         model=model,
         engine=engine,
         renderer=renderer or load_renderer(model.path),
-        metrics_registry=metrics_registry or REGISTRY,
+        metrics_registry=metrics_registry,
     )
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = "embedded-tiny"
 DEFAULT_REAL_MODEL = "Qwen/Qwen3-1.7B"
+
+
+class ConfigurationError(ValueError):
+    """Settings that are valid one by one but do not work together."""
 
 
 class Settings(BaseSettings):
@@ -69,9 +73,56 @@ class Settings(BaseSettings):
     batch_max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest batch input file, in bytes.")
     batch_max_lines: int = Field(50_000, ge=1, description="Most lines in one batch input file.")
     log_level: str = Field("INFO", description="Log level.")
-    admin_token: str | None = Field(
-        None, description="If set, adapter admin endpoints require 'Authorization: Bearer <token>'."
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, time allowed for requests in flight to finish before the server exits."
     )
+    engine: Literal["local", "remote"] = Field(
+        "local",
+        description=(
+            "'local': vLLM in this process. 'remote': drive vLLM OpenAI servers at MEDLORA_ENGINE_URLS "
+            "(the gateway then loads only the tokenizer from MEDLORA_MODEL)."
+        ),
+    )
+    engine_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Remote engine: comma-separated base URLs of vLLM OpenAI servers (e.g. http://vllm:8000).",
+    )
+    engine_discovery: Literal["static", "dns"] = Field(
+        "static",
+        description=(
+            "Remote engine: 'static' uses each URL as one replica; 'dns' resolves each URL's host to all its "
+            "addresses (a headless Service) every health interval, so replicas that join or leave are followed."
+        ),
+    )
+    engine_api_key: str | None = Field(None, description="Remote engine: bearer token the vLLM servers expect.")
+    engine_health_interval_s: float = Field(
+        5.0, gt=0, description="Remote engine: how often replicas are checked (and adapters re-synced)."
+    )
+    engine_connect_timeout_s: float = Field(5.0, gt=0, description="Remote engine: connect timeout per attempt.")
+    engine_max_attempts: int = Field(
+        3, ge=1, description="Remote engine: replicas tried for one generation when a replica fails or is unreachable."
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description=(
+            "If set, every /v1 endpoint needs 'Authorization: Bearer <key>'. File of '<name> <sha256 hex of key>' "
+            "lines (make one with `medlora hash-key`). Unset: no authentication (local development)."
+        ),
+    )
+    admin_keys_file: Path | None = Field(
+        None,
+        description=(
+            "Same format; keys allowed to register, switch and delete adapters. If set, those endpoints need an "
+            "admin key even when MEDLORA_API_KEYS_FILE is unset."
+        ),
+    )
+
+    @field_validator("engine_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
+        return value
 
     @property
     def embedded(self) -> bool:

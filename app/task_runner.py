@@ -18,13 +18,13 @@ from typing import Any
 
 from app.adapters import AdapterUse
 from app.chunking import Chunk, merge_spans, shift, split_text
-from app.engine import Engine, EngineError, GenerationRequest
+from app.engine import Engine, EngineError, EngineUnavailable, GenerationRequest
 from app.grammar import compile_grammar, json_escape
 from app.grounding import GroundingResult, Span, ground_answer, ground_spans
 from app.manifests import Task
 from app.metrics import Metrics
 from app.output_schema import worst_case_bytes
-from app.problems import GENERATION_FAILED, Problem
+from app.problems import ENGINE_UNAVAILABLE, GENERATION_FAILED, Problem
 from app.prompts import PromptRenderer, build_messages
 
 log = logging.getLogger("medlora.tasks")
@@ -110,6 +110,9 @@ class TaskRunner:
         )
         try:
             result = await self.engine.generate(request)
+        except EngineUnavailable as exc:
+            self.metrics.invalid_outputs.labels(*labels, "engine_unavailable").inc()
+            raise Problem(ENGINE_UNAVAILABLE, str(exc), retry_after_s=5) from exc
         except EngineError as exc:
             self.metrics.invalid_outputs.labels(*labels, "engine_error").inc()
             raise Problem(GENERATION_FAILED, str(exc)) from exc

@@ -20,4 +20,9 @@ if [[ "$engine" == "cpu" ]]; then
   # torch ('operator torchvision::nms does not exist'); text models never need them.
   .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 fi
+if [[ "${1:-}" == "--dev" ]] && ! command -v promtool >/dev/null; then
+  # promtool checks the Prometheus alert rules in the test suite (Debian's prometheus package).
+  sudo_cmd=""; [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 .venv/bin/python -c "import vllm, app; print('medlora installed with vllm', vllm.__version__)"

@@ -97,3 +97,11 @@ def write_fake_adapter(path: Path, *, rank: int = 8, base: str = FAKE_BASE, targ
     (path / "adapter_config.json").write_text(json.dumps(config))
     (path / "adapter_model.safetensors").write_bytes(b"")
     return path
+
+
+ALL_FALSE = {"negated": False, "uncertain": False, "historical": False, "family": False}
+
+
+def ner_output(*entities: tuple[str, str]) -> str:
+    """A valid NER model answer with the given (text, label) entities."""
+    return json.dumps({"entities": [{"text": t, "label": lab, "attributes": ALL_FALSE} for t, lab in entities]})

@@ -1,0 +1,137 @@
+"""API keys: stored as SHA-256 digests, presented as `Authorization: Bearer <key>`.
+
+Key files hold `<name> <sha256 hex>` lines, so a leaked file (a Kubernetes Secret, a
+backup) does not leak usable keys. Files are re-read when they change, so rotating a
+mounted Secret takes effect without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.problems import FORBIDDEN, UNAUTHORIZED, Problem
+
+log = logging.getLogger("medlora.auth")
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_RECHECK_S = 5.0  # how often a key file's mtime is looked at
+
+
+class KeyFileError(ValueError):
+    pass
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def parse_key_file(text: str, source: str) -> dict[str, str]:
+    """digest -> key name; a malformed line is an error naming its line number (never its content)."""
+    keys: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not _DIGEST.match(parts[1]):
+            raise KeyFileError(f"{source}:{number}: expected '<name> <sha256 hex, 64 lowercase characters>'")
+        name, digest = parts
+        if digest in keys:
+            raise KeyFileError(f"{source}:{number}: the same key digest appears twice")
+        keys[digest] = name
+    return keys
+
+
+@dataclass
+class KeyFile:
+    path: Path
+    _keys: dict[str, str] = field(default_factory=dict)
+    _mtime: float = -1.0
+    _checked: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._reload(strict=True)
+
+    def _reload(self, *, strict: bool) -> None:
+        try:
+            mtime = os.stat(self.path).st_mtime
+            if mtime != self._mtime:
+                self._keys = parse_key_file(self.path.read_text(encoding="utf-8"), str(self.path))
+                self._mtime = mtime
+                log.info("key file loaded", extra={"path": str(self.path), "keys": len(self._keys)})
+        except (OSError, KeyFileError) as exc:
+            if strict:
+                raise KeyFileError(f"cannot use key file {self.path}: {exc}") from exc
+            # A half-written Secret update: keep serving with the keys we had.
+            log.error("key file reload failed; keeping previous keys", extra={"path": str(self.path)})
+        self._checked = time.monotonic()
+
+    def name_of(self, digest: str) -> str | None:
+        if time.monotonic() - self._checked > _RECHECK_S:
+            self._reload(strict=False)
+        return self._keys.get(digest)
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class Authenticator:
+    """Who may call what. Neither file set: open (local development)."""
+
+    def __init__(self, api_keys: Path | None, admin_keys: Path | None):
+        self.api_keys = KeyFile(api_keys) if api_keys else None
+        self.admin_keys = KeyFile(admin_keys) if admin_keys else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_keys is not None or self.admin_keys is not None
+
+    def _identify(self, authorization: str | None) -> tuple[str | None, bool]:
+        """(key name, is admin) for a presented header; (None, False) if absent or unknown."""
+        token = _bearer(authorization)
+        if token is None:
+            return None, False
+        digest = hash_key(token)
+        if self.admin_keys is not None and (name := self.admin_keys.name_of(digest)) is not None:
+            return name, True
+        if self.api_keys is not None and (name := self.api_keys.name_of(digest)) is not None:
+            return name, False
+        return None, False
+
+    def client(self, authorization: str | None) -> str | None:
+        """The caller's key name for a /v1 endpoint (None when API keys are off)."""
+        if self.api_keys is None:
+            return None
+        name, _ = self._identify(authorization)
+        if name is None:
+            raise _unauthorized()
+        return name
+
+    def admin(self, authorization: str | None) -> str | None:
+        """The caller's key name for an admin endpoint; any configured auth requires an admin key."""
+        if not self.enabled:
+            return None
+        name, is_admin = self._identify(authorization)
+        if name is None:
+            raise _unauthorized()
+        if not is_admin:
+            raise Problem(FORBIDDEN, "adapter administration needs an admin key")
+        return name
+
+
+def _unauthorized() -> Problem:
+    return Problem(
+        UNAUTHORIZED,
+        "send a valid key as 'Authorization: Bearer <key>'",
+        headers={"WWW-Authenticate": 'Bearer realm="medlora"'},
+    )

@@ -1,0 +1,197 @@
+"""API keys: hashed key files, Bearer auth on /v1, admin keys for adapter administration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import auth
+from app.auth import KeyFileError, hash_key, parse_key_file
+from app.settings import REPO_ROOT
+from tests.fakes import ner_output
+
+READER_KEY = "reader-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+NER_BODY = {"task": "ner-it-clinical", "documents": [{"id": "d1", "text": "febbre alta"}]}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def key_files(tmp_path: Path) -> tuple[Path, Path]:
+    api = tmp_path / "api-keys"
+    admin = tmp_path / "admin-keys"
+    api.write_text(f"# readers\nward-7 {hash_key(READER_KEY)}\n\n")
+    admin.write_text(f"ops {hash_key(ADMIN_KEY)}\n")
+    return api, admin
+
+
+def test_hash_key_is_the_sha256_hex_of_the_key() -> None:
+    assert hash_key("abc") == hashlib.sha256(b"abc").hexdigest()
+    assert hash_key("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("alice deadbeef\n", 1),  # digest too short
+        (f"# ok\nalice {'A' * 64}\n", 2),  # upper case is not what sha256sum prints
+        (f"alice {'a' * 64} extra\n", 1),
+        (f"alice {'a' * 64}\nbob {'a' * 64}\n", 2),  # the same key twice
+    ],
+)
+def test_malformed_key_file_names_the_line_and_not_its_content(text: str, line: int) -> None:
+    with pytest.raises(KeyFileError) as caught:
+        parse_key_file(text, "keys")
+    assert f"keys:{line}:" in str(caught.value)
+    assert "alice" not in str(caught.value)
+
+
+def test_without_key_files_every_endpoint_is_open(client_for: Any) -> None:
+    client, _ = client_for(lambda r: ner_output())
+    assert client.post("/v1/ner", json=NER_BODY).status_code == 200
+    assert client.delete("/v1/adapters/x/1").status_code == 404  # reached the handler
+
+
+def test_api_keys_guard_every_v1_endpoint(client_for: Any, key_files: tuple[Path, Path]) -> None:
+    api, admin = key_files
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    guarded = [
+        ("POST", "/v1/ner", NER_BODY),
+        ("POST", "/v1/qa", {"task": "qa-it-clinical", "items": []}),
+        ("GET", "/v1/tasks", None),
+        ("GET", "/v1/adapters", None),
+        ("GET", "/v1/files", None),
+        ("GET", "/v1/batches", None),
+    ]
+    for method, path, body in guarded:
+        for headers in ({}, bearer("wrong-key-0123456789"), {"Authorization": f"Basic {READER_KEY}"}):
+            r = client.request(method, path, json=body, headers=headers)
+            assert r.status_code == 401, (method, path, headers)
+            assert r.json()["type"] == "urn:medlora:problem:unauthorized"
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert r.headers["www-authenticate"].startswith("Bearer")
+    r = client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY))
+    assert r.status_code == 200
+    assert r.json()["documents"][0]["id"] == "d1"
+    assert client.get("/v1/tasks", headers=bearer(READER_KEY)).status_code == 200
+    # An admin key is also a client key.
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(ADMIN_KEY)).status_code == 200
+
+
+def test_health_and_metrics_stay_open_for_probes_and_scrapers(client_for: Any, key_files: tuple[Path, Path]) -> None:
+    api, admin = key_files
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_adapter_administration_needs_an_admin_key(client_for: Any, key_files: tuple[Path, Path]) -> None:
+    api, admin = key_files
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    switch = {"name": "ner-it-clinical", "version": "1"}
+    calls = [
+        ("DELETE", "/v1/adapters/x/1", None),
+        ("POST", "/v1/adapters", {"name": "x", "version": "1", "path": "/nope"}),
+        ("PUT", "/v1/tasks/ner-it-clinical/adapter", switch),
+    ]
+    for method, path, body in calls:
+        r = client.request(method, path, json=body)
+        assert r.status_code == 401, (method, path)
+        r = client.request(method, path, json=body, headers=bearer(READER_KEY))
+        assert r.status_code == 403, (method, path)
+        assert r.json()["type"] == "urn:medlora:problem:forbidden"
+    assert client.delete("/v1/adapters/x/1", headers=bearer(ADMIN_KEY)).status_code == 404
+    r = client.put("/v1/tasks/ner-it-clinical/adapter", json=switch, headers=bearer(ADMIN_KEY))
+    assert r.status_code == 200
+
+
+def test_admin_keys_alone_guard_only_administration(client_for: Any, key_files: tuple[Path, Path]) -> None:
+    _, admin = key_files
+    client, _ = client_for(lambda r: ner_output(), admin_keys_file=admin)
+    assert client.post("/v1/ner", json=NER_BODY).status_code == 200
+    assert client.delete("/v1/adapters/x/1").status_code == 401
+    assert client.delete("/v1/adapters/x/1", headers=bearer(ADMIN_KEY)).status_code == 404
+
+
+def test_api_keys_without_admin_keys_lock_administration(client_for: Any, key_files: tuple[Path, Path]) -> None:
+    api, _ = key_files
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api)
+    assert client.delete("/v1/adapters/x/1", headers=bearer(READER_KEY)).status_code == 403
+
+
+def test_rotated_key_file_takes_effect_without_restart(
+    client_for: Any, key_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "_RECHECK_S", 0.0)
+    api, admin = key_files
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    new_key = "rotated-key-0123456789abcdef"
+    api.write_text(f"ward-7 {hash_key(new_key)}\n")
+    os.utime(api, (1, 1))  # a different mtime even on coarse-grained file systems
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 401
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(new_key)).status_code == 200
+    # A half-written update keeps the previous keys instead of locking everyone out.
+    api.write_text("ward-7 not-a-digest\n")
+    os.utime(api, (2, 2))
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(new_key)).status_code == 200
+
+
+def test_keys_never_reach_the_logs(
+    client_for: Any, key_files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    api, admin = key_files
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    with caplog.at_level(logging.DEBUG):
+        client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY))
+        client.post("/v1/ner", json=NER_BODY, headers=bearer("wrong-key-0123456789"))
+    logged = caplog.text + json.dumps([r.__dict__ for r in caplog.records], default=str)
+    assert READER_KEY not in logged
+    assert "wrong-key-0123456789" not in logged
+
+
+def test_serve_refuses_a_malformed_key_file_with_a_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "keys"
+    bad.write_text("alice 1234\n")
+    env = {**os.environ, "MEDLORA_API_KEYS_FILE": str(bad), "MEDLORA_MODEL": "/nonexistent-model"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert f"invalid API key configuration: cannot use key file {bad}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_hash_key_command_writes_a_line_the_service_accepts(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "hash-key", "--name", "ward-7"],
+        input=READER_KEY + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert parse_key_file(proc.stdout, "stdout") == {hash_key(READER_KEY): "ward-7"}
+    generated = subprocess.run(
+        [sys.executable, "-m", "app.cli", "hash-key", "--name", "ops", "--generate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    new_key = generated.stderr.strip()
+    assert len(new_key) >= 32
+    assert parse_key_file(generated.stdout, "stdout") == {hash_key(new_key): "ops"}
+    short = subprocess.run(
+        [sys.executable, "-m", "app.cli", "hash-key", "--name", "x"], input="short\n", capture_output=True, text=True
+    )
+    assert short.returncode == 2
