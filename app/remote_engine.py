@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from app.engine import AdapterHandle, EngineError, EngineUnavailable, GenerationRequest, GenerationResult
+from app.metrics import EngineMetrics
 from app.settings import ConfigurationError, Settings
 
 log = logging.getLogger("medlora.engine")
@@ -114,21 +115,7 @@ class RemoteEngine:
         self._adapter_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
         self._first_healthy = asyncio.Event()
-        self._replica_gauge = Gauge(
-            "medlora_engine_replicas", "Remote engine replicas by state.", ["state"], registry=registry
-        )
-        self._outstanding_gauge = Gauge(
-            "medlora_engine_replica_outstanding",
-            "Generations in flight per remote engine replica.",
-            ["replica"],
-            registry=registry,
-        )
-        self._retries = Counter(
-            "medlora_engine_retries",
-            "Failed generation attempts that may be retried elsewhere, by reason.",
-            ["reason"],
-            registry=registry,
-        )
+        self._metrics = EngineMetrics(registry)
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -189,7 +176,7 @@ class RemoteEngine:
         for url in set(self._pool.replicas) - set(urls):
             replica = self._pool.replicas.pop(url)
             replica.removed, replica.healthy = True, False
-            self._outstanding_gauge.remove(url)
+            self._metrics.outstanding.remove(url)
             log.info("engine replica removed", extra={"replica": url})
         await asyncio.gather(*(self._check(r) for r in list(self._pool.replicas.values())))
         self._publish()
@@ -199,10 +186,10 @@ class RemoteEngine:
     def _publish(self) -> None:
         replicas = self._pool.replicas.values()
         healthy = sum(r.healthy for r in replicas)
-        self._replica_gauge.labels("healthy").set(healthy)
-        self._replica_gauge.labels("unhealthy").set(len(replicas) - healthy)
+        self._metrics.replicas.labels("healthy").set(healthy)
+        self._metrics.replicas.labels("unhealthy").set(len(replicas) - healthy)
         for r in replicas:
-            self._outstanding_gauge.labels(r.url).set(r.outstanding)
+            self._metrics.outstanding.labels(r.url).set(r.outstanding)
 
     def _set_health(self, replica: Replica, healthy: bool, reason: str = "") -> None:
         if replica.removed:
@@ -330,7 +317,7 @@ class RemoteEngine:
             failure = outcome
             if not outcome.retry:
                 raise EngineError(outcome.message)
-            self._retries.labels(outcome.reason).inc()
+            self._metrics.retries.labels(outcome.reason).inc()
             log.warning(
                 "generation attempt failed; another replica will be tried if one is healthy",
                 extra={"request_id": request.request_id, "replica": replica.url, "reason": outcome.reason},
@@ -340,7 +327,7 @@ class RemoteEngine:
 
     async def _attempt(self, replica: Replica, request: GenerationRequest) -> GenerationResult | _Attempt:
         replica.outstanding += 1
-        self._outstanding_gauge.labels(replica.url).set(replica.outstanding)
+        self._metrics.outstanding.labels(replica.url).set(replica.outstanding)
         try:
             response = await self._http().post(f"{replica.url}/v1/completions", json=self._body(request, replica))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -355,7 +342,7 @@ class RemoteEngine:
         finally:
             replica.outstanding -= 1
             if not replica.removed:
-                self._outstanding_gauge.labels(replica.url).set(replica.outstanding)
+                self._metrics.outstanding.labels(replica.url).set(replica.outstanding)
         if response.status_code == 200:
             return self._result(response)
         message = f"replica {replica.url}: {response.status_code} {_server_message(response)}"
