@@ -30,7 +30,16 @@ from app.journal import Journal, JournalError, recover
 from app.manifests import ManifestError, load_tasks
 from app.problems import DUPLICATE_ID, EMPTY_TEXT, INVALID_LINE, TIMEOUT, Problem, unexpected
 from app.service import Service, make_local_service, settings_for
-from app.service_client import HTTP_TIMEOUT, ServiceUnavailable, post_with_retries, wait_ready
+from app.service_client import (
+    API_KEY_ENV,
+    HTTP_TIMEOUT,
+    ServiceError,
+    ServiceUnavailable,
+    auth_headers,
+    fetch_tasks,
+    post_with_retries,
+    wait_ready,
+)
 from app.settings import Settings
 from app.task_calls import BATCH_PRIORITY, ENDPOINT_OF, ITEMS_KEY, call_json
 
@@ -376,7 +385,9 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="JSONL file, CSV file, or folder of .txt notes.")
     parser.add_argument("--output", required=True, type=Path, help="Annotations, one JSON line per note (appended).")
     parser.add_argument("--errors", type=Path, help="Rejected lines with reasons (default: OUTPUT.errors.jsonl).")
-    parser.add_argument("--url", help="A running medlora service (default: an in-process engine).")
+    parser.add_argument(
+        "--url", help="A running medlora service (default: an in-process engine); its key in MEDLORA_API_KEY."
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="Notes in flight at once (default 64).")
     parser.add_argument("--shard", default="0/1", help="I/N: annotate only shard I of N (ids hashed); default 0/1.")
     parser.add_argument("--id-column", default="id", help="CSV: id column (default id).")
@@ -423,7 +434,9 @@ def remote_backend(client: httpx.AsyncClient) -> Backend:
         except ValueError:
             problem = {"status": response.status_code, "detail": response.text[:500]}
         if response.status_code in _FATAL_STATUS:
-            raise AnnotateError(f"{client.base_url}/v1/{endpoint}: {response.status_code} {problem.get('detail', '')}")
+            hint = f" (set {API_KEY_ENV} to a valid key)" if response.status_code == 401 else ""
+            detail = problem.get("detail", "")
+            raise AnnotateError(f"{client.base_url}/v1/{endpoint}: {response.status_code} {detail}{hint}")
         raise LineFailed(problem)
 
     return call
@@ -452,12 +465,15 @@ async def _run(args: argparse.Namespace, summary: Summary) -> Summary:
 
     if args.url:
         async with httpx.AsyncClient(
-            base_url=args.url, timeout=HTTP_TIMEOUT, limits=httpx.Limits(max_connections=args.concurrency)
+            base_url=args.url,
+            timeout=HTTP_TIMEOUT,
+            limits=httpx.Limits(max_connections=args.concurrency),
+            headers=auth_headers(),
         ) as client:
             try:
                 await wait_ready(client)
-                tasks = (await client.get("/v1/tasks")).json()["tasks"]
-            except ServiceUnavailable as exc:
+                tasks = await fetch_tasks(client)
+            except ServiceError as exc:
                 raise AnnotateError(str(exc)) from None
             types = {t["name"]: t["type"] for t in tasks}
             if args.task not in types:

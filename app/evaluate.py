@@ -32,7 +32,7 @@ from app.eval_metrics import classification_scores, markdown_table, ner_scores, 
 from app.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, TaskManifest, load_tasks
 from app.problems import Problem
 from app.service import Service, make_local_service, settings_for
-from app.service_client import HTTP_TIMEOUT, ServiceUnavailable, wait_ready
+from app.service_client import HTTP_TIMEOUT, ServiceError, auth_headers, fetch_tasks, wait_ready
 from app.task_calls import ENDPOINT_OF, INTERACTIVE_PRIORITY, ITEMS_KEY, call_json
 from app.task_runner import gather_first_error
 
@@ -150,7 +150,9 @@ async def predict_via_url(
     `transport` is for tests (an in-memory ASGI app); by default this is plain HTTP.
     """
     endpoint = f"/v1/{ENDPOINT_OF[task.type]}"
-    async with httpx.AsyncClient(base_url=url, timeout=HTTP_TIMEOUT, transport=transport) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=HTTP_TIMEOUT, transport=transport, headers=auth_headers()
+    ) as client:
         await wait_ready(client)
 
         async def call(batch: list[Record]) -> list[dict[str, Any]]:
@@ -354,7 +356,9 @@ def few_shot_task(task: Task, shots: list[Record], k: int) -> Task:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="Task name (a manifest in the tasks folder).")
     parser.add_argument("--data", required=True, type=Path, help="JSONL test data in the API shapes.")
-    parser.add_argument("--url", help="A running medlora service to evaluate (default: start one in process).")
+    parser.add_argument(
+        "--url", help="A running medlora service to evaluate (default: in process); its key in MEDLORA_API_KEY."
+    )
     parser.add_argument("--adapter", help="NAME@VERSION: a registered adapter instead of the task's current one.")
     parser.add_argument(
         "--few-shot",
@@ -447,11 +451,9 @@ def _remote_task(description: dict[str, Any]) -> Task:
 async def _eval_url(
     args: argparse.Namespace, adapter: AdapterChoice
 ) -> tuple[Task, list[Record], list[dict[str, Any]], str | None, float]:
-    async with httpx.AsyncClient(base_url=args.url, timeout=HTTP_TIMEOUT) as client:
+    async with httpx.AsyncClient(base_url=args.url, timeout=HTTP_TIMEOUT, headers=auth_headers()) as client:
         await wait_ready(client)
-        response = await client.get("/v1/tasks")
-        response.raise_for_status()
-    served = {t["name"]: t for t in response.json()["tasks"]}
+        served = {t["name"]: t for t in await fetch_tasks(client)}
     if args.task not in served:
         raise EvalError(f"{args.url} has no task {args.task!r} (tasks: {sorted(served)})")
     task = _remote_task(served[args.task])
@@ -502,7 +504,7 @@ def eval_main(args: argparse.Namespace) -> int:
         adapter = _check_args(args)
         run = _eval_url(args, adapter) if args.url else _eval_in_process(args, adapter)
         task, records, predictions, adapter_used, seconds = asyncio.run(run)
-    except (EvalError, DataError, ManifestError, ServiceUnavailable, httpx.HTTPError) as exc:
+    except (EvalError, DataError, ManifestError, ServiceError, httpx.HTTPError) as exc:
         print(f"medlora eval: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from typing import Any
@@ -15,8 +16,31 @@ READY_TIMEOUT_S = 900.0
 RETRY_STATUSES = frozenset({429, 503})
 
 
-class ServiceUnavailable(Exception):
+API_KEY_ENV = "MEDLORA_API_KEY"
+
+
+def auth_headers() -> dict[str, str]:
+    """The caller's API key from the environment (never a flag: flags show up in `ps`)."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+class ServiceError(Exception):
+    """The service refused what every request of this run would need (a key, a task list)."""
+
+
+class ServiceUnavailable(ServiceError):
     """The service could not be reached or stayed unavailable through every retry."""
+
+
+async def fetch_tasks(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """The served tasks (GET /v1/tasks); a refusal names its status and, for 401, the key setting."""
+    response = await client.get("/v1/tasks")
+    if response.status_code != 200:
+        hint = f" (set {API_KEY_ENV} to a valid key)" if response.status_code == 401 else ""
+        raise ServiceError(f"{client.base_url}/v1/tasks: {response.status_code} {response.text[:300]}{hint}")
+    tasks: list[dict[str, Any]] = response.json()["tasks"]
+    return tasks
 
 
 async def wait_ready(client: httpx.AsyncClient, timeout_s: float = READY_TIMEOUT_S) -> None:

@@ -195,3 +195,12 @@ def test_hash_key_command_writes_a_line_the_service_accepts(tmp_path: Path) -> N
         [sys.executable, "-m", "app.cli", "hash-key", "--name", "x"], input="short\n", capture_output=True, text=True
     )
     assert short.returncode == 2
+
+
+def test_cli_clients_take_their_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.service_client import auth_headers
+
+    monkeypatch.delenv("MEDLORA_API_KEY", raising=False)
+    assert auth_headers() == {}
+    monkeypatch.setenv("MEDLORA_API_KEY", f" {READER_KEY}\n")
+    assert auth_headers() == {"Authorization": f"Bearer {READER_KEY}"}
