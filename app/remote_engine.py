@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -95,6 +96,22 @@ async def resolve_replicas(urls: list[str], discovery: str) -> list[str]:
             host = f"[{address}]" if ":" in address else address
             found.append(f"{parsed.scheme}://{host}:{port}{parsed.raw_path.decode().rstrip('/')}")
     return found
+
+
+def vllm_server_args(settings: Settings) -> list[str]:
+    """The vLLM OpenAI server flags this gateway relies on (the Helm chart passes the same; tested).
+
+    Also needed in the server's environment: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.
+    """
+    return [
+        "--enable-lora",
+        "--max-loras", str(settings.max_loras),
+        "--max-cpu-loras", str(settings.max_cpu_loras),
+        "--max-lora-rank", str(settings.max_lora_rank),
+        "--max-model-len", str(settings.max_model_len),
+        "--scheduling-policy", "priority",  # batch lines are sent at a lower priority
+        "--structured-outputs-config", json.dumps({"backend": settings.structured_outputs_backend}),
+    ]  # fmt: skip
 
 
 class RemoteEngine:

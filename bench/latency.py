@@ -6,7 +6,12 @@ concurrently. Phase 2 (after the server stopped, so both phases own the machine)
 AsyncLLM in this process and sends the identical engine requests directly. Greedy decoding
 makes the generated tokens identical, so the ratio is the gateway's own cost.
 
+With --topology split, a vLLM OpenAI server runs for both phases: phase 1 goes through a
+`medlora serve` gateway in remote-engine mode, phase 2 posts the identical completion
+requests straight to the vLLM server (the remote engine's client: one HTTP POST each).
+
     .venv/bin/python -m bench.latency --requests 8 --concurrency 8
+    .venv/bin/python -m bench.latency --requests 8 --concurrency 8 --topology split
 """
 
 from __future__ import annotations
@@ -96,13 +101,14 @@ async def gateway_phase(url: str, n: int, concurrency: int) -> dict[str, Any]:
     return results
 
 
-async def engine_phase(n: int, concurrency: int, cache_dir: Path) -> dict[str, Any]:
-    """The same engine requests the gateway builds, sent straight to AsyncLLM."""
+async def engine_phase(n: int, concurrency: int, cache_dir: Path, engine_url: str | None = None) -> dict[str, Any]:
+    """The same engine requests the gateway builds, sent straight to AsyncLLM (or the vLLM server)."""
     from app.engine import GenerationRequest
     from app.grammar import compile_grammar
     from app.service import build_service
 
-    service = build_service(Settings(cache_dir=cache_dir, embedded_adapters="random"))
+    remote: dict[str, Any] = {"engine": "remote", "engine_urls": [engine_url]} if engine_url else {}
+    service = build_service(Settings(cache_dir=cache_dir, embedded_adapters="random", **remote))
     started = time.perf_counter()
     await service.start()
     start_s = time.perf_counter() - started
@@ -150,27 +156,60 @@ async def engine_phase(n: int, concurrency: int, cache_dir: Path) -> dict[str, A
     return results
 
 
-def start_server(cache_dir: Path, port: int, log_path: Path) -> tuple[subprocess.Popen[bytes], float]:
+def wait_up(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+
+
+def start_server(
+    cache_dir: Path, port: int, log_path: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], float]:
     env = {
         **os.environ,
         "MEDLORA_CACHE_DIR": str(cache_dir),
         "MEDLORA_PORT": str(port),
         "MEDLORA_EMBEDDED_ADAPTERS": "random",
+        **(extra_env or {}),
     }
     started = time.perf_counter()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                return proc, time.perf_counter() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
+    wait_up(proc, f"http://127.0.0.1:{port}/readyz", log_path)
+    return proc, time.perf_counter() - started
+
+
+def start_vllm_server(cache_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """A vLLM OpenAI server for the embedded tiny model, with the flags the gateway relies on."""
+    from app.manifests import load_tasks
+    from app.remote_engine import vllm_server_args
+    from app.service import resolve_model
+
+    settings = Settings(cache_dir=cache_dir, embedded_adapters="random")
+    model = resolve_model(settings, load_tasks(settings.tasks_dir, settings.schemas_dir))
+    env = {
+        **os.environ,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_NO_USAGE_STATS": "1",
+        # The in-process engine sets this from settings; a server reads it from its environment.
+        "VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kvcache_gib),
+    }
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model.path,
+        *vllm_server_args(settings), "--host", "127.0.0.1", "--port", str(port), "--seed", "0",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_up(proc, f"http://127.0.0.1:{port}/health", log_path)
+    return proc
 
 
 def main() -> None:
@@ -178,17 +217,35 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8, help="requests per task and mode")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--topology", choices=["local", "split"], default="local", help="in-process engine, or a vLLM server"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="medlora-bench-"))
     cache = work / "cache"
-    proc, ready_s = start_server(cache, args.port, work / "server.log")
+    vllm_proc, engine_url, extra_env = None, None, {}
+    if args.topology == "split":
+        engine_url = f"http://127.0.0.1:{args.port + 1}"
+        vllm_proc = start_vllm_server(cache, args.port + 1, work / "vllm.log")
+        extra_env = {"MEDLORA_ENGINE": "remote", "MEDLORA_ENGINE_URLS": engine_url}
     try:
-        gateway = asyncio.run(gateway_phase(f"http://127.0.0.1:{args.port}", args.requests, args.concurrency))
+        proc, ready_s = start_server(cache, args.port, work / "server.log", extra_env)
+        try:
+            gateway = asyncio.run(gateway_phase(f"http://127.0.0.1:{args.port}", args.requests, args.concurrency))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        engine = asyncio.run(engine_phase(args.requests, args.concurrency, cache, engine_url))
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    engine = asyncio.run(engine_phase(args.requests, args.concurrency, cache))
-    report: dict[str, Any] = {"service_ready_s": round(ready_s, 1), "gateway": gateway, "vllm_direct": engine}
+        if vllm_proc is not None:
+            vllm_proc.terminate()
+            vllm_proc.wait(timeout=60)
+    report: dict[str, Any] = {
+        "topology": args.topology,
+        "service_ready_s": round(ready_s, 1),
+        "gateway": gateway,
+        "vllm_direct": engine,
+    }
     ratios = {}
     for task in payloads(1):
         g, e = gateway[task], engine[task]

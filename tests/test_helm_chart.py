@@ -31,7 +31,8 @@ import pytest
 import yaml
 
 from app.manifests import load_tasks
-from app.settings import REPO_ROOT
+from app.remote_engine import vllm_server_args
+from app.settings import REPO_ROOT, Settings
 
 CHART = REPO_ROOT / "helm" / "medlora"
 RELEASE, NAMESPACE = "medlora", "clinical"
@@ -351,6 +352,18 @@ def test_engine_serves_loras_with_priorities_and_guidance_grammars() -> None:
     assert flags["--scheduling-policy"] == "priority"
     assert yaml.safe_load(flags["--structured-outputs-config"]) == {"backend": "guidance"}
     assert flags["--port"] == "8000"
+    # Every flag the gateway relies on, with the values the gateway itself is given.
+    gateway_env = {e["name"]: e.get("value") for e in container(objects, GATEWAY)["env"]}
+    settings = Settings(
+        **{k[len("MEDLORA_") :].lower(): v for k, v in gateway_env.items() if k.startswith("MEDLORA_") and v}
+    )
+    needed = vllm_server_args(settings)
+    for i, arg in enumerate(needed):
+        if arg.startswith("--"):
+            value = needed[i + 1] if i + 1 < len(needed) and not needed[i + 1].startswith("--") else None
+            assert arg in flags, arg
+            parsed = yaml.safe_load(flags[arg]) if value and value.startswith("{") else flags[arg]
+            assert parsed == (yaml.safe_load(value) if value and value.startswith("{") else value), arg
     env = env_of(engine)
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS"):

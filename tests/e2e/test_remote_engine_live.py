@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.auth import hash_key
 from app.engine import GenerationRequest
 from app.manifests import load_tasks
-from app.remote_engine import RemoteEngine
+from app.remote_engine import RemoteEngine, vllm_server_args
 from app.service import resolve_model
 from app.settings import REPO_ROOT, Settings
 from app.tiny_model import build_tiny_adapter
@@ -99,9 +99,7 @@ def start_replica(base_dir: Path, port: int, log_path: Path) -> Process:
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(base_dir), "--served-model-name", "tiny",
-        "--enable-lora", "--max-loras", "4", "--max-cpu-loras", "16", "--max-lora-rank", "16",
-        "--max-model-len", "16384", "--scheduling-policy", "priority",
-        "--structured-outputs-config", '{"backend":"guidance"}',
+        *vllm_server_args(Settings()),
         "--host", "127.0.0.1", "--port", str(port), "--seed", "0",
     ]  # fmt: skip
     return _spawn(cmd, env, log_path)
