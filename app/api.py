@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,9 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import api_models as m
-from app.auth import Authenticator
+from app.auth import Authenticator, Caller
 from app.batch_api import batch_router
 from app.batch_jobs import BatchRunner
 from app.batch_store import BatchStore
@@ -39,6 +42,44 @@ T = TypeVar("T")
 # A security scheme so the OpenAPI document shows how to authenticate; the Authenticator
 # decides. Module level: FastAPI resolves the dependency's (postponed) annotations here.
 BEARER = HTTPBearer(auto_error=False, description="API key (admin key for adapter administration)")
+
+
+class BodyLimit:
+    """Answer 413 as soon as a streamed request body passes its limit, then stop reading it."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]):
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, received, cut = self.limit_for(scope["path"]), 0, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, cut
+            message = await receive()
+            if message["type"] == "http.request" and not cut:
+                received += len(message.get("body", b""))
+                if received > limit:
+                    cut = True
+                    problem = Problem(PAYLOAD_TOO_LARGE, f"request body exceeds {limit} bytes")
+                    body = json.dumps(problem.body(instance=scope["path"])).encode()
+                    headers = [
+                        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ]
+                    await send({"type": "http.response.start", "status": 413, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not cut:  # the 413 is the answer; whatever the app says after it is dropped
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
 
 
 def problem_response(problem: Problem, request: Request) -> JSONResponse:
@@ -107,10 +148,10 @@ def create_app(service: Service) -> FastAPI:
     auth = Authenticator(settings.api_keys_file, settings.admin_keys_file)
 
     def require_client(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> None:
-        request.state.client = auth.client(request.headers.get("authorization"))
+        request.state.caller = auth.client(request.headers.get("authorization"))
 
     def require_admin(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> None:
-        request.state.client = auth.admin(request.headers.get("authorization"))
+        request.state.caller = Caller(auth.admin(request.headers.get("authorization")), True)
 
     client_only = [Depends(require_client)]
     admin_only = [Depends(require_admin)]
@@ -118,21 +159,40 @@ def create_app(service: Service) -> FastAPI:
     # Whole-body bound: the largest valid request, with JSON escaping at its worst.
     max_body = settings.max_documents * (settings.max_document_chars * 6 + 4096) + 65536
 
+    def body_limit(path: str) -> int:
+        # Batch uploads have their own (larger) limit.
+        return settings.batch_max_upload_bytes + 65536 if path == "/v1/files" else max_body
+
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id[:128]
         length = request.headers.get("content-length")
-        # Batch uploads have their own (larger) limit, checked while the file streams in.
-        limit = settings.batch_max_upload_bytes + 65536 if request.url.path == "/v1/files" else max_body
+        limit = body_limit(request.url.path)
+        response: Response
         if length and length.isdigit() and int(length) > limit:
-            response: Response = problem_response(
-                Problem(PAYLOAD_TOO_LARGE, f"request body exceeds {limit} bytes"), request
-            )
+            response = problem_response(Problem(PAYLOAD_TOO_LARGE, f"request body exceeds {limit} bytes"), request)
+        elif (denied := authenticate(request)) is not None:
+            response = denied
         else:
             response = await call_next(request)
         response.headers["X-Request-ID"] = request.state.request_id
         return response
+
+    def authenticate(request: Request) -> Response | None:
+        """Keys are checked before any body is read: an anonymous caller cannot make the gateway
+        buffer or parse a body (admin-ness is checked later, per route)."""
+        path = request.url.path
+        if not (path == "/v1" or path.startswith("/v1/")):
+            return None
+        try:
+            request.state.caller = auth.client(request.headers.get("authorization"))
+        except Problem as problem:
+            return problem_response(problem, request)
+        return None
+
+    # Chunked bodies carry no Content-Length: count what streams in (outermost middleware).
+    app.add_middleware(BodyLimit, limit_for=body_limit)
 
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem) -> JSONResponse:
@@ -154,6 +214,9 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, ClientDisconnect):
+            # The client hung up mid-body (or BodyLimit cut it off): nobody reads this answer.
+            return problem_response(Problem(INVALID_REQUEST, "request body was not received completely"), request)
         log.error(
             "unhandled error",
             extra={"request_id": getattr(request.state, "request_id", None), "error_type": type(exc).__name__},
@@ -168,6 +231,7 @@ def create_app(service: Service) -> FastAPI:
                 call,
                 request_id=request.state.request_id,
                 watch=lambda work: cancel_on_disconnect(request, work),
+                client=request.state.caller.name,
             )
         except Abandoned:
             return Response(status_code=499)
@@ -212,37 +276,58 @@ def create_app(service: Service) -> FastAPI:
     async def list_adapters() -> dict[str, Any]:
         return {"adapters": [r.describe(service.registry.tasks_using(r.key)) for r in service.registry.records()]}
 
+    def audit(request: Request, action: str, **fields: str) -> None:
+        log.info(
+            "admin action",
+            extra={
+                "request_id": request.state.request_id,
+                "client": request.state.caller.name,
+                "action": action,
+                **fields,
+            },
+        )
+
     @app.post("/v1/adapters", status_code=201, tags=["admin"], dependencies=admin_only)
-    async def register_adapter(body: m.AdapterRegistration) -> dict[str, Any]:
+    async def register_adapter(body: m.AdapterRegistration, request: Request) -> dict[str, Any]:
         service.require_ready()
+        audit(request, "register", adapter=f"{body.name}@{body.version}")
         record = await service.registry.register(body.name, body.version, service.resolve_adapter_path(body.path))
         service.metrics.adapter_resident.labels(record.name, record.version).set(1)
         return record.describe(service.registry.tasks_using(record.key))
 
     @app.put("/v1/tasks/{task_name}/adapter", tags=["admin"], dependencies=admin_only)
-    async def switch_adapter(task_name: str, body: m.AdapterSelection) -> dict[str, Any]:
+    async def switch_adapter(task_name: str, body: m.AdapterSelection, request: Request) -> dict[str, Any]:
         service.require_ready()
+        audit(request, "switch", task=task_name, adapter=f"{body.name}@{body.version}")
         if task_name not in service.tasks:
             raise Problem(UNKNOWN_TASK, f"no task named {task_name!r}", {"tasks": sorted(service.tasks)})
         previous = await service.bind(task_name, body.name, body.version)
         return {"task": task_name, "adapter": {"name": body.name, "version": body.version}, "previous": previous}
 
     @app.delete("/v1/adapters/{name}/{version}", status_code=204, tags=["admin"], dependencies=admin_only)
-    async def delete_adapter(name: str, version: str) -> Response:
+    async def delete_adapter(name: str, version: str, request: Request) -> Response:
         service.require_ready()
+        audit(request, "delete", adapter=f"{name}@{version}")
         await service.registry.unregister(name, version)
         service.metrics.adapter_resident.labels(name, version).set(0)
         return Response(status_code=204)
 
     @app.get("/livez", tags=["health"])
-    async def livez() -> dict[str, str]:
-        return {"status": "alive"}
+    async def livez() -> JSONResponse:
+        # A failed startup never recovers by itself: let the orchestrator restart the process.
+        if service.startup_error:
+            return JSONResponse({"status": "failed", "error": service.startup_error}, status_code=503)
+        return JSONResponse({"status": "alive"})
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         if service.ready:
             return JSONResponse({"status": "ready", "tasks": sorted(service.tasks)})
-        body = {"status": "failed" if service.startup_error else "starting", "error": service.startup_error}
+        body = {
+            "status": "failed" if service.startup_error else "starting",
+            "error": service.startup_error,
+            **service.engine.describe(),
+        }
         return JSONResponse(body, status_code=503, headers={"Retry-After": "10"})
 
     @app.get("/metrics", tags=["health"])

@@ -52,30 +52,62 @@ def parse_key_file(text: str, source: str) -> dict[str, str]:
 class KeyFile:
     path: Path
     _keys: dict[str, str] = field(default_factory=dict)
-    _mtime: float = -1.0
+    _version: tuple[int, int, int] | None = None  # (mtime_ns, size, inode): a change means re-read
     _checked: float = 0.0
 
     def __post_init__(self) -> None:
         self._reload(strict=True)
 
     def _reload(self, *, strict: bool) -> None:
+        self._checked = time.monotonic()
         try:
-            mtime = os.stat(self.path).st_mtime
-            if mtime != self._mtime:
-                self._keys = parse_key_file(self.path.read_text(encoding="utf-8"), str(self.path))
-                self._mtime = mtime
-                log.info("key file loaded", extra={"path": str(self.path), "keys": len(self._keys)})
-        except (OSError, KeyFileError) as exc:
+            info = os.stat(self.path)
+        except FileNotFoundError as exc:
+            if strict:
+                raise KeyFileError(f"cannot use key file {self.path}: it does not exist") from exc
+            if self._keys:
+                # Deleting the file (or the Secret) revokes its keys: fail closed.
+                log.error("key file removed; its keys are revoked", extra={"path": str(self.path)})
+            self._keys, self._version = {}, None
+            return
+        except OSError as exc:
+            if strict:
+                raise KeyFileError(f"cannot use key file {self.path}: {exc}") from exc
+            log.error("key file unreadable; keeping previous keys", extra={"path": str(self.path)})
+            return
+        version = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if version == self._version:
+            return
+        try:
+            self._keys = parse_key_file(self.path.read_text(encoding="utf-8"), str(self.path))
+        except (OSError, ValueError) as exc:  # ValueError: KeyFileError, or not UTF-8
             if strict:
                 raise KeyFileError(f"cannot use key file {self.path}: {exc}") from exc
             # A half-written Secret update: keep serving with the keys we had.
             log.error("key file reload failed; keeping previous keys", extra={"path": str(self.path)})
-        self._checked = time.monotonic()
+            return
+        self._version = version
+        log.info("key file loaded", extra={"path": str(self.path), "keys": len(self._keys)})
 
     def name_of(self, digest: str) -> str | None:
         if time.monotonic() - self._checked > _RECHECK_S:
             self._reload(strict=False)
         return self._keys.get(digest)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a key's name (None when authentication is off) and whether it is an admin key."""
+
+    name: str | None
+    admin: bool
+
+    def may_see(self, owner: str | None) -> bool:
+        """Batch files and jobs belong to the key that created them; admins (and open mode) see all."""
+        return self.name is None or self.admin or owner == self.name
+
+
+OPEN = Caller(None, False)
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -108,14 +140,17 @@ class Authenticator:
             return name, False
         return None, False
 
-    def client(self, authorization: str | None) -> str | None:
-        """The caller's key name for a /v1 endpoint (None when API keys are off)."""
-        if self.api_keys is None:
-            return None
-        name, _ = self._identify(authorization)
+    def client(self, authorization: str | None) -> Caller:
+        """The caller of a /v1 endpoint (OPEN when no key file is set).
+
+        Any key file turns authentication on for every /v1 endpoint: with admin keys only,
+        only admins may call anything (clinical text never flows unauthenticated by mistake)."""
+        if not self.enabled:
+            return OPEN
+        name, admin = self._identify(authorization)
         if name is None:
             raise _unauthorized()
-        return name
+        return Caller(name, admin)
 
     def admin(self, authorization: str | None) -> str | None:
         """The caller's key name for an admin endpoint; any configured auth requires an admin key."""

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.auth import OPEN, Caller
 from app.batch_jobs import BATCH_ENDPOINTS, COMPLETION_WINDOWS, BatchRunner
-from app.batch_store import FINAL_STATUSES, Batch, BatchStore, new_id
+from app.batch_store import FINAL_STATUSES, Batch, BatchStore, StoredFile, new_id
 from app.problems import (
     BATCH_NOT_CANCELLABLE,
     FILE_IN_USE,
@@ -35,17 +36,27 @@ class BatchCreate(BaseModel):
     metadata: dict[str, str] | None = None
 
 
+def current_caller(request: Request) -> Caller:
+    """Set by the gateway's authentication before the route runs."""
+    caller: Caller = getattr(request.state, "caller", OPEN)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
 def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> APIRouter:
     router = APIRouter(tags=["batch"])
 
-    async def get_batch(batch_id: str) -> Batch:
+    async def get_batch(batch_id: str, caller: Caller) -> Batch:
         batch = await asyncio.to_thread(store.get_batch, batch_id)
-        if batch is None:
+        # Another key's batch is reported as missing: its existence is not this caller's business.
+        if batch is None or not caller.may_see(batch.owner):
             raise Problem(NOT_FOUND, f"no batch {batch_id!r}")
         return batch
 
     @router.post("/v1/files")
-    async def upload_file(file: UploadFile, purpose: str = Form(...)) -> dict[str, Any]:
+    async def upload_file(caller: CallerDep, file: UploadFile, purpose: str = Form(...)) -> dict[str, Any]:
         if purpose != "batch":
             raise Problem(INVALID_REQUEST, f"purpose must be 'batch', not {purpose!r}")
         file_id = new_id("file")
@@ -71,44 +82,45 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
         finally:
             handle.close()
             partial.unlink(missing_ok=True)
-        record = await asyncio.to_thread(store.add_file, file_id, purpose, file.filename or "upload.jsonl", size, lines)
+        name = file.filename or "upload.jsonl"
+        record = await asyncio.to_thread(store.add_file, file_id, purpose, name, size, lines, caller.name)
         return record.describe()
 
     @router.get("/v1/files")
-    async def list_files(purpose: str | None = None) -> dict[str, Any]:
+    async def list_files(caller: CallerDep, purpose: str | None = None) -> dict[str, Any]:
         files = await asyncio.to_thread(store.list_files, purpose)
-        return {"object": "list", "data": [f.describe() for f in files]}
+        return {"object": "list", "data": [f.describe() for f in files if caller.may_see(f.owner)]}
 
-    async def get_file(file_id: str) -> Any:
+    async def get_file(file_id: str, caller: Caller) -> StoredFile:
         record = await asyncio.to_thread(store.get_file, file_id)
-        if record is None:
+        if record is None or not caller.may_see(record.owner):
             raise Problem(NOT_FOUND, f"no file {file_id!r}")
         return record
 
     @router.get("/v1/files/{file_id}")
-    async def retrieve_file(file_id: str) -> dict[str, Any]:
-        return dict((await get_file(file_id)).describe())
+    async def retrieve_file(file_id: str, caller: CallerDep) -> dict[str, Any]:
+        return (await get_file(file_id, caller)).describe()
 
     @router.get("/v1/files/{file_id}/content")
-    async def file_content(file_id: str) -> FileResponse:
-        record = await get_file(file_id)
+    async def file_content(file_id: str, caller: CallerDep) -> FileResponse:
+        record = await get_file(file_id, caller)
         return FileResponse(store.file_path(record.id), media_type="application/jsonl", filename=record.filename)
 
     @router.delete("/v1/files/{file_id}")
-    async def delete_file(file_id: str) -> dict[str, Any]:
-        await get_file(file_id)
+    async def delete_file(file_id: str, caller: CallerDep) -> dict[str, Any]:
+        await get_file(file_id, caller)
         if await asyncio.to_thread(store.file_in_use, file_id):
             raise Problem(FILE_IN_USE, f"file {file_id!r} is the input of an unfinished batch")
         await asyncio.to_thread(store.delete_file, file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 
     @router.post("/v1/batches")
-    async def create_batch(body: BatchCreate) -> dict[str, Any]:
+    async def create_batch(body: BatchCreate, caller: CallerDep) -> dict[str, Any]:
         if body.endpoint not in BATCH_ENDPOINTS:
             raise Problem(INVALID_REQUEST, f"endpoint must be one of {sorted(BATCH_ENDPOINTS)}")
         if body.completion_window not in COMPLETION_WINDOWS:
             raise Problem(INVALID_REQUEST, f"completion_window must be one of {sorted(COMPLETION_WINDOWS)}")
-        source = await get_file(body.input_file_id)
+        source = await get_file(body.input_file_id, caller)
         if source.purpose != "batch":
             raise Problem(INVALID_REQUEST, f"file {source.id!r} was not uploaded with purpose 'batch'")
         now = int(time.time())
@@ -120,6 +132,7 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
             created_at=now,
             expires_at=now + COMPLETION_WINDOWS[body.completion_window],
             metadata=body.metadata,
+            owner=caller.name,
             total=source.lines,
         )
         await asyncio.to_thread(store.save_batch, batch)
@@ -128,9 +141,9 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
 
     @router.get("/v1/batches")
     async def list_batches(
-        limit: int = Query(20, ge=1, le=100), after: str | None = Query(None, max_length=128)
+        caller: CallerDep, limit: int = Query(20, ge=1, le=100), after: str | None = Query(None, max_length=128)
     ) -> dict[str, Any]:
-        batches = await asyncio.to_thread(store.batches)
+        batches = [b for b in await asyncio.to_thread(store.batches) if caller.may_see(b.owner)]
         if after is not None:
             ids = [b.id for b in batches]
             batches = batches[ids.index(after) + 1 :] if after in ids else []
@@ -144,12 +157,12 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
         }
 
     @router.get("/v1/batches/{batch_id}")
-    async def retrieve_batch(batch_id: str) -> dict[str, Any]:
-        return (await get_batch(batch_id)).describe()
+    async def retrieve_batch(batch_id: str, caller: CallerDep) -> dict[str, Any]:
+        return (await get_batch(batch_id, caller)).describe()
 
     @router.post("/v1/batches/{batch_id}/cancel")
-    async def cancel_batch(batch_id: str) -> dict[str, Any]:
-        batch = await get_batch(batch_id)
+    async def cancel_batch(batch_id: str, caller: CallerDep) -> dict[str, Any]:
+        batch = await get_batch(batch_id, caller)
         if batch.status in FINAL_STATUSES:
             raise Problem(BATCH_NOT_CANCELLABLE, f"batch {batch_id!r} is already {batch.status}")
         runner.cancel(batch_id)

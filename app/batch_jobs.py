@@ -23,6 +23,8 @@ from app.problems import DUPLICATE_ID, ENGINE_UNAVAILABLE, INTERNAL, INVALID_LIN
 from app.service import Service
 from app.task_calls import BATCH_PRIORITY, TASK_TYPES, call_json
 
+# Times one line is retried after the engine lost it before it goes to the error file.
+ENGINE_UNAVAILABLE_RETRIES = 3
 log = logging.getLogger("medlora.batch")
 
 # Public endpoint paths a batch can target -> task_calls endpoint names.
@@ -162,7 +164,7 @@ class BatchRunner:
 
             async def run_line(line_id: str, custom_id: str, body: Any) -> None:
                 try:
-                    response = await self._call(endpoint, body, line_id)
+                    response = await self._call(endpoint, body, line_id, batch.owner)
                 except Problem as exc:
                     write_error(line_id, custom_id, exc)
                 except Exception as exc:  # one line's bug must not fail the job
@@ -217,17 +219,26 @@ class BatchRunner:
                 await asyncio.gather(*pending, return_exceptions=True)
         await self._save(batch)
 
-    async def _call(self, endpoint: str, body: Any, line_id: str) -> dict[str, Any]:
+    async def _call(self, endpoint: str, body: Any, line_id: str, owner: str | None) -> dict[str, Any]:
+        unavailable = 0
         while True:
             await self._ready()
             try:
                 return await call_json(
-                    self.service, endpoint, body, request_id=line_id, origin="batch", priority=BATCH_PRIORITY
+                    self.service,
+                    endpoint,
+                    body,
+                    request_id=line_id,
+                    origin="batch",
+                    priority=BATCH_PRIORITY,
+                    client=owner,
                 )
             except Problem as exc:
-                # The engine went away under this line: wait for it rather than fail the line.
-                if exc.kind is ENGINE_UNAVAILABLE:
-                    await asyncio.sleep(exc.retry_after_s or 1)
+                # The engine went away under this line: wait for it rather than fail the line,
+                # but not forever: a line that keeps losing replicas may be what breaks them.
+                if exc.kind is ENGINE_UNAVAILABLE and unavailable < ENGINE_UNAVAILABLE_RETRIES:
+                    unavailable += 1
+                    await asyncio.sleep((exc.retry_after_s or 1) * unavailable)
                 elif exc.kind is not NOT_READY:
                     raise
 
@@ -259,6 +270,7 @@ class BatchRunner:
                     f"{batch.id}_{kind}.jsonl",
                     target.stat().st_size,
                     lines,
+                    batch.owner,
                 )
             setattr(batch, attr, file_id)
         await self._set_status(batch, status)

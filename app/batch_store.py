@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS files (
     filename TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     lines INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
@@ -38,6 +39,11 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 CREATE INDEX IF NOT EXISTS batches_status ON batches (status);
 """
+
+
+# Named columns: stores made before `owner` existed have it last, added by ALTER TABLE.
+_FILE_COLUMNS = "id, purpose, filename, bytes, lines, created_at, owner"
+_SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files"
 
 
 def new_id(prefix: str) -> str:
@@ -52,6 +58,7 @@ class StoredFile:
     bytes: int
     lines: int
     created_at: int
+    owner: str | None = None  # the API key name that created it (None: no authentication)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -75,6 +82,7 @@ class Batch:
     expires_at: int
     status: str = "validating"
     metadata: dict[str, str] | None = None
+    owner: str | None = None  # the API key name that created it; its output files get the same
     total: int = 0
     completed: int = 0
     failed: int = 0
@@ -124,6 +132,9 @@ class BatchStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        if "owner" not in columns:  # a store made before files had owners
+            self._db.execute("ALTER TABLE files ADD COLUMN owner TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -133,28 +144,31 @@ class BatchStore:
     def file_path(self, file_id: str) -> Path:
         return self.files_dir / f"{file_id}.jsonl"
 
-    def add_file(self, file_id: str, purpose: str, filename: str, size: int, lines: int) -> StoredFile:
-        record = StoredFile(file_id, purpose, filename, size, lines, int(time.time()))
+    def add_file(
+        self, file_id: str, purpose: str, filename: str, size: int, lines: int, owner: str | None = None
+    ) -> StoredFile:
+        record = StoredFile(file_id, purpose, filename, size, lines, int(time.time()), owner)
         with self._lock:
             self._db.execute(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                (record.id, record.purpose, record.filename, record.bytes, record.lines, record.created_at),
+                f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.id, record.purpose, record.filename, record.bytes, record.lines, record.created_at, owner),
             )
         return record
 
     def get_file(self, file_id: str) -> StoredFile | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+            row = self._db.execute(_SELECT_FILES + " WHERE id = ?", (file_id,)).fetchone()
         return StoredFile(*row) if row else None
 
     def list_files(self, purpose: str | None = None) -> list[StoredFile]:
         with self._lock:
             if purpose:
                 rows = self._db.execute(
-                    "SELECT * FROM files WHERE purpose = ? ORDER BY created_at DESC, id", (purpose,)
+                    _SELECT_FILES + " WHERE purpose = ? ORDER BY created_at DESC, id",
+                    (purpose,),
                 ).fetchall()
             else:
-                rows = self._db.execute("SELECT * FROM files ORDER BY created_at DESC, id").fetchall()
+                rows = self._db.execute(_SELECT_FILES + " ORDER BY created_at DESC, id").fetchall()
         return [StoredFile(*row) for row in rows]
 
     def delete_file(self, file_id: str) -> bool:

@@ -7,7 +7,7 @@ engine (vLLM OpenAI servers over httpx) can implement it without touching the AP
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,7 @@ class Engine(Protocol):
     async def load_adapter(self, adapter: AdapterHandle) -> None: ...
 
     async def unload_adapter(self, adapter: AdapterHandle) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What /readyz shows about the engine (e.g. remote replicas and why they are out)."""
+        ...

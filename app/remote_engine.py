@@ -5,16 +5,23 @@ request, a LoRA adapter by name. The gateway keeps the set of adapters it wants 
 makes every replica match it before the replica takes traffic, so a replica that joins
 later (or restarts and forgets its adapters) is synced by the health loop.
 
+Replicas are shared by every gateway, so adapters are never unloaded from them (vLLM keeps
+only `--max-loras` resident and evicts the rest itself); each registration has its own
+engine-side name (name@version plus a hash of its folder), so a version re-registered from
+another folder can never be served with the old weights.
+
 Retries: a generation has no side effects, so it is retried on another replica when the
-replica could not be reached, dropped the connection, or answered that it is not ready
-or lost the adapter. It is not retried after a read timeout (it may still be running) or
-when the server rejected it (retrying would fail the same way).
+replica could not be reached, answered 502/503, aborted it, or lost the adapter; after a
+dropped connection only once (a request that crashes replicas must not take down the
+pool). It is not retried after a read timeout or a 504 (it may still be running) or when
+the server rejected it (retrying would fail the same way).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -32,7 +39,16 @@ from app.settings import ConfigurationError, Settings
 log = logging.getLogger("medlora.engine")
 
 _ERROR_CHARS = 300  # server messages are quoted in problems; keep them short
-_RETRY_STATUSES = frozenset({502, 503, 504})  # the replica did not start the work
+_RETRY_STATUSES = frozenset({502, 503})  # the replica (or its proxy) did not start the work
+_ADMIN_TIMEOUT_S = 60.0  # health checks and adapter loads: never the long generation timeout
+# Below vLLM's keep-alive (5 s): reusing a connection the server is closing would look like a
+# dropped request and take a healthy replica out of rotation.
+_KEEPALIVE_EXPIRY_S = 2.0
+
+
+def engine_name(adapter: AdapterHandle) -> str:
+    """The adapter's name on the replicas: the same for every gateway, new for a new folder."""
+    return f"{adapter.key}+{hashlib.sha256(adapter.path.encode()).hexdigest()[:12]}"
 
 
 @dataclass
@@ -54,13 +70,18 @@ class _Attempt:
     reason: str = ""  # metric label when retried
 
 
+class _ReplicaProblem(Exception):
+    """The replica cannot serve (yet): it stays or goes out of rotation."""
+
+
 class _AdapterRejected(Exception):
-    pass
+    """The replica tried to load the adapter and failed: the files are the problem."""
 
 
 @dataclass
 class _Pool:
     replicas: dict[str, Replica] = field(default_factory=dict)
+    gone: dict[str, Replica] = field(default_factory=dict)  # removed, possibly still busy
     order: itertools.count[int] = field(default_factory=itertools.count)
 
     def pick(self, exclude: set[str]) -> Replica | None:
@@ -82,20 +103,34 @@ def _server_message(response: httpx.Response) -> str:
     return str(message or response.text or response.reason_phrase)[:_ERROR_CHARS]
 
 
-async def resolve_replicas(urls: list[str], discovery: str) -> list[str]:
-    """Replica base URLs: the URLs themselves, or every address their host names resolve to."""
+async def _resolve_one(url: str) -> list[str]:
+    parsed = httpx.URL(url)
+    port = parsed.port or 80
+    infos = await asyncio.get_running_loop().getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM)
+    addresses = {str(info[4][0]) for info in infos}
+    # A dual-stack Service lists each pod once per family: keep one family.
+    v4 = {a for a in addresses if ":" not in a}
+    path = parsed.raw_path.decode().rstrip("/")
+    return [f"{parsed.scheme}://{f'[{a}]' if ':' in a else a}:{port}{path}" for a in sorted(v4 or addresses)]
+
+
+async def resolve_replicas(urls: list[str], discovery: str, known: list[str] | None = None) -> list[str]:
+    """Replica base URLs: the URLs themselves, or every address their host names resolve to.
+
+    A name that fails to resolve keeps the replicas it had (`known`, matched by port and
+    path), so a DNS hiccup does not empty the pool; the other names are still followed.
+    """
     if discovery == "static":
         return list(urls)
-    loop = asyncio.get_running_loop()
     found: list[str] = []
     for url in urls:
-        parsed = httpx.URL(url)
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        infos = await loop.getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM)
-        for address in sorted({str(info[4][0]) for info in infos}):
-            host = f"[{address}]" if ":" in address else address
-            found.append(f"{parsed.scheme}://{host}:{port}{parsed.raw_path.decode().rstrip('/')}")
-    return found
+        try:
+            found += await _resolve_one(url)
+        except OSError as exc:
+            log.warning("engine discovery failed", extra={"url": url, "error": str(exc)})
+            parsed = httpx.URL(url)
+            found += [k for k in known or [] if httpx.URL(k).port == (parsed.port or 80)]
+    return list(dict.fromkeys(found))
 
 
 def vllm_server_args(settings: Settings) -> list[str]:
@@ -124,11 +159,14 @@ class RemoteEngine:
     ):
         if not settings.engine_urls:
             raise ConfigurationError("MEDLORA_ENGINE=remote needs MEDLORA_ENGINE_URLS (comma-separated vLLM base URLs)")
+        if settings.engine_discovery == "dns" and any(u.startswith("https:") for u in settings.engine_urls):
+            # Connecting by address would fail certificate checks against the Service name.
+            raise ConfigurationError("MEDLORA_ENGINE_DISCOVERY=dns works with http:// engine URLs only")
         self.settings = settings
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._pool = _Pool()
-        self._adapters: dict[str, AdapterHandle] = {}  # what every replica must have loaded
+        self._adapters: dict[str, AdapterHandle] = {}  # engine name -> adapter every replica must have
         self._adapter_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
         self._first_healthy = asyncio.Event()
@@ -139,6 +177,16 @@ class RemoteEngine:
     def ready(self) -> bool:
         return any(r.healthy for r in self._pool.replicas.values())
 
+    def describe(self) -> dict[str, Any]:
+        """For /readyz: every replica and why it is out of rotation."""
+        return {
+            "engine": "remote",
+            "replicas": [
+                {"url": r.url, "healthy": r.healthy, **({} if r.healthy else {"reason": r.reason})}
+                for r in self._pool.replicas.values()
+            ],
+        }
+
     async def start(self) -> None:
         """Start watching replicas; return once one is healthy (readiness stays false until then)."""
         s = self.settings
@@ -148,7 +196,9 @@ class RemoteEngine:
             headers=headers,
             timeout=httpx.Timeout(s.request_timeout_s + 10, connect=s.engine_connect_timeout_s),
             # Many generations share each replica; the pool must not be the bottleneck.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=256, keepalive_expiry=_KEEPALIVE_EXPIRY_S
+            ),
         )
         self._monitor = asyncio.create_task(self._watch())
         await self._first_healthy.wait()
@@ -180,22 +230,26 @@ class RemoteEngine:
     async def refresh(self) -> None:
         """One health round: follow discovery, check every replica, sync adapters, publish gauges."""
         s = self.settings
-        try:
-            urls = await resolve_replicas(s.engine_urls, s.engine_discovery)
-        except OSError as exc:
-            # A DNS hiccup must not empty the pool: keep the replicas we know.
-            log.warning("engine discovery failed", extra={"error": str(exc)})
-            urls = list(self._pool.replicas)
+        pool = self._pool
+        urls = await resolve_replicas(s.engine_urls, s.engine_discovery, known=list(pool.replicas))
         for url in urls:
-            if url not in self._pool.replicas:
-                self._pool.replicas[url] = Replica(url)
+            if url not in pool.replicas:
+                # A replica that left and came back keeps its count of requests still running.
+                replica = pool.gone.pop(url, None) or Replica(url)
+                replica.removed = False
+                pool.replicas[url] = replica
                 log.info("engine replica discovered", extra={"replica": url})
-        for url in set(self._pool.replicas) - set(urls):
-            replica = self._pool.replicas.pop(url)
+        for url in set(pool.replicas) - set(urls):
+            replica = pool.replicas.pop(url)
             replica.removed, replica.healthy = True, False
-            self._metrics.outstanding.remove(url)
+            pool.gone[url] = replica
             log.info("engine replica removed", extra={"replica": url})
-        await asyncio.gather(*(self._check(r) for r in list(self._pool.replicas.values())))
+        for url, replica in list(pool.gone.items()):
+            if replica.outstanding == 0:
+                del pool.gone[url]
+                with contextlib.suppress(KeyError):
+                    self._metrics.outstanding.remove(url)
+        await asyncio.gather(*(self._check(r) for r in list(pool.replicas.values())))
         self._publish()
         if self.ready:
             self._first_healthy.set()
@@ -211,70 +265,77 @@ class RemoteEngine:
     def _set_health(self, replica: Replica, healthy: bool, reason: str = "") -> None:
         if replica.removed:
             return
-        if healthy != replica.healthy or (not healthy and reason != replica.reason):
+        changed = healthy != replica.healthy
+        if changed or (not healthy and reason != replica.reason):
             if healthy:
                 log.info("engine replica healthy", extra={"replica": replica.url})
             else:
                 log.warning("engine replica unhealthy", extra={"replica": replica.url, "reason": reason})
         replica.healthy, replica.reason = healthy, reason
+        if changed:
+            self._publish()
 
     async def _check(self, replica: Replica) -> None:
-        client = self._http()
-        timeout = self.settings.engine_connect_timeout_s * 2
         try:
-            health = await client.get(f"{replica.url}/health", timeout=timeout)
-            if health.status_code != 200:
-                raise _AdapterRejected(f"/health answered {health.status_code}")
-            listing = await client.get(f"{replica.url}/v1/models", timeout=timeout)
-            listing.raise_for_status()
-            cards = listing.json()["data"]
-            base = next(c for c in cards if not c.get("parent"))
-            max_len = base.get("max_model_len")
-            if isinstance(max_len, int) and max_len < self.settings.max_model_len:
-                raise _AdapterRejected(
-                    f"replica max_model_len {max_len} is below the gateway's MEDLORA_MAX_MODEL_LEN "
-                    f"{self.settings.max_model_len}"
-                )
-            replica.served_model = str(base["id"])
-            loaded = {str(c["id"]) for c in cards if c.get("parent")}
-            if not self._adapters.keys() <= loaded:
-                await self._sync_adapters(replica, loaded)
-        except (httpx.HTTPError, KeyError, StopIteration, ValueError, _AdapterRejected) as exc:
-            self._set_health(replica, False, str(exc)[:_ERROR_CHARS] or type(exc).__name__)
-            return
-        self._set_health(replica, True)
+            cards = await self._models(replica)
+            # Under the adapter lock: a registration running now either sees this replica
+            # healthy (and loads on it) or finished before (and this sync loads it).
+            async with self._adapter_lock:
+                loaded = {str(c["id"]) for c in cards if c.get("parent")}
+                for name, handle in list(self._adapters.items()):
+                    if name not in loaded:
+                        await self._load_on(replica, handle)
+                        log.info("adapter synced to replica", extra={"replica": replica.url, "adapter": name})
+                self._set_health(replica, True)
+        except Exception as exc:  # any failure of one replica takes only that replica out
+            reason = str(exc)[:_ERROR_CHARS] if isinstance(exc, _ReplicaProblem | _AdapterRejected) else ""
+            self._set_health(replica, False, reason or f"{type(exc).__name__}: {str(exc)[:200]}")
 
-    async def _sync_adapters(self, replica: Replica, loaded: set[str]) -> None:
-        # Under the adapter lock so a registration or removal cannot interleave with the sync.
-        async with self._adapter_lock:
-            for key, handle in list(self._adapters.items()):
-                if key not in loaded:
-                    await self._load_on(replica, handle)
-                    log.info("adapter synced to replica", extra={"replica": replica.url, "adapter": key})
+    async def _models(self, replica: Replica) -> list[dict[str, Any]]:
+        """Health and the model listing; sets the served base model name."""
+        client = self._http()
+        health = await client.get(f"{replica.url}/health", timeout=_ADMIN_TIMEOUT_S)
+        if health.status_code != 200:
+            raise _ReplicaProblem(f"/health answered {health.status_code}")
+        listing = await client.get(f"{replica.url}/v1/models", timeout=_ADMIN_TIMEOUT_S)
+        if listing.status_code != 200:
+            raise _ReplicaProblem(f"/v1/models answered {listing.status_code} {_server_message(listing)}")
+        cards = listing.json()["data"]
+        if not isinstance(cards, list) or not all(isinstance(c, dict) for c in cards):
+            raise _ReplicaProblem("/v1/models answered an unexpected body")
+        base = next((c for c in cards if not c.get("parent")), None)
+        if base is None:
+            raise _ReplicaProblem("/v1/models lists no base model")
+        max_len = base.get("max_model_len")
+        if isinstance(max_len, int) and max_len < self.settings.max_model_len:
+            raise _ReplicaProblem(
+                f"replica max_model_len {max_len} is below the gateway's MEDLORA_MAX_MODEL_LEN "
+                f"{self.settings.max_model_len}"
+            )
+        replica.served_model = str(base["id"])
+        return list(cards)
 
     # -- adapters ----------------------------------------------------------------------
     async def _load_on(self, replica: Replica, handle: AdapterHandle) -> None:
-        response = await self._http().post(
-            f"{replica.url}/v1/load_lora_adapter", json={"lora_name": handle.key, "lora_path": handle.path}
-        )
+        """Load on one replica: _AdapterRejected if the files are bad, _ReplicaProblem if the replica is."""
+        name = engine_name(handle)
+        try:
+            response = await self._http().post(
+                f"{replica.url}/v1/load_lora_adapter",
+                json={"lora_name": name, "lora_path": handle.path},
+                timeout=_ADMIN_TIMEOUT_S,
+            )
+        except httpx.HTTPError as exc:
+            raise _ReplicaProblem(f"loading adapter {handle.key}: {type(exc).__name__}") from exc
         if response.status_code == 200:
             return
         message = _server_message(response)
         if response.status_code == 400 and "already been loaded" in message:
-            return  # another gateway (or an earlier attempt) loaded it
-        raise _AdapterRejected(f"replica {replica.url} could not load adapter {handle.key}: {message}")
-
-    async def _unload_on(self, replica: Replica, key: str) -> None:
-        try:
-            response = await self._http().post(f"{replica.url}/v1/unload_lora_adapter", json={"lora_name": key})
-        except httpx.HTTPError as exc:
-            log.warning("adapter unload failed", extra={"replica": replica.url, "adapter": key, "error": str(exc)})
-            return
-        if response.status_code not in (200, 404):
-            log.warning(
-                "adapter unload failed",
-                extra={"replica": replica.url, "adapter": key, "status": response.status_code},
-            )
+            return  # another gateway (or an earlier attempt) loaded this very registration
+        if response.status_code in (500, 400, 404, 422):
+            # vLLM answers 500 when the weights fail to load, 404 when the folder is missing.
+            raise _AdapterRejected(f"replica {replica.url} could not load adapter {handle.key}: {message}")
+        raise _ReplicaProblem(f"loading adapter {handle.key}: {response.status_code} {message}")
 
     async def load_adapter(self, adapter: AdapterHandle) -> None:
         """Load on every healthy replica; replicas that are down get it when they come back."""
@@ -285,28 +346,29 @@ class RemoteEngine:
             results = await asyncio.gather(*(self._load_on(r, adapter) for r in targets), return_exceptions=True)
             rejected = [exc for exc in results if isinstance(exc, _AdapterRejected)]
             if rejected:
-                # All or nothing: a task bound to it must not fail on some replicas only.
-                for replica, result in zip(targets, results, strict=True):
-                    if result is None:
-                        await self._unload_on(replica, adapter.key)
+                # Not wanted anywhere: a task bound to it must not fail on some replicas only.
+                # Replicas that did load it keep it unused (they are shared; vLLM evicts it).
                 raise EngineError(str(rejected[0]))
             for replica, result in zip(targets, results, strict=True):
                 if isinstance(result, BaseException):
-                    # Unreachable now: it is synced on its next health check.
-                    self._set_health(replica, False, f"{type(result).__name__}: {result}"[:_ERROR_CHARS])
-            self._adapters[adapter.key] = adapter
-        self._publish()
+                    # Out of rotation until its next health check syncs the adapter to it.
+                    self._set_health(replica, False, str(result)[:_ERROR_CHARS])
+            if not any(r.healthy for r in targets):
+                raise EngineUnavailable("no engine replica could load the adapter now")
+            self._adapters[engine_name(adapter)] = adapter
 
     async def unload_adapter(self, adapter: AdapterHandle) -> None:
+        """Stop requiring it. Other gateways may still use it on the shared replicas, so it stays
+        loaded there; a registration of the same folder reuses it, another folder gets a new name."""
         async with self._adapter_lock:
-            self._adapters.pop(adapter.key, None)
-            targets = [r for r in self._pool.replicas.values() if r.healthy]
-            await asyncio.gather(*(self._unload_on(r, adapter.key) for r in targets))
+            name = engine_name(adapter)
+            if self._adapters.get(name) is adapter:  # not a newer registration of the same folder
+                del self._adapters[name]
 
     # -- generation --------------------------------------------------------------------
     def _body(self, request: GenerationRequest, replica: Replica) -> dict[str, Any]:
         return {
-            "model": request.adapter.key if request.adapter else replica.served_model,
+            "model": engine_name(request.adapter) if request.adapter else replica.served_model,
             "prompt": request.prompt_token_ids,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -323,6 +385,7 @@ class RemoteEngine:
         """
         tried: set[str] = set()
         failure: _Attempt | None = None
+        dropped = 0
         for _ in range(self.settings.engine_max_attempts):
             replica = self._pool.pick(exclude=tried)
             if replica is None:
@@ -336,9 +399,12 @@ class RemoteEngine:
                 raise EngineError(outcome.message)
             self._metrics.retries.labels(outcome.reason).inc()
             log.warning(
-                "generation attempt failed; another replica will be tried if one is healthy",
+                "generation attempt failed",
                 extra={"request_id": request.request_id, "replica": replica.url, "reason": outcome.reason},
             )
+            dropped += outcome.reason == "connection_lost"
+            if dropped > 1:
+                break  # twice: the request itself may be what brings replicas down
         detail = failure.message if failure else "no engine replica is healthy"
         raise EngineUnavailable(f"{detail}; safe to retry")
 
@@ -356,12 +422,14 @@ class RemoteEngine:
             return _Attempt(True, f"replica {replica.url} dropped the request", "connection_lost")
         except httpx.TimeoutException:
             return _Attempt(False, f"replica {replica.url} did not answer in time")
+        except httpx.HTTPError as exc:
+            return _Attempt(False, f"replica {replica.url}: {type(exc).__name__}")
         finally:
             replica.outstanding -= 1
             if not replica.removed:
                 self._metrics.outstanding.labels(replica.url).set(replica.outstanding)
         if response.status_code == 200:
-            return self._result(response)
+            return self._result(replica, response)
         message = f"replica {replica.url}: {response.status_code} {_server_message(response)}"
         if response.status_code == 404 and request.adapter is not None:
             # The replica lost the adapter (restarted between health checks): resync it.
@@ -370,19 +438,26 @@ class RemoteEngine:
         if response.status_code in _RETRY_STATUSES:
             self._set_health(replica, False, f"answered {response.status_code}")
             return _Attempt(True, message, f"status_{response.status_code}")
+        if response.status_code == 504:
+            # A proxy gave up waiting; the replica may still be generating: not retried.
+            return _Attempt(False, f"{message} (timed out upstream)")
         return _Attempt(False, f"engine rejected the request: {message}")
 
     @staticmethod
-    def _result(response: httpx.Response) -> GenerationResult:
+    def _result(replica: Replica, response: httpx.Response) -> GenerationResult | _Attempt:
         try:
             body = response.json()
             choice = body["choices"][0]
             usage = body.get("usage") or {}
-            return GenerationResult(
-                text=str(choice["text"]),
-                finish_reason=str(choice.get("finish_reason")),
-                prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                completion_tokens=int(usage.get("completion_tokens", 0)),
-            )
+            text, finish_reason = choice["text"], choice.get("finish_reason")
+            prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise EngineError(f"engine answered an unexpected body: {type(exc).__name__}") from exc
+        if finish_reason == "abort":
+            # The server aborted it (draining, scaling down): nothing was produced.
+            return _Attempt(True, f"replica {replica.url} aborted the request", "aborted")
+        if not isinstance(text, str) or finish_reason not in ("stop", "length"):
+            raise EngineError(f"engine answered an unexpected body: finish_reason={finish_reason!r}")
+        return GenerationResult(
+            text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )

@@ -112,8 +112,8 @@ class Settings(BaseSettings):
     admin_keys_file: Path | None = Field(
         None,
         description=(
-            "Same format; keys allowed to register, switch and delete adapters. If set, those endpoints need an "
-            "admin key even when MEDLORA_API_KEYS_FILE is unset."
+            "Same format; keys allowed to register, switch and delete adapters (and to call every other /v1 "
+            "endpoint). Any key file set turns authentication on for all of /v1."
         ),
     )
 

@@ -144,6 +144,7 @@ async def execute(
     origin: str = "api",
     priority: int = INTERACTIVE_PRIORITY,
     watch: Callable[[Awaitable[BaseModel]], Awaitable[BaseModel]] | None = None,
+    client: str | None = None,
 ) -> BaseModel:
     """Check inputs, lease the adapter and run the call, with timeout, metrics and a log line.
 
@@ -189,6 +190,7 @@ async def execute(
                 "request",
                 extra={
                     "request_id": request_id,
+                    "client": client,
                     "endpoint": endpoint_label,
                     "task": task.name,
                     "adapter": adapter.key,
@@ -201,9 +203,16 @@ async def execute(
 
 
 async def call_json(
-    service: Service, endpoint: str, body: Any, *, request_id: str, origin: str, priority: int
+    service: Service,
+    endpoint: str,
+    body: Any,
+    *,
+    request_id: str,
+    origin: str,
+    priority: int,
+    client: str | None = None,
 ) -> dict[str, Any]:
     """Raw JSON body in, response JSON out (problems raised): the in-process twin of an HTTP POST."""
     call = prepare(service, endpoint, parse_body(endpoint, body))
-    response = await execute(service, call, request_id=request_id, origin=origin, priority=priority)
+    response = await execute(service, call, request_id=request_id, origin=origin, priority=priority, client=client)
     return response.model_dump(mode="json")

@@ -130,5 +130,8 @@ class VllmEngine:
         except Exception as exc:  # vLLM raises several types for bad adapter files
             raise EngineError(f"engine could not load adapter {adapter.key}: {exc}") from exc
 
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "local", "errored": self._llm is not None and self._llm.errored}
+
     async def unload_adapter(self, adapter: AdapterHandle) -> None:
         await self._require().remove_lora(adapter.lora_id)

@@ -83,6 +83,9 @@ class FakeEngine:
         self.loaded.pop(adapter.key, None)
         self.unloaded.append(adapter.key)
 
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "fake"}
+
 
 def write_fake_adapter(path: Path, *, rank: int = 8, base: str = FAKE_BASE, targets: list[str] | None = None) -> Path:
     """A PEFT-shaped folder that passes the gateway's file checks (the fake engine loads nothing)."""

@@ -212,7 +212,7 @@ def test_every_request_carries_grammar_and_worst_case_token_budget(client_for: A
     assert call.adapter is not None and call.adapter.key == "ner-it-clinical@1"
 
 
-def test_not_ready_is_503_with_retry_after(make_fake_service: Any) -> None:
+def test_failed_startup_is_503_on_readiness_and_liveness(make_fake_service: Any) -> None:
     from fastapi.testclient import TestClient
 
     service, engine = make_fake_service(lambda r: "")
@@ -224,7 +224,10 @@ def test_not_ready_is_503_with_retry_after(make_fake_service: Any) -> None:
         assert r.headers["retry-after"]
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
-        assert client.get("/livez").status_code == 200
+        assert ready.json()["engine"] == "fake"
+        # A failed startup is terminal: liveness fails so the orchestrator restarts the process.
+        live = client.get("/livez")
+        assert live.status_code == 503 and live.json()["status"] == "failed"
 
 
 def test_tasks_and_adapters_are_listed(client_for: Any) -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app import auth
+from app.api import create_app
 from app.auth import KeyFileError, hash_key, parse_key_file
 from app.settings import REPO_ROOT
 from tests.fakes import ner_output
@@ -69,10 +72,18 @@ def test_api_keys_guard_every_v1_endpoint(client_for: Any, key_files: tuple[Path
     guarded = [
         ("POST", "/v1/ner", NER_BODY),
         ("POST", "/v1/qa", {"task": "qa-it-clinical", "items": []}),
+        ("POST", "/v1/classify", {"task": "classify-it-note-type", "documents": []}),
         ("GET", "/v1/tasks", None),
         ("GET", "/v1/adapters", None),
         ("GET", "/v1/files", None),
+        ("POST", "/v1/files", None),
+        ("GET", "/v1/files/file-x", None),
+        ("GET", "/v1/files/file-x/content", None),
+        ("DELETE", "/v1/files/file-x", None),
         ("GET", "/v1/batches", None),
+        ("POST", "/v1/batches", {"input_file_id": "file-x", "endpoint": "/v1/ner", "completion_window": "24h"}),
+        ("GET", "/v1/batches/batch-x", None),
+        ("POST", "/v1/batches/batch-x/cancel", None),
     ]
     for method, path, body in guarded:
         for headers in ({}, bearer("wrong-key-0123456789"), {"Authorization": f"Basic {READER_KEY}"}):
@@ -116,10 +127,12 @@ def test_adapter_administration_needs_an_admin_key(client_for: Any, key_files: t
     assert r.status_code == 200
 
 
-def test_admin_keys_alone_guard_only_administration(client_for: Any, key_files: tuple[Path, Path]) -> None:
+def test_admin_keys_alone_still_close_every_v1_endpoint(client_for: Any, key_files: tuple[Path, Path]) -> None:
     _, admin = key_files
     client, _ = client_for(lambda r: ner_output(), admin_keys_file=admin)
-    assert client.post("/v1/ner", json=NER_BODY).status_code == 200
+    assert client.post("/v1/ner", json=NER_BODY).status_code == 401
+    assert client.get("/v1/files").status_code == 401
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(ADMIN_KEY)).status_code == 200
     assert client.delete("/v1/adapters/x/1").status_code == 401
     assert client.delete("/v1/adapters/x/1", headers=bearer(ADMIN_KEY)).status_code == 404
 
@@ -204,3 +217,129 @@ def test_cli_clients_take_their_key_from_the_environment(monkeypatch: pytest.Mon
     assert auth_headers() == {}
     monkeypatch.setenv("MEDLORA_API_KEY", f" {READER_KEY}\n")
     assert auth_headers() == {"Authorization": f"Bearer {READER_KEY}"}
+
+
+def test_anonymous_bodies_are_refused_before_they_are_read(client_for: Any, key_files: tuple[Path, Path]) -> None:
+    api, admin = key_files
+    client, engine = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    # Malformed JSON: 401, not a 422 that would mean the body was parsed for an anonymous caller.
+    r = client.post("/v1/ner", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 401
+    r = client.post("/v1/files", files={"file": ("x.jsonl", b"{}\n")}, data={"purpose": "batch"})
+    assert r.status_code == 401
+    assert not engine.calls
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off_with_413(make_fake_service: Any) -> None:
+    """Raw ASGI, no Content-Length: the limit is enforced while the body streams in."""
+    service, engine = make_fake_service(lambda r: ner_output(), max_documents=1, max_document_chars=100)
+    app = create_app(service)
+    chunks = [b'{"task": "ner-it-clinical", "documents": [{"id": "d", "text": "', *[b"x" * 1024] * 200, b'"}]}']
+    read = [0]
+
+    async def scenario() -> list[dict[str, Any]]:
+        await service.start()
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            read[0] += 1
+            return {"type": "http.request", "body": chunks[read[0] - 1], "more_body": read[0] < len(chunks)}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/ner", "raw_path": b"/v1/ner", "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "root_path": "",
+        }  # fmt: skip
+        await asyncio.wait_for(app(scope, receive, send), timeout=5)
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["type"] == "urn:medlora:problem:payload-too-large"
+    assert len(sent) == 2  # nothing the app said afterwards reached the client
+    assert read[0] < len(chunks)  # stopped reading at the limit (~70 KB of 200 KB)
+    assert not engine.calls
+
+
+def test_batch_files_and_jobs_belong_to_the_key_that_made_them(
+    client_for: Any, key_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    api, admin = key_files
+    other = "other-ward-key-0123456789"
+    api.write_text(f"ward-7 {hash_key(READER_KEY)}\nward-9 {hash_key(other)}\n")
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/ner", "body": NER_BODY})
+    up = client.post(
+        "/v1/files", files={"file": ("in.jsonl", (line + "\n").encode())}, data={"purpose": "batch"},
+        headers=bearer(READER_KEY),
+    )  # fmt: skip
+    assert up.status_code == 200, up.text
+    file_id = up.json()["id"]
+    job = client.post(
+        "/v1/batches",
+        json={"input_file_id": file_id, "endpoint": "/v1/ner", "completion_window": "24h"},
+        headers=bearer(READER_KEY),
+    )
+    assert job.status_code == 200, job.text
+    batch_id = job.json()["id"]
+    deadline = time.monotonic() + 10
+    while (b := client.get(f"/v1/batches/{batch_id}", headers=bearer(READER_KEY)).json())["status"] != "completed":
+        assert time.monotonic() < deadline, b
+        time.sleep(0.05)
+    output = b["output_file_id"]
+    # The other ward sees none of it, as if it did not exist.
+    for path in (f"/v1/files/{file_id}", f"/v1/files/{file_id}/content", f"/v1/files/{output}/content",
+                 f"/v1/batches/{batch_id}"):  # fmt: skip
+        assert client.get(path, headers=bearer(other)).status_code == 404, path
+    assert client.get("/v1/files", headers=bearer(other)).json()["data"] == []
+    assert client.get("/v1/batches", headers=bearer(other)).json()["data"] == []
+    assert client.delete(f"/v1/files/{file_id}", headers=bearer(other)).status_code == 404
+    assert client.post(f"/v1/batches/{batch_id}/cancel", headers=bearer(other)).status_code == 404
+    stolen = client.post(
+        "/v1/batches",
+        json={"input_file_id": file_id, "endpoint": "/v1/ner", "completion_window": "24h"},
+        headers=bearer(other),
+    )
+    assert stolen.status_code == 404
+    # Its owner and the admins do.
+    owned = {f["id"] for f in client.get("/v1/files", headers=bearer(READER_KEY)).json()["data"]}
+    assert {file_id, output} <= owned
+    assert client.get(f"/v1/files/{output}/content", headers=bearer(READER_KEY)).status_code == 200
+    assert client.get(f"/v1/files/{output}/content", headers=bearer(ADMIN_KEY)).status_code == 200
+    assert batch_id in {x["id"] for x in client.get("/v1/batches", headers=bearer(ADMIN_KEY)).json()["data"]}
+
+
+def test_deleting_a_key_file_revokes_its_keys_and_a_bad_encoding_keeps_the_old_ones(
+    client_for: Any, key_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "_RECHECK_S", 0.0)
+    api, admin = key_files
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    api.write_text(f"ward-7 {hash_key(READER_KEY)}\n", encoding="utf-16")  # PowerShell's >> default
+    os.utime(api, (3, 3))
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 200
+    api.unlink()
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 401
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(ADMIN_KEY)).status_code == 200
+
+
+def test_the_request_log_names_the_key_not_the_key_itself(
+    client_for: Any, key_files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    api, admin = key_files
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    with caplog.at_level(logging.INFO):
+        client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY))
+        client.put(
+            "/v1/tasks/ner-it-clinical/adapter",
+            json={"name": "ner-it-clinical", "version": "1"},
+            headers=bearer(ADMIN_KEY),
+        )
+    requests = [r for r in caplog.records if r.getMessage() == "request"]
+    assert [getattr(r, "client", None) for r in requests] == ["ward-7"]
+    actions = [r for r in caplog.records if r.getMessage() == "admin action"]
+    assert [(getattr(r, "client", None), getattr(r, "action", None)) for r in actions] == [("ops", "switch")]

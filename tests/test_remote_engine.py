@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,13 +23,14 @@ from app import remote_engine
 from app.api import create_app
 from app.engine import AdapterHandle, EngineError, EngineUnavailable, GenerationRequest
 from app.prompts import PromptRenderer
-from app.remote_engine import RemoteEngine
+from app.remote_engine import RemoteEngine, engine_name
 from app.service import build_service
 from app.settings import Settings
 from tests.conftest import TASKS_DIR
 from tests.fakes import FAKE_BASE, FakeTokenizer, ner_output
 
 ADAPTER = AdapterHandle(key="ner-it@1", lora_id=1, path="/models/adapters/ner-it/1")
+NAME = engine_name(ADAPTER)  # what the replicas know it as
 
 
 @dataclass
@@ -43,6 +45,8 @@ class FakeReplica:
     gate: asyncio.Event | None = None  # completions wait on it when set
     fail_completion: Callable[[], httpx.Response | None] | None = None  # raise or answer instead
     reject_load: bool = False
+    load_status: int | None = None  # answer loads with this status (a replica in trouble)
+    models_body: Any = None  # answer /v1/models with this body instead
     loads: list[str] = field(default_factory=list)
     unloads: list[str] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -55,12 +59,16 @@ class FakeReplica:
         if path == "/health":
             return httpx.Response(200)
         if path == "/v1/models":
+            if self.models_body is not None:
+                return httpx.Response(200, json=self.models_body)
             cards = [{"id": "base", "parent": None, "max_model_len": self.max_model_len}]
             cards += [{"id": a, "parent": "base"} for a in sorted(self.adapters)]
             return httpx.Response(200, json={"object": "list", "data": cards})
         body = json.loads(request.content)
         if path == "/v1/load_lora_adapter":
             self.loads.append(body["lora_name"])
+            if self.load_status is not None:
+                return httpx.Response(self.load_status, json={"error": {"message": "busy"}})
             if self.reject_load:
                 return httpx.Response(500, json={"error": {"message": "bad adapter weights"}})
             if body["lora_name"] in self.adapters:
@@ -136,7 +144,7 @@ def test_generation_request_carries_prompt_ids_grammar_adapter_and_priority() ->
         assert result.text == '{"from":"a"}'
         assert (result.finish_reason, result.prompt_tokens, result.completion_tokens) == ("stop", 3, 5)
         sent, base_sent = cluster.replicas["a"].bodies
-        assert sent["model"] == "ner-it@1"
+        assert sent["model"] == NAME
         assert base_sent["model"] == "base"  # the base model by its served name
         assert sent["prompt"] == [1, 2, 3]
         assert sent["structured_outputs"] == {"grammar": "start: x"}
@@ -191,7 +199,7 @@ def test_unreachable_or_dropping_replica_is_retried_elsewhere_and_taken_out(fail
         assert all(r.text == '{"from":"b"}' for r in results)
         assert len(cluster.replicas["a"].bodies) == 1  # taken out after its first failure
         assert registry.get_sample_value("medlora_engine_retries_total", {"reason": reason}) == 1
-        assert registry.get_sample_value("medlora_engine_replicas", {"state": "unhealthy"}) is not None
+        assert registry.get_sample_value("medlora_engine_replicas", {"state": "unhealthy"}) == 1
         # The next health round finds it answering again and puts it back.
         cluster.replicas["a"].fail_completion = None
         await engine.refresh()
@@ -288,15 +296,18 @@ def test_adapters_reach_every_replica_including_one_that_joins_later() -> None:
         engine, _ = make_engine(cluster)
         await engine.start()
         await engine.load_adapter(ADAPTER)
-        assert cluster.replicas["a"].adapters == {"ner-it@1"}
+        assert cluster.replicas["a"].adapters == {NAME}
         assert cluster.replicas["b"].loads == []
         cluster.replicas["b"].up = True
         await engine.refresh()
-        assert cluster.replicas["b"].adapters == {"ner-it@1"}
+        assert cluster.replicas["b"].adapters == {NAME}
         assert engine._pool.replicas["http://b:8000"].healthy
+        # Unregistering stops requiring it; the shared replicas keep it for other gateways.
         await engine.unload_adapter(ADAPTER)
-        assert cluster.replicas["a"].unloads == ["ner-it@1"]
-        assert cluster.replicas["b"].unloads == ["ner-it@1"]
+        assert cluster.replicas["a"].unloads == cluster.replicas["b"].unloads == []
+        cluster.replicas["b"].adapters.clear()  # restarted
+        await engine.refresh()
+        assert cluster.replicas["b"].adapters == set()  # no longer synced
         await engine.shutdown()
 
     run(scenario)
@@ -314,7 +325,7 @@ def test_a_restarted_replica_that_lost_its_adapters_is_resynced() -> None:
         assert all(r.text == '{"from":"b"}' for r in results)  # a's 404 was retried on b
         assert not engine._pool.replicas["http://a:8000"].healthy
         await engine.refresh()
-        assert cluster.replicas["a"].adapters == {"ner-it@1"}
+        assert cluster.replicas["a"].adapters == {NAME}
         assert engine._pool.replicas["http://a:8000"].healthy
         await engine.shutdown()
 
@@ -328,14 +339,14 @@ def test_an_adapter_one_replica_rejects_is_rolled_back_everywhere() -> None:
     async def scenario() -> None:
         engine, _ = make_engine(cluster)
         await engine.start()
-        with pytest.raises(EngineError, match="bad adapter weights"):
+        with pytest.raises(EngineError, match="bad adapter weights") as caught:
             await engine.load_adapter(ADAPTER)
-        assert cluster.replicas["a"].adapters == set()
-        assert cluster.replicas["a"].unloads == ["ner-it@1"]
-        # Not part of the wanted set: a later sync does not load it either.
+        assert not isinstance(caught.value, EngineUnavailable)
+        # Not part of the wanted set: a later sync does not load it on b, and no request uses it.
         cluster.replicas["b"].reject_load = False
         await engine.refresh()
         assert cluster.replicas["b"].adapters == set()
+        assert engine._pool.replicas["http://b:8000"].healthy
         await engine.shutdown()
 
     run(scenario)
@@ -343,7 +354,7 @@ def test_an_adapter_one_replica_rejects_is_rolled_back_everywhere() -> None:
 
 def test_an_adapter_loaded_by_another_gateway_counts_as_loaded() -> None:
     cluster = FakeCluster("a")
-    cluster.replicas["a"].adapters.add("ner-it@1")
+    cluster.replicas["a"].adapters.add(NAME)
 
     async def scenario() -> None:
         engine, _ = make_engine(cluster)
@@ -410,7 +421,7 @@ def test_dns_discovery_follows_replicas_that_join_and_leave(monkeypatch: pytest.
         assert list(engine._pool.replicas) == ["http://10.0.0.1:8000"]
         addresses[0] = ["10.0.0.1", "10.0.0.2"]
         await engine.refresh()
-        assert cluster.replicas["10.0.0.2"].adapters == {"ner-it@1"}
+        assert cluster.replicas["10.0.0.2"].adapters == {NAME}
         addresses[0] = ["10.0.0.2"]
         await engine.refresh()
         assert list(engine._pool.replicas) == ["http://10.0.0.2:8000"]
@@ -474,12 +485,12 @@ def test_gateway_turns_a_replica_lost_mid_request_into_a_retryable_503(fake_adap
             assert time.monotonic() < deadline
             time.sleep(0.01)
         # Every task's adapter was loaded on the replica at startup, under its name@version.
-        assert cluster.replicas["a"].adapters == {
+        assert {name.split("+")[0] for name in cluster.replicas["a"].adapters} == {
             f"{t.manifest.adapter.name}@{t.manifest.adapter.version}" for t in service.tasks.values()
         }
         ok = client.post("/v1/ner", json=body)
         assert ok.status_code == 200, ok.text
-        assert cluster.replicas["a"].bodies[-1]["model"] == "ner-it-clinical@1"
+        assert cluster.replicas["a"].bodies[-1]["model"].startswith("ner-it-clinical@1+")
 
         def dies() -> httpx.Response:
             raise httpx.RemoteProtocolError("server disconnected without sending a response")
@@ -495,3 +506,241 @@ def test_gateway_turns_a_replica_lost_mid_request_into_a_retryable_503(fake_adap
         client.portal.call(engine.refresh)  # type: ignore[union-attr]
         assert client.get("/readyz").status_code == 200
         assert client.post("/v1/ner", json=body).status_code == 200
+
+
+def test_a_version_re_registered_from_another_folder_never_serves_the_old_weights() -> None:
+    cluster = FakeCluster("a", "b")
+    moved = AdapterHandle(key="ner-it@1", lora_id=2, path="/models/adapters/ner-it/1-retrained")
+
+    async def scenario() -> None:
+        engine, _ = make_engine(cluster)
+        await engine.start()
+        await engine.load_adapter(ADAPTER)
+        cluster.replicas["b"].up = False  # misses whatever happens next
+        await engine.refresh()
+        await engine.load_adapter(moved)  # re-registered while the old one still drains
+        await engine.unload_adapter(ADAPTER)  # the old registration's drain ends afterwards
+        assert (await engine.generate(request(moved))).text == '{"from":"a"}'
+        assert cluster.replicas["a"].bodies[-1]["model"] == engine_name(moved) != NAME
+        cluster.replicas["b"].up = True
+        await engine.refresh()
+        assert engine_name(moved) in cluster.replicas["b"].adapters  # synced under its own name
+        await engine.shutdown()
+
+    run(scenario)
+
+
+def test_the_same_folder_registered_again_keeps_its_name_and_stays_wanted() -> None:
+    cluster = FakeCluster("a")
+    again = AdapterHandle(key=ADAPTER.key, lora_id=9, path=ADAPTER.path)
+
+    async def scenario() -> None:
+        engine, _ = make_engine(cluster)
+        await engine.start()
+        await engine.load_adapter(ADAPTER)
+        await engine.load_adapter(again)
+        await engine.unload_adapter(ADAPTER)  # the older registration's late unload
+        cluster.replicas["a"].adapters.clear()
+        await engine.refresh()
+        assert cluster.replicas["a"].adapters == {NAME}  # still required: `again` uses it
+        await engine.shutdown()
+
+    run(scenario)
+
+
+def test_a_replica_in_trouble_during_a_load_is_synced_later_not_a_bad_adapter() -> None:
+    cluster = FakeCluster("a", "b")
+
+    async def scenario() -> None:
+        engine, _ = make_engine(cluster)
+        await engine.start()
+        cluster.replicas["b"].load_status = 503
+        await engine.load_adapter(ADAPTER)  # a loaded it; b is out until it can
+        assert not engine._pool.replicas["http://b:8000"].healthy
+        assert all(r.text == '{"from":"a"}' for r in [await engine.generate(request()) for _ in range(3)])
+        cluster.replicas["b"].load_status = None
+        await engine.refresh()
+        assert cluster.replicas["b"].adapters == {NAME}
+        assert engine._pool.replicas["http://b:8000"].healthy
+        # Every replica in trouble: retryable, not "invalid adapter".
+        other = AdapterHandle(key="qa-it@1", lora_id=3, path="/models/adapters/qa-it/1")
+        for replica in cluster.replicas.values():
+            replica.load_status = 503
+        with pytest.raises(EngineUnavailable):
+            await engine.load_adapter(other)
+        await engine.shutdown()
+
+    run(scenario)
+
+
+def test_a_request_that_keeps_dropping_connections_is_not_sent_to_every_replica() -> None:
+    cluster = FakeCluster("a", "b", "c")
+
+    def crash() -> httpx.Response:
+        raise httpx.RemoteProtocolError("server disconnected without sending a response")
+
+    async def scenario() -> None:
+        engine, _ = make_engine(cluster)
+        await engine.start()
+        for replica in cluster.replicas.values():
+            replica.fail_completion = crash
+        with pytest.raises(EngineUnavailable):
+            await engine.generate(request(adapter=None))
+        assert sum(len(r.bodies) for r in cluster.replicas.values()) == 2
+        assert engine.ready  # one replica never saw it
+        await engine.shutdown()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("answer", "retried"),
+    [
+        (
+            {
+                "choices": [{"text": "", "finish_reason": "abort"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 0},
+            },
+            True,
+        ),
+        (
+            {
+                "choices": [{"text": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+            },
+            False,
+        ),
+        (
+            {"choices": [{"text": "x", "finish_reason": None}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+            False,
+        ),
+        ({"choices": []}, False),
+    ],
+)
+def test_odd_completion_bodies_are_retried_only_when_the_server_aborted(answer: dict[str, Any], retried: bool) -> None:
+    cluster = FakeCluster("a", "b")
+
+    async def scenario() -> None:
+        engine, _ = make_engine(cluster)
+        await engine.start()
+        for replica in cluster.replicas.values():
+            replica.fail_completion = lambda: httpx.Response(200, json=answer)
+        with pytest.raises(EngineError) as caught:
+            await engine.generate(request(adapter=None))
+        assert isinstance(caught.value, EngineUnavailable) is retried
+        assert sum(len(r.bodies) for r in cluster.replicas.values()) == (2 if retried else 1)
+        await engine.shutdown()
+
+    run(scenario)
+
+
+def test_a_504_from_a_proxy_is_not_retried_because_the_replica_may_still_generate() -> None:
+    cluster = FakeCluster("a", "b")
+
+    async def scenario() -> None:
+        engine, _ = make_engine(cluster)
+        await engine.start()
+        for replica in cluster.replicas.values():
+            replica.fail_completion = lambda: httpx.Response(504, text="upstream request timeout")
+        with pytest.raises(EngineError, match="timed out upstream"):
+            await engine.generate(request(adapter=None))
+        assert sum(len(r.bodies) for r in cluster.replicas.values()) == 1
+        assert all(r.healthy for r in engine._pool.replicas.values())
+        await engine.shutdown()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("body", [{"data": None}, {"data": ["tiny"]}, {"data": []}, {"object": "list"}])
+def test_a_replica_with_a_malformed_model_listing_is_kept_out_alone(body: Any) -> None:
+    cluster = FakeCluster("a", "b")
+    cluster.replicas["b"].models_body = body
+
+    async def scenario() -> None:
+        engine, _ = make_engine(cluster)
+        await asyncio.wait_for(engine.start(), 2)  # a is healthy: start returns
+        replica_b = engine._pool.replicas["http://b:8000"]
+        assert engine.ready and not replica_b.healthy and replica_b.reason
+        assert engine.describe()["replicas"][1] == {
+            "url": "http://b:8000",
+            "healthy": False,
+            "reason": replica_b.reason,
+        }
+        await engine.shutdown()
+
+    run(scenario)
+
+
+def test_a_replica_that_leaves_and_returns_keeps_its_count_of_running_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = FakeCluster("10.0.0.1", "10.0.0.2")
+    cluster.replicas["10.0.0.1"].gate = asyncio.Event()
+    addresses = [["10.0.0.1", "10.0.0.2"]]
+
+    async def fake_getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
+        return [(2, 1, 6, "", (a, port)) for a in addresses[0]]
+
+    async def scenario() -> None:
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", fake_getaddrinfo)
+        settings = Settings(
+            engine="remote", engine_urls=["http://vllm:8000"], engine_discovery="dns", engine_health_interval_s=3600
+        )  # type: ignore[call-arg]
+        engine = RemoteEngine(settings, registry=CollectorRegistry(), transport=httpx.MockTransport(cluster.handler))
+        await engine.start()
+        busy = [asyncio.create_task(engine.generate(request(adapter=None))) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        first = engine._pool.replicas["http://10.0.0.1:8000"]
+        held = first.outstanding
+        assert held >= 1
+        addresses[0] = ["10.0.0.2"]  # readiness flap: dropped from the Service
+        await engine.refresh()
+        addresses[0] = ["10.0.0.1", "10.0.0.2"]
+        await engine.refresh()
+        assert engine._pool.replicas["http://10.0.0.1:8000"].outstanding == held
+        cluster.replicas["10.0.0.1"].gate.set()
+        await asyncio.gather(*busy)
+        assert engine._pool.replicas["http://10.0.0.1:8000"].outstanding == 0
+        await engine.shutdown()
+
+    run(scenario)
+
+
+def test_one_name_failing_to_resolve_does_not_freeze_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: dict[str, list[str]] = {"pool-a": ["10.0.0.1"], "pool-b": ["10.0.1.1"]}
+
+    async def fake_getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
+        if host not in answers:
+            raise socket.gaierror("Name or service not known")
+        return [(2, 1, 6, "", (a, port)) for a in answers[host]]
+
+    async def scenario() -> None:
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", fake_getaddrinfo)
+        urls = ["http://pool-a:8000", "http://pool-b:9000"]
+        known = await remote_engine.resolve_replicas(urls, "dns")
+        assert known == ["http://10.0.0.1:8000", "http://10.0.1.1:9000"]
+        del answers["pool-a"]
+        answers["pool-b"] = ["10.0.1.2"]
+        assert await remote_engine.resolve_replicas(urls, "dns", known=known) == [
+            "http://10.0.0.1:8000",  # kept: its name failed
+            "http://10.0.1.2:9000",  # followed
+        ]
+
+    run(scenario)
+
+
+def test_dual_stack_answers_count_each_pod_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fake_getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
+        return [(2, 1, 6, "", ("10.0.0.1", port)), (10, 1, 6, "", ("fd00::1", port, 0, 0))]
+
+    async def scenario() -> None:
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", fake_getaddrinfo)
+        assert await remote_engine.resolve_replicas(["http://vllm:8000"], "dns") == ["http://10.0.0.1:8000"]
+
+    run(scenario)
+
+
+def test_dns_discovery_refuses_https_urls() -> None:
+    with pytest.raises(ValueError, match="http:// engine URLs only"):
+        RemoteEngine(
+            Settings(engine="remote", engine_urls=["https://vllm:8443"], engine_discovery="dns"),  # type: ignore[call-arg]
+            registry=CollectorRegistry(),
+        )
