@@ -170,8 +170,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def served_adapters(replica_url: str) -> set[str]:
+    """name@version of the adapters a replica has (engine-side names add a folder hash)."""
     cards = httpx.get(f"{replica_url}/v1/models", timeout=10).json()["data"]
-    return {c["id"] for c in cards if c.get("parent")}
+    return {c["id"].split("+")[0] for c in cards if c.get("parent")}
 
 
 def replica_metric(replica_url: str, name: str) -> float:
@@ -282,6 +283,7 @@ def test_cancelling_a_generation_aborts_it_on_the_replica(cluster: Cluster) -> N
 
     tokenizer = load_renderer(str(cluster.base_dir)).tokenizer
     url = cluster.replica_urls[0]
+    request_max_tokens = 8000
 
     async def scenario() -> tuple[float, float]:
         settings = Settings(engine="remote", engine_urls=[url], max_model_len=16384)  # type: ignore[call-arg]
@@ -292,8 +294,9 @@ def test_cancelling_a_generation_aborts_it_on_the_replica(cluster: Cluster) -> N
             request_id="cancel-me",
             prompt_token_ids=tokenizer.encode("paziente"),
             grammar="start: /[a-z ]{6000}/",
-            max_tokens=8000,
+            max_tokens=request_max_tokens,
         )
+        tokens_before = replica_metric(url, "vllm:generation_tokens_total")
         task = asyncio.create_task(engine.generate(request))
         deadline = time.monotonic() + 30
         while replica_metric(url, "vllm:num_requests_running") < 1:
@@ -308,10 +311,11 @@ def test_cancelling_a_generation_aborts_it_on_the_replica(cluster: Cluster) -> N
             await asyncio.sleep(0.2)
         stopped = time.monotonic() - cancelled_at
         await engine.shutdown()
-        return stopped, replica_metric(url, "vllm:generation_tokens_total")
+        return stopped, replica_metric(url, "vllm:generation_tokens_total") - tokens_before
 
-    stopped_after, _ = asyncio.run(scenario())
+    stopped_after, generated = asyncio.run(scenario())
     assert stopped_after < 20
+    assert generated < request_max_tokens / 2, generated  # aborted, not run to the end
 
 
 def test_a_replica_killed_under_load_loses_no_accepted_request_and_rejoins(cluster: Cluster) -> None:
