@@ -11,7 +11,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,11 @@ _VOCAB_MULTIPLE = 64
 # PEFT's random (init_lora_weights=False) factors are already large next to
 # the 0.02-std base weights; this keeps the effect strong but finite.
 _LORA_B_SCALE = 4.0
+# Word-level pre-tokens for a base trained on a known corpus (the demo): words, whitespace
+# runs and punctuation runs each stand alone, so a word copied from a note into a JSON string
+# keeps its token ids (with GPT-2 style pre-tokens the note has ` dolore` and the answer
+# `"dolore`, and the first token of every copied span must be translated).
+WORD_PRETOKENS = r"\w+|\s+|[^\w\s]+"
 TMP_PREFIX = ".tmp-tiny-"
 # A build takes seconds; a temp dir this old was left by a killed process.
 _STALE_TMP_S = 3600.0
@@ -103,25 +109,48 @@ Emergency note — patient reports “severe” pain 8/10; ibuprofen 400 mg give
 """.splitlines()
 
 
-def _train_tokenizer() -> PreTrainedTokenizerFast:
-    """Train the byte-level BPE and wrap it as a transformers fast tokenizer."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+@dataclass(frozen=True)
+class TinyShape:
+    """Transformer size of a tiny base (the default is the tests' random-weight model)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+
+
+def _train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = _VOCAB_TARGET) -> PreTrainedTokenizerFast:
+    """Train the byte-level BPE and wrap it as a transformers fast tokenizer.
+
+    Without a corpus: GPT-2 style pre-tokens, merges from the small built-in corpus (the tests'
+    model). With one: `WORD_PRETOKENS` pre-tokens, merges from the built-in corpus plus it.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     # Byte-level, with the full 256-byte alphabet seeded, so that any Unicode
     # input (emoji, CRLF, control chars) maps to tokens and never to <unk>.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if corpus is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(WORD_PRETOKENS), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = BpeTrainer(
-        vocab_size=_VOCAB_TARGET,
+        vocab_size=vocab_size,
         min_frequency=1,
         show_progress=False,
         special_tokens=[PAD_TOKEN, IM_START, IM_END],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator([*_CORPUS, *(corpus or ())], trainer=trainer)
     # Qwen3 registers the think markers as added but non-special tokens, so
     # skip_special_tokens keeps them and reasoning parsers can see them.
     tok.add_tokens(
@@ -142,14 +171,25 @@ def _train_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_tiny_base(out_dir: Path, *, seed: int = 0) -> Path:
-    """Write a tiny Qwen3ForCausalLM (safetensors) + tokenizer + chat template into out_dir; return out_dir."""
+def build_tiny_base(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    shape: TinyShape = TinyShape(),
+    tokenizer_corpus: Iterable[str] | None = None,
+    vocab_size: int = _VOCAB_TARGET,
+) -> Path:
+    """Write a tiny Qwen3ForCausalLM (safetensors) + tokenizer + chat template into out_dir; return out_dir.
+
+    `tokenizer_corpus` (the demo's notes) switches to word-level pre-tokens learned from it;
+    special tokens, chat template and pad token are the same either way.
+    """
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer()
+    tokenizer = _train_tokenizer(tokenizer_corpus, vocab_size)
     vocab_size = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
@@ -158,11 +198,11 @@ def build_tiny_base(out_dir: Path, *, seed: int = 0) -> Path:
 
     config = Qwen3Config(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
         # vLLM's CPU attention rejects small head sizes such as 16.
         head_dim=64,
         max_position_embeddings=40960,  # as Qwen3-1.7B
