@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -95,6 +96,11 @@ def start_replica(base_dir: Path, port: int, log_path: Path) -> Process:
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_NO_USAGE_STATS": "1",
+        # Two replicas, a gateway and the tests share two cores. With vLLM's default thread
+        # pinning a generating replica's API server answered nothing (not /health, not a
+        # client disconnect) until the generation ended: measured 25 s for /health, and a
+        # cancelled request ran all its 8,000 tokens. Unpinned, it answers within seconds.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     }
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -283,63 +289,87 @@ def test_cancelling_a_generation_aborts_it_on_the_replica(cluster: Cluster) -> N
 
     tokenizer = load_renderer(str(cluster.base_dir)).tokenizer
     url = cluster.replica_urls[0]
-    request_max_tokens = 8000
+    # A prompt of gateway size: vllm-cpu 0.32.0's worker died of SIGILL when its very first
+    # forward pass was a 3-token prompt on this machine class (the gateway always sends a
+    # system prompt of hundreds of tokens).
+    prompt = tokenizer.encode(" ".join(NOTES))
+
+    async def settled_tokens() -> float:
+        # vLLM's own count, read once the replica is idle: on two shared cores its /metrics
+        # may not answer while it generates, so it is never polled mid-generation.
+        deadline = time.monotonic() + 120
+        while replica_metric(url, "vllm:num_requests_running") > 0:
+            assert time.monotonic() < deadline, "the replica never went idle"
+            await asyncio.sleep(0.2)
+        return replica_metric(url, "vllm:generation_tokens_total")
+
+    def request(request_id: str) -> GenerationRequest:
+        # A long forced output: thousands of tokens, many seconds on these cores.
+        return GenerationRequest(
+            request_id=request_id, prompt_token_ids=prompt, grammar="start: /[a-z ]{20000}/", max_tokens=8000
+        )
 
     async def scenario() -> tuple[float, float]:
         settings = Settings(engine="remote", engine_urls=[url], max_model_len=16384)  # type: ignore[call-arg]
         engine = RemoteEngine(settings, registry=CollectorRegistry())
         await engine.start()
-        # A long forced output: thousands of tokens, far longer than the wait below.
-        request = GenerationRequest(
-            request_id="cancel-me",
-            prompt_token_ids=tokenizer.encode("paziente"),
-            grammar="start: /[a-z ]{6000}/",
-            max_tokens=request_max_tokens,
-        )
-        tokens_before = replica_metric(url, "vllm:generation_tokens_total")
-        task = asyncio.create_task(engine.generate(request))
-        deadline = time.monotonic() + 30
-        while replica_metric(url, "vllm:num_requests_running") < 1:
-            assert time.monotonic() < deadline, "generation never started"
-            await asyncio.sleep(0.2)
-        task.cancel()
-        cancelled_at = time.monotonic()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        while replica_metric(url, "vllm:num_requests_running") > 0:
-            assert time.monotonic() - cancelled_at < 20, "vLLM kept generating after the cancel"
-            await asyncio.sleep(0.2)
-        stopped = time.monotonic() - cancelled_at
-        await engine.shutdown()
-        return stopped, replica_metric(url, "vllm:generation_tokens_total") - tokens_before
+        try:
+            before = await settled_tokens()
+            started = time.monotonic()
+            await engine.generate(request("run-to-the-end"))
+            full_s = time.monotonic() - started
+            full = await settled_tokens() - before
 
-    stopped_after, generated = asyncio.run(scenario())
-    assert stopped_after < 20
-    assert generated < request_max_tokens / 2, generated  # aborted, not run to the end
+            before = await settled_tokens()
+            task = asyncio.create_task(engine.generate(request("cancel-me")))
+            await asyncio.sleep(min(2.0, full_s / 5))
+            assert not task.done(), "the generation ended before the cancel: nothing was tested"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            cancelled = await settled_tokens() - before
+        finally:
+            await engine.shutdown()
+        return full, cancelled
+
+    full, cancelled = asyncio.run(scenario())
+    print(f"\n[e2e] cancelled generation: {cancelled:.0f} of {full:.0f} tokens")
+    assert full >= 1000, full  # long enough for the comparison to mean something
+    # Started on the replica, then aborted there well before its end (not merely forgotten
+    # by the gateway while vLLM ran it to completion).
+    assert 0 < cancelled < full / 2, (cancelled, full)
 
 
 def test_a_replica_killed_under_load_loses_no_accepted_request_and_rejoins(cluster: Cluster) -> None:
     body = {"task": "classify-it-note-type", "documents": [{"id": "d", "text": NOTES[2]}]}
     victim = cluster.replicas[1]
     results: list[tuple[int, dict[str, Any]]] = []
+    stop = threading.Event()
 
-    def call(_: int) -> None:
+    def keep_calling() -> None:
+        # A steady stream rather than a fixed batch: classification answers take ~0.1 s, so a
+        # fixed batch can finish before the victim's busy gauge is ever seen, and no kill lands.
         with cluster.client() as c:
-            r = c.post("/v1/classify", json=body)
-            results.append((r.status_code, r.json()))
+            while not stop.is_set():
+                r = c.post("/v1/classify", json=body)
+                results.append((r.status_code, r.json()))
 
     with cluster.client() as client:
         retries_before = gateway_metric(client, "medlora_engine_retries_total")
         with ThreadPoolExecutor(12) as pool:
-            futures = [pool.submit(call, i) for i in range(36)]
-            deadline = time.monotonic() + 60
-            while replica_metric(cluster.replica_urls[1], "vllm:num_requests_running") < 1:
-                assert time.monotonic() < deadline, "the victim never had work in flight"
-                time.sleep(0.05)
-            victim.stop(signal.SIGKILL)
+            futures = [pool.submit(keep_calling) for _ in range(12)]
+            try:
+                deadline = time.monotonic() + 60
+                while replica_metric(cluster.replica_urls[1], "vllm:num_requests_running") < 1:
+                    assert time.monotonic() < deadline, "the victim never had work in flight"
+                    time.sleep(0.05)
+                victim.stop(signal.SIGKILL)
+                time.sleep(3)  # requests keep coming while the gateway notices the loss
+            finally:
+                stop.set()
             for future in futures:
                 future.result(timeout=300)
-        assert len(results) == 36
+        assert len(results) >= 12
         # Every accepted request was answered: with a survivor, the lost ones were retried on it.
         unexpected = [(code, b) for code, b in results if code != 200]
         assert not unexpected, unexpected
