@@ -40,7 +40,11 @@ class TrainConfig:
     target_modules: tuple[str, ...] = ALL_PROJECTIONS
     learning_rate: float = 2e-4
     epochs: float = 3.0
-    batch_size: int = 8  # sequences per optimizer step (gradient accumulation)
+    batch_size: int = 8  # sequences per optimizer step
+    # Padded tokens per forward pass: the sequences of a step run together up to this size
+    # (one at a time when they are longer). On CPU, one forward per sequence spends most of
+    # its time in per-op overhead; on a GPU the budget bounds activation memory.
+    max_batch_tokens: int = 8192
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -95,23 +99,78 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _loss(model: Any, example: Example, device: str) -> Any:
+def micro_batches(batch: list[Example], max_tokens: int) -> list[list[Example]]:
+    """Split one optimizer step's sequences into forward passes of at most `max_tokens` padded
+    tokens, grouping similar lengths so that little of each pass is padding."""
+    groups: list[list[Example]] = []
+    current: list[Example] = []
+    for ex in sorted(batch, key=lambda e: len(e.input_ids)):
+        # Sorted ascending, so the newest sequence is the widest of its group.
+        if current and (len(current) + 1) * len(ex.input_ids) > max_tokens:
+            groups.append(current)
+            current = []
+        current.append(ex)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _shared_prefix(group: list[Example]) -> int:
+    """Tokens every sequence of the group starts with, stopping before the first position
+    whose logits the loss needs (the one before the earliest completion token)."""
+    limit = min(next(i for i, label in enumerate(ex.labels) if label != -100) for ex in group) - 1
+    first = group[0].input_ids
+    n = 0
+    while n < limit and all(ex.input_ids[n] == first[n] for ex in group):
+        n += 1
+    return n
+
+
+def _loss_sum(model: Any, group: list[Example], pad_id: int, device: str) -> tuple[Any, int]:
+    """Summed completion-token loss of a group of sequences in one forward pass, and its token count.
+
+    The prompt head (instructions, labels, few-shot examples) is the same for every example
+    of a task and is most of each sequence: it runs once, and its keys and values are shared
+    by every row. Right padding needs no attention mask: under causal attention a real token
+    only sees the tokens before it, all real, and padded positions carry no label.
+    """
     import torch
 
-    ids = torch.tensor([example.input_ids], device=device)
-    labels = torch.tensor([example.labels], device=device)
-    return model(input_ids=ids, labels=labels).loss
+    width = max(len(ex.input_ids) for ex in group)
+    ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(group), width), -100, dtype=torch.long)
+    for row, ex in enumerate(group):
+        ids[row, : len(ex.input_ids)] = torch.tensor(ex.input_ids)
+        labels[row, : len(ex.labels)] = torch.tensor(ex.labels)
+    # Logits only from the position before the earliest completion token on: with a 150k
+    # vocabulary the prompt's logits would be most of the activation memory, and unused.
+    first = min(next(i for i, label in enumerate(ex.labels) if label != -100) for ex in group)
+    keep = width - first + 1
+    prefix = _shared_prefix(group) if len(group) > 1 else 0
+    if prefix > 0:
+        cache = model(input_ids=ids[:1, :prefix].to(device), use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(len(group))
+        out = model(input_ids=ids[:, prefix:].to(device), past_key_values=cache, use_cache=True, logits_to_keep=keep)
+    else:
+        out = model(input_ids=ids.to(device), use_cache=False, logits_to_keep=keep)
+    logits = out.logits[:, :-1, :].float()
+    targets = labels[:, width - keep + 1 :].to(device)
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return loss, int((targets != -100).sum().item())
 
 
-def evaluate_loss(model: Any, examples: list[Example], device: str) -> float:
+def evaluate_loss(model: Any, examples: list[Example], pad_id: int, device: str, max_tokens: int) -> float:
+    """Mean completion-token loss (nats per token) over the examples."""
     import torch
 
     model.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
-        for ex in examples:
-            n = sum(1 for label in ex.labels if label != -100)
-            total += _loss(model, ex, device).item() * n
+        for group in micro_batches(examples, max_tokens):
+            loss, n = _loss_sum(model, group, pad_id, device)
+            total += loss.item()
             tokens += n
     model.train()
     return total / max(tokens, 1)
@@ -143,6 +202,7 @@ def train_adapter(
     device = _device()
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     renderer = PromptRenderer(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples, too_long = build_examples(task, train_records, renderer, tokenizer.eos_token, config.max_seq_len)
     if not examples:
         raise ValueError("no training example fits max_seq_len")
@@ -212,11 +272,12 @@ def train_adapter(
         for batch in batches_from(step):
             if step >= total_steps:
                 break
+            # Token mean over the whole step, whatever the split into forward passes.
             n_tokens = sum(sum(1 for label in ex.labels if label != -100) for ex in batch)
             batch_loss = 0.0
-            for ex in batch:
-                weight = sum(1 for label in ex.labels if label != -100) / max(n_tokens, 1)
-                loss = _loss(model, ex, device) * weight
+            for group in micro_batches(batch, config.max_batch_tokens):
+                loss_sum, _ = _loss_sum(model, group, pad_id, device)
+                loss = loss_sum / max(n_tokens, 1)
                 loss.backward()
                 batch_loss += loss.item()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -235,7 +296,7 @@ def train_adapter(
     bar.close()
     save_checkpoint()
 
-    eval_loss = evaluate_loss(model, eval_examples, device) if eval_examples else None
+    eval_loss = evaluate_loss(model, eval_examples, pad_id, device, config.max_batch_tokens) if eval_examples else None
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     _finalize_adapter_config(out_dir, base_model)
@@ -286,7 +347,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-modules", default=",".join(d.target_modules))
     parser.add_argument("--lr", type=float, default=d.learning_rate)
     parser.add_argument("--epochs", type=float, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="Sequences per optimizer step.")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=d.max_batch_tokens, help="Padded tokens per forward pass."
+    )
     parser.add_argument("--max-seq-len", type=int, default=d.max_seq_len)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--save-every", type=int, default=d.save_every)
@@ -329,6 +393,7 @@ def train_main(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         epochs=args.epochs,
         batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
         max_seq_len=args.max_seq_len,
         max_steps=args.max_steps,
         save_every=args.save_every,

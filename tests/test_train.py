@@ -1,0 +1,170 @@
+"""`medlora train` on a tiny random Qwen3: what is trained is what is served, loss only on the
+completion, batched forward passes equal to one-at-a-time, reproducible and resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from app.datasets import Record, load_records, model_outputs
+from app.manifests import Task, load_tasks
+from app.prompts import PromptRenderer, build_messages, serialize_output
+from app.synthetic import examples_for_task, write_jsonl
+from app.tiny_model import build_tiny_base
+from app.train import Example, TrainConfig, _loss_sum, build_examples, micro_batches, train_adapter
+from tests.conftest import SCHEMAS_DIR, TASKS_DIR
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("train") / "base")
+
+
+@pytest.fixture(scope="module")
+def ner_task() -> Task:
+    return load_tasks(TASKS_DIR, SCHEMAS_DIR)["ner-it-clinical"]
+
+
+@pytest.fixture(scope="module")
+def records(ner_task: Task, tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    write_jsonl(path, examples_for_task(ner_task.name, 6, seed=3))
+    return load_records(ner_task, path)
+
+
+def _renderer(base: Path) -> PromptRenderer:
+    from transformers import AutoTokenizer
+
+    return PromptRenderer(AutoTokenizer.from_pretrained(base))
+
+
+def test_examples_are_the_served_prompt_followed_by_the_serialised_output_and_loss_sees_only_the_output(
+    base: Path, ner_task: Task, records: list[Record]
+) -> None:
+    renderer = _renderer(base)
+    eos = renderer.tokenizer.eos_token  # type: ignore[attr-defined]
+    examples, too_long = build_examples(ner_task, records, renderer, eos, max_seq_len=8192)
+    pairs = [pair for record in records for pair in model_outputs(ner_task, record)]
+    assert too_long == 0 and len(examples) == len(pairs)
+    for example, (payload, output) in zip(examples, pairs, strict=True):
+        prompt = renderer.render(build_messages(ner_task, payload))
+        prompt_ids = renderer.tokenizer.encode(prompt, add_special_tokens=False)
+        n = len(prompt_ids)
+        assert example.input_ids[:n] == prompt_ids
+        assert example.labels[:n] == [-100] * n
+        completion = example.labels[n:]
+        assert -100 not in completion and completion == example.input_ids[n:]
+        decoded = renderer.tokenizer.decode(completion)  # type: ignore[attr-defined]
+        assert decoded == serialize_output(ner_task, output) + eos
+
+
+def test_too_long_examples_are_counted_not_truncated(base: Path, ner_task: Task, records: list[Record]) -> None:
+    renderer = _renderer(base)
+    eos = renderer.tokenizer.eos_token  # type: ignore[attr-defined]
+    lengths = sorted(len(e.input_ids) for e in build_examples(ner_task, records, renderer, eos, 8192)[0])
+    limit = lengths[len(lengths) // 2]
+    kept, too_long = build_examples(ner_task, records, renderer, eos, max_seq_len=limit)
+    assert too_long == sum(1 for n in lengths if n > limit) > 0
+    assert all(len(e.input_ids) <= limit for e in kept)
+
+
+def _example(length: int) -> Example:
+    return Example(list(range(length)), [-100] * (length - 2) + [1, 2])
+
+
+def test_micro_batches_keep_every_sequence_and_respect_the_token_budget() -> None:
+    batch = [_example(n) for n in (50, 300, 120, 90, 400, 60, 500, 45)]
+    groups = micro_batches(batch, max_tokens=1000)
+    assert sorted(len(e.input_ids) for g in groups for e in g) == sorted(len(e.input_ids) for e in batch)
+    for group in groups:
+        assert len(group) == 1 or len(group) * max(len(e.input_ids) for e in group) <= 1000
+    assert len(groups) < len(batch)  # short ones share a pass
+    # A sequence over the budget still trains, alone.
+    assert micro_batches([_example(2000), _example(10)], max_tokens=1000) == [[_example(10)], [_example(2000)]]
+
+
+def test_batched_loss_equals_the_sum_of_one_at_a_time_losses(base: Path, ner_task: Task, records: list[Record]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    renderer = _renderer(base)
+    tokenizer: Any = renderer.tokenizer
+    examples, _ = build_examples(ner_task, records, renderer, tokenizer.eos_token, 8192)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    with torch.no_grad():
+        together, n_together = _loss_sum(model, examples, tokenizer.pad_token_id, "cpu")
+        alone = [_loss_sum(model, [ex], tokenizer.pad_token_id, "cpu") for ex in examples]
+        # The reference: the model's own loss (mean over completion tokens) on one unpadded sequence.
+        for ex, (loss, n) in zip(examples, alone, strict=True):
+            reference = model(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels])).loss
+            assert n == sum(1 for label in ex.labels if label != -100)
+            assert loss.item() / n == pytest.approx(reference.item(), rel=1e-4)
+    assert n_together == sum(n for _, n in alone)
+    assert together.item() == pytest.approx(sum(loss.item() for loss, _ in alone), rel=1e-4)
+
+
+def _train(base: Path, task: Task, records: list[Record], out: Path, **overrides: Any) -> Any:
+    config = TrainConfig(rank=4, alpha=8, learning_rate=1e-2, batch_size=4, save_every=2, **overrides)
+    return train_adapter(task, str(base), records, out, config=config, progress=False)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_training_lowers_the_loss_and_writes_a_registrable_adapter(
+    base: Path, ner_task: Task, records: list[Record], tmp_path: Path
+) -> None:
+    result = _train(base, ner_task, records, tmp_path / "a", max_steps=6)
+    assert result.steps == 6 and len(result.losses) == 6
+    assert result.losses[-1] < result.losses[0]
+    registration = json.loads((tmp_path / "a" / "registration.json").read_text())
+    assert registration == {"name": ner_task.name, "version": "1", "path": str((tmp_path / "a").resolve())}
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base) and config["r"] == 4
+
+
+def test_same_seed_gives_the_same_adapter_and_resume_continues_exactly(
+    base: Path, ner_task: Task, records: list[Record], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = _train(base, ner_task, records, tmp_path / "straight", max_steps=4)
+    again = _train(base, ner_task, records, tmp_path / "again", max_steps=4)
+    assert again.losses == straight.losses
+    first, second = _weights(tmp_path / "straight"), _weights(tmp_path / "again")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+    # Interrupted during step 3 (the checkpoint of step 2 is on disk), then resumed: the same run.
+    import app.train
+
+    calls = {"n": 0}
+    real = app.train.micro_batches
+
+    def interrupt_on_step_3(batch: list[Example], max_tokens: int) -> list[list[Example]]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(batch, max_tokens)
+
+    monkeypatch.setattr(app.train, "micro_batches", interrupt_on_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        _train(base, ner_task, records, tmp_path / "resumed", max_steps=4)
+    monkeypatch.undo()
+    assert not (tmp_path / "resumed" / "adapter_model.safetensors").exists()
+    resumed = train_adapter(
+        ner_task,
+        str(base),
+        records,
+        tmp_path / "resumed",
+        config=TrainConfig(rank=4, alpha=8, learning_rate=1e-2, batch_size=4, save_every=2, max_steps=4),
+        resume=True,
+        progress=False,
+    )
+    assert resumed.steps == 4
+    assert resumed.losses == straight.losses
+    final = _weights(tmp_path / "resumed")
+    assert all(torch.allclose(final[k], first[k], atol=1e-6) for k in first)
