@@ -42,3 +42,31 @@ def test_demo_builds_pretrained_base_and_one_trained_adapter_per_task(tmp_path: 
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")}
     ensure_demo(tmp_path / "demo", tasks, recipe)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")} == before
+
+
+def test_span_warmup_copies_word_runs_or_the_notes_terms_in_the_served_shape_with_random_labels() -> None:
+    import random
+
+    from app.demo import span_warmup
+    from app.synthetic import NER_LABELS, examples_for_task
+
+    tasks = load_tasks(TASKS_DIR, SCHEMAS_DIR)
+    row = examples_for_task("ner-en-clinical", 1, seed=5)[0]
+    note, mentions = row["text"], [e["text"] for e in row["entities"]]
+    gold_labels = [e["label"] for e in row["entities"]]
+    labels_seen: list[list[str]] = []
+    for seed in range(20):
+        task_name, answer = span_warmup(note, "en", random.Random(seed), mentions, mention_share=1.0)
+        assert task_name == "ner-en-clinical"
+        output = json.loads(answer)
+        assert not list(tasks[task_name].validator.iter_errors(output))  # the served schema
+        assert [e["text"] for e in output["entities"]] == mentions  # the terms, in document order
+        labels_seen.append([e["label"] for e in output["entities"]])
+        assert all(e["label"] in NER_LABELS for e in output["entities"])
+    # The labels are drawn at random, not taken from the gold annotation.
+    assert sum(labels == gold_labels for labels in labels_seen) <= 1
+    for seed in range(20):
+        _, answer = span_warmup(note, "en", random.Random(seed), mentions, mention_share=0.0)
+        texts = [e["text"] for e in json.loads(answer)["entities"]]
+        assert texts and all(t in note for t in texts)
+        assert texts != mentions
