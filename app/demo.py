@@ -130,9 +130,10 @@ def span_warmup(
     note: str, lang: str, rng: random.Random, mentions: list[str] | None = None, mention_share: float = 0.0
 ) -> tuple[str, str]:
     """(task name, JSON answer) in the exact serialisation of the NER or QA adapters (compact,
-    keys in schema order, as `serialize_output`), whose strings are random word runs copied
-    from the note in order and whose labels and attributes are random: it teaches copying into
-    JSON, not which spans are entities, and carries no prior on any task's labels."""
+    keys in schema order, as `serialize_output`), whose strings are copied from the note in
+    order and whose labels and attributes are random. With probability `mention_share` the
+    strings are the note's clinical terms (`mentions`), otherwise random word runs: the base
+    learns to copy terms into JSON and where terms sit, but no prior on any task's labels."""
     if lang == "it" and rng.random() < 0.5:
         spans = _random_spans(note, rng, 1)
         answer = spans[0] if spans and rng.random() < 0.8 else None

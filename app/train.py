@@ -126,8 +126,9 @@ def _shared_prefix(group: list[Example]) -> int:
     return n
 
 
-def _loss_sum(model: Any, group: list[Example], pad_id: int, device: str) -> tuple[Any, int]:
-    """Summed completion-token loss of a group of sequences in one forward pass, and its token count.
+def completion_logits(model: Any, group: list[Example], pad_id: int, device: str) -> tuple[Any, Any]:
+    """Logits and targets for the completion positions of a group of sequences, in one forward
+    pass: logits[r, j] predicts targets[r, j] (-100 where row r has no completion token there).
 
     The prompt head (instructions, labels, few-shot examples) is the same for every example
     of a task and is most of each sequence: it runs once, and its keys and values are shared
@@ -147,16 +148,26 @@ def _loss_sum(model: Any, group: list[Example], pad_id: int, device: str) -> tup
     first = min(next(i for i, label in enumerate(ex.labels) if label != -100) for ex in group)
     keep = width - first + 1
     prefix = _shared_prefix(group) if len(group) > 1 else 0
+    cache = None
     if prefix > 0:
         cache = model(input_ids=ids[:1, :prefix].to(device), use_cache=True, logits_to_keep=1).past_key_values
+    # A model that returns no cache (gradient checkpointing) or one that cannot be repeated
+    # across the batch runs whole sequences instead.
+    if cache is not None and hasattr(cache, "batch_repeat_interleave"):
         cache.batch_repeat_interleave(len(group))
         out = model(input_ids=ids[:, prefix:].to(device), past_key_values=cache, use_cache=True, logits_to_keep=keep)
     else:
         out = model(input_ids=ids.to(device), use_cache=False, logits_to_keep=keep)
-    logits = out.logits[:, :-1, :].float()
-    targets = labels[:, width - keep + 1 :].to(device)
+    return out.logits[:, :-1, :], labels[:, width - keep + 1 :].to(device)
+
+
+def _loss_sum(model: Any, group: list[Example], pad_id: int, device: str) -> tuple[Any, int]:
+    """Summed completion-token loss of a group of sequences, and its token count."""
+    import torch
+
+    logits, targets = completion_logits(model, group, pad_id, device)
     loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
     )
     return loss, int((targets != -100).sum().item())
 
@@ -241,6 +252,8 @@ def train_adapter(
         step, losses = int(state["step"]), list(state["losses"])
         random.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         log.info("resumed", extra={"step": step})
 
     def save_checkpoint() -> None:
@@ -253,6 +266,7 @@ def train_adapter(
             "losses": losses,
             "python_rng": random.getstate(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
         torch.save(state, checkpoint / "trainer_state.pt.tmp")
         os.replace(checkpoint / "trainer_state.pt.tmp", checkpoint / "trainer_state.pt")

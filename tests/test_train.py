@@ -16,7 +16,16 @@ from app.manifests import Task, load_tasks
 from app.prompts import PromptRenderer, build_messages, serialize_output
 from app.synthetic import examples_for_task, write_jsonl
 from app.tiny_model import build_tiny_base
-from app.train import Example, TrainConfig, _loss_sum, build_examples, micro_batches, train_adapter
+from app.train import (
+    Example,
+    TrainConfig,
+    _loss_sum,
+    _shared_prefix,
+    build_examples,
+    completion_logits,
+    micro_batches,
+    train_adapter,
+)
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR
 
 
@@ -88,23 +97,67 @@ def test_micro_batches_keep_every_sequence_and_respect_the_token_budget() -> Non
     assert micro_batches([_example(2000), _example(10)], max_tokens=1000) == [[_example(10)], [_example(2000)]]
 
 
-def test_batched_loss_equals_the_sum_of_one_at_a_time_losses(base: Path, ner_task: Task, records: list[Record]) -> None:
+def _lora_model(base: Path) -> Any:
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    # init_lora_weights=False: non-zero B factors, so the adapter changes every projection.
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    return get_peft_model(model, LoraConfig(**{**lora.to_dict(), "init_lora_weights": False}))
+
+
+def _examples(base: Path, task: Task, records: list[Record]) -> tuple[list[Any], int]:
     renderer = _renderer(base)
     tokenizer: Any = renderer.tokenizer
-    examples, _ = build_examples(ner_task, records, renderer, tokenizer.eos_token, 8192)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    return build_examples(task, records, renderer, tokenizer.eos_token, 8192)[0], tokenizer.pad_token_id
+
+
+def test_a_batched_pass_with_a_shared_prompt_head_gives_each_row_its_own_full_sequence_logits(
+    base: Path, ner_task: Task, records: list[Record]
+) -> None:
+    examples, pad_id = _examples(base, ner_task, records)
+    assert _shared_prefix(examples) > 100  # the cached head is really used
+    assert len({len(e.input_ids) for e in examples}) > 1  # and rows are padded
+    model = _lora_model(base).eval()
     with torch.no_grad():
-        together, n_together = _loss_sum(model, examples, tokenizer.pad_token_id, "cpu")
-        alone = [_loss_sum(model, [ex], tokenizer.pad_token_id, "cpu") for ex in examples]
-        # The reference: the model's own loss (mean over completion tokens) on one unpadded sequence.
-        for ex, (loss, n) in zip(examples, alone, strict=True):
-            reference = model(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels])).loss
-            assert n == sum(1 for label in ex.labels if label != -100)
-            assert loss.item() / n == pytest.approx(reference.item(), rel=1e-4)
-    assert n_together == sum(n for _, n in alone)
-    assert together.item() == pytest.approx(sum(loss.item() for loss, _ in alone), rel=1e-4)
+        logits, targets = completion_logits(model, examples, pad_id, "cpu")
+        width = max(len(e.input_ids) for e in examples)
+        start = width - logits.shape[1] - 1  # position whose logits come first
+        for row, ex in enumerate(examples):
+            full = model(input_ids=torch.tensor([ex.input_ids])).logits[0]
+            n = len(ex.input_ids) - 1 - start  # this row's real positions among the kept ones
+            torch.testing.assert_close(logits[row, :n], full[start : start + n], atol=2e-4, rtol=1e-4)
+            assert targets[row, :n].tolist() == ex.labels[start + 1 : start + 1 + n]
+            assert (targets[row, n:] == -100).all()  # padding is never a target
+
+
+def test_batched_loss_and_gradients_equal_one_sequence_at_a_time(
+    base: Path, ner_task: Task, records: list[Record]
+) -> None:
+    examples, pad_id = _examples(base, ner_task, records)
+    model = _lora_model(base).train()
+    lora = [p for p in model.parameters() if p.requires_grad]
+
+    together, n_together = _loss_sum(model, examples, pad_id, "cpu")
+    together.backward()
+    batched = [p.grad.clone() for p in lora]
+    model.zero_grad()
+    alone_total, n_alone = 0.0, 0
+    for ex in examples:
+        loss, n = _loss_sum(model, [ex], pad_id, "cpu")
+        # The reference for one sequence: the model's own loss (mean over completion tokens).
+        reference = model(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels])).loss
+        assert n == sum(1 for label in ex.labels if label != -100)
+        assert loss.item() / n == pytest.approx(reference.item(), rel=1e-4)
+        loss.backward()
+        alone_total, n_alone = alone_total + loss.item(), n_alone + n
+    assert n_together == n_alone
+    assert together.item() == pytest.approx(alone_total, rel=1e-4)
+    assert any(g.abs().sum() > 0 for g in batched)
+    for got, want in zip(batched, [p.grad for p in lora], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
 
 
 def _train(base: Path, task: Task, records: list[Record], out: Path, **overrides: Any) -> Any:
@@ -155,6 +208,14 @@ def test_same_seed_gives_the_same_adapter_and_resume_continues_exactly(
         _train(base, ner_task, records, tmp_path / "resumed", max_steps=4)
     monkeypatch.undo()
     assert not (tmp_path / "resumed" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "resumed" / "checkpoint" / "trainer_state.pt").is_file()
+    passes = {"n": 0}
+
+    def counting(batch: list[Example], max_tokens: int) -> list[list[Example]]:
+        passes["n"] += 1
+        return real(batch, max_tokens)
+
+    monkeypatch.setattr(app.train, "micro_batches", counting)
     resumed = train_adapter(
         ner_task,
         str(base),
@@ -165,6 +226,7 @@ def test_same_seed_gives_the_same_adapter_and_resume_continues_exactly(
         progress=False,
     )
     assert resumed.steps == 4
+    assert passes["n"] == 2  # steps 3 and 4 only: it continued, it did not start over
     assert resumed.losses == straight.losses
     final = _weights(tmp_path / "resumed")
     assert all(torch.allclose(final[k], first[k], atol=1e-6) for k in first)
