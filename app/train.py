@@ -59,6 +59,14 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # -100 on prompt tokens: the loss sees only the completion
 
+    @property
+    def completion_start(self) -> int:
+        return next(i for i, label in enumerate(self.labels) if label != -100)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != -100)
+
 
 @dataclass
 class TrainResult:
@@ -118,7 +126,7 @@ def micro_batches(batch: list[Example], max_tokens: int) -> list[list[Example]]:
 def _shared_prefix(group: list[Example]) -> int:
     """Tokens every sequence of the group starts with, stopping before the first position
     whose logits the loss needs (the one before the earliest completion token)."""
-    limit = min(next(i for i, label in enumerate(ex.labels) if label != -100) for ex in group) - 1
+    limit = min(ex.completion_start for ex in group) - 1
     first = group[0].input_ids
     n = 0
     while n < limit and all(ex.input_ids[n] == first[n] for ex in group):
@@ -145,7 +153,7 @@ def completion_logits(model: Any, group: list[Example], pad_id: int, device: str
         labels[row, : len(ex.labels)] = torch.tensor(ex.labels)
     # Logits only from the position before the earliest completion token on: with a 150k
     # vocabulary the prompt's logits would be most of the activation memory, and unused.
-    first = min(next(i for i, label in enumerate(ex.labels) if label != -100) for ex in group)
+    first = min(ex.completion_start for ex in group)
     keep = width - first + 1
     prefix = _shared_prefix(group) if len(group) > 1 else 0
     cache = None
@@ -287,7 +295,7 @@ def train_adapter(
             if step >= total_steps:
                 break
             # Token mean over the whole step, whatever the split into forward passes.
-            n_tokens = sum(sum(1 for label in ex.labels if label != -100) for ex in batch)
+            n_tokens = sum(ex.completion_tokens for ex in batch)
             batch_loss = 0.0
             for group in micro_batches(batch, config.max_batch_tokens):
                 loss_sum, _ = _loss_sum(model, group, pad_id, device)

@@ -160,9 +160,9 @@ def test_batched_loss_and_gradients_equal_one_sequence_at_a_time(
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
 
 
-def _train(base: Path, task: Task, records: list[Record], out: Path, **overrides: Any) -> Any:
+def _train(base: Path, task: Task, records: list[Record], out: Path, resume: bool = False, **overrides: Any) -> Any:
     config = TrainConfig(rank=4, alpha=8, learning_rate=1e-2, batch_size=4, save_every=2, **overrides)
-    return train_adapter(task, str(base), records, out, config=config, progress=False)
+    return train_adapter(task, str(base), records, out, config=config, resume=resume, progress=False)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -216,15 +216,7 @@ def test_same_seed_gives_the_same_adapter_and_resume_continues_exactly(
         return real(batch, max_tokens)
 
     monkeypatch.setattr(app.train, "micro_batches", counting)
-    resumed = train_adapter(
-        ner_task,
-        str(base),
-        records,
-        tmp_path / "resumed",
-        config=TrainConfig(rank=4, alpha=8, learning_rate=1e-2, batch_size=4, save_every=2, max_steps=4),
-        resume=True,
-        progress=False,
-    )
+    resumed = _train(base, ner_task, records, tmp_path / "resumed", resume=True, max_steps=4)
     assert resumed.steps == 4
     assert passes["n"] == 2  # steps 3 and 4 only: it continued, it did not start over
     assert resumed.losses == straight.losses

@@ -321,16 +321,16 @@ def test_cancelling_a_generation_aborts_it_on_the_replica(cluster: Cluster) -> N
             # An abort that never reached vLLM leaves the request running to its end: wait
             # long enough for that to show up as a full count instead of a timeout.
             settle_s = max(120.0, 2 * full_s)
-            full = await settled_tokens(settle_s) - before
+            full_end = await settled_tokens(settle_s)
+            full = full_end - before
 
-            before = await settled_tokens(settle_s)
             task = asyncio.create_task(engine.generate(request("cancel-me")))
             await asyncio.sleep(min(2.0, full_s / 5))
             assert not task.done(), "the generation ended before the cancel: nothing was tested"
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            cancelled = await settled_tokens(settle_s) - before
+            cancelled = await settled_tokens(settle_s) - full_end
         finally:
             await engine.shutdown()
         return full, cancelled
