@@ -1,0 +1,151 @@
+"""What model answers cost in decoded tokens, with the real Qwen3 tokenizer.
+
+1. Tokens per answer and per entity: the canonical model output of every chunk of
+   `--notes` synthetic notes per task (`medlora synth`, seed 0), as training teaches it and the
+   grammar admits it, tokenized with the Qwen3 tokenizer (tests/support/qwen3.py). Per answer
+   counts the end-of-sequence token; per entity does not (answer tokens / entities).
+2. The worst-case `max_tokens` per chunk the gateway sets for those chunks (the grammar's
+   longest admissible answer).
+3. NER generation on a random-weight tiny Qwen3 with that tokenizer (151,936 embedding rows)
+   and a random LoRA, in-process vLLM: `--gen-notes` notes of the same set in one request,
+   wall time and tokens decoded.
+
+    .venv/bin/python -m bench.output_tokens --out /tmp/output-tokens.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from app.datasets import load_records, model_outputs
+from app.manifests import load_tasks
+from app.prompts import PromptRenderer, serialize_output
+from app.settings import Settings
+from app.synthetic import examples_for_task, write_jsonl
+from tests.support.qwen3 import build_random_qwen3, qwen3_tokenizer
+
+TASKS = ("ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type")
+
+
+def answer_costs(n_notes: int, work: Path) -> dict[str, Any]:
+    settings = Settings()
+    tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
+    tokenizer = qwen3_tokenizer()
+    renderer = PromptRenderer(tokenizer)
+    from app.task_runner import TaskRunner
+
+    runner = TaskRunner(engine=None, renderer=renderer, metrics=None, max_model_len=settings.max_model_len)  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    for name in TASKS:
+        task = tasks[name]
+        path = work / f"{name}.jsonl"
+        write_jsonl(path, examples_for_task(name, n_notes, 0))
+        answers, tokens, entities, budgets = 0, 0, 0, []
+        for record in load_records(task, path):
+            for payload, output in model_outputs(task, record):
+                tokens += len(tokenizer.encode(serialize_output(task, output), add_special_tokens=False))
+                answers += 1
+                entities += len(output.get("entities", []))
+                source = payload.get("text") or payload["context"]
+                budgets.append(runner.budget(task, payload, source)[1])
+        row: dict[str, Any] = {
+            "answers": answers,
+            # + 1: the end-of-sequence token is decoded too.
+            "tokens_per_answer": round(tokens / answers + 1, 2),
+            "max_tokens_mean": round(statistics.fmean(budgets), 1),
+            "max_tokens_max": max(budgets),
+        }
+        if entities:
+            row["entities"] = entities
+            row["tokens_per_entity"] = round(tokens / entities, 2)
+        out[name] = row
+    return out
+
+
+async def ner_generation(n_notes: int, work: Path) -> dict[str, Any]:
+    from app.service import build_service
+    from app.task_runner import Document
+    from app.tiny_model import build_tiny_adapter
+
+    base = build_random_qwen3(work / "qwen3-random")
+    settings = Settings()
+    tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
+    adapters = work / "adapters"
+    for task in tasks.values():
+        target = adapters / task.manifest.adapter.path
+        if not (target / "adapter_config.json").is_file():
+            build_tiny_adapter(base, target, seed=17)
+    service = build_service(Settings(model=str(base), adapters_dir=adapters))  # type: ignore[call-arg]
+    await service.start()
+    try:
+        rows = examples_for_task("ner-it-clinical", n_notes, 0)
+        docs = [Document(r["id"], r["text"]) for r in rows]
+        out: dict[str, Any] = {}
+        for label, temperature in (("greedy", 0.0), ("sampled_t1", 1.0)):
+            # Greedy is how the shipped task runs; sampling at temperature 1 walks much more of
+            # the grammar (a random-weight model's greedy answer is often the empty list).
+            task = service.tasks["ner-it-clinical"]
+            generation = task.manifest.generation.model_copy(update={"temperature": temperature})
+            task.manifest = task.manifest.model_copy(update={"generation": generation})
+            with service.registry.lease(task.name) as adapter:
+                # Warm-up (grammar compiler caches, first-request allocations), then the timed run.
+                await service.runner.ner(task, adapter, docs[:2])
+                before = _completion_tokens(service)
+                started = time.perf_counter()
+                results = await service.runner.ner(task, adapter, docs)
+                seconds = time.perf_counter() - started
+            decoded = _completion_tokens(service) - before
+            entities = sum(len(r.entities) for r in results)
+            out[label] = {
+                "notes": len(docs),
+                "seconds": round(seconds, 2),
+                "completion_tokens": int(decoded),
+                "tokens_per_s": round(decoded / seconds, 1),
+                "entities_returned": entities,
+                "ms_per_entity": round(1000 * seconds / entities, 1) if entities else None,
+            }
+        return out
+    finally:
+        await service.stop()
+
+
+def _completion_tokens(service: Any) -> float:
+    total = 0.0
+    for metric in service.metrics_registry.collect():
+        if metric.name == "medlora_completion_tokens":
+            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--notes", type=int, default=200)
+    parser.add_argument("--gen-notes", type=int, default=16)
+    parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--work", type=Path, default=None, help="Keep the random model here (default: a temp dir).")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        report: dict[str, Any] = {"answers": answer_costs(args.notes, work)}
+        if not args.skip_generation:
+            report["ner_generation"] = asyncio.run(ner_generation(args.gen_notes, work))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
