@@ -27,17 +27,17 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["tasks_dir"] = Path(args.tasks)
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
-    from app.auth import KeyFileError
+    from app.api.auth import KeyFileError
     from app.logs import configure_logging
-    from app.manifests import ManifestError
+    from app.tasks.manifests import ManifestError
 
     configure_logging(settings.log_level)
     # vLLM's engine core runs in a spawned process; it must not re-import this CLI's state.
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     try:
-        from app.api import create_app
-        from app.auth import Authenticator
-        from app.service import build_service
+        from app.api.app import create_app
+        from app.api.auth import Authenticator
+        from app.tasks.service import build_service
 
         Authenticator(settings.api_keys_file, settings.admin_keys_file)  # fail before the model loads
         app = create_app(build_service(settings))
@@ -66,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _hash_key(args: argparse.Namespace) -> int:
     import secrets
 
-    from app.auth import hash_key
+    from app.api.auth import hash_key
 
     if any(c.isspace() for c in args.name) or not args.name:
         print("medlora: --name must be one word", file=sys.stderr)
@@ -101,17 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True, type=Path)
 
-    from app.train import add_train_arguments, train_main
+    from app.training.train import add_train_arguments, train_main
 
     train = sub.add_parser("train", help="Fine-tune a LoRA adapter for a task from annotated JSONL.")
     add_train_arguments(train)
-    from app.evaluate import add_compare_arguments, add_eval_arguments, compare_main, eval_main
+    from app.training.evaluate import add_compare_arguments, add_eval_arguments, compare_main, eval_main
 
     evaluate = sub.add_parser("eval", help="Measure a task on annotated JSONL through the serving path.")
     add_eval_arguments(evaluate)
     compare = sub.add_parser("compare", help="Side-by-side table of eval reports.")
     add_compare_arguments(compare)
-    from app.annotate import add_annotate_arguments, add_merge_arguments, annotate_main, merge_main
+    from app.batch.annotate import add_annotate_arguments, add_merge_arguments, annotate_main, merge_main
 
     annotate = sub.add_parser("annotate", help="Annotate a JSONL/CSV/folder archive of notes, resumably.")
     add_annotate_arguments(annotate)

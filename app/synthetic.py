@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from app.grounding import aligned_occurrences, piece_boundaries
+from app.tasks.grounding import aligned_occurrences, piece_boundaries
 
 Lang = Literal["it", "en"]
 NoteType = Literal[
@@ -1400,7 +1400,7 @@ class _NoteBuilder:
 
 def _groundable(text: str, spans: Sequence[Span], first_new: int) -> bool:
     """The service grounds the k-th emitted (text, label) on the k-th aligned occurrence of
-    the text (app.grounding); gold spans must sit exactly there, or a perfect model would be
+    the text (app.tasks.grounding); gold spans must sit exactly there, or a perfect model would be
     scored wrong. E.g. "dolore" after "dolore toracico" would ground inside the earlier span.
     Spans before `first_new` were checked already: text appended after a whitespace
     separator cannot move an earlier occurrence.

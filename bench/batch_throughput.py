@@ -30,7 +30,7 @@ _MARK = "BENCH_RESULT "
 
 
 def _service(cache_dir: Path) -> Any:
-    from app.service import build_service
+    from app.tasks.service import build_service
 
     return build_service(Settings(cache_dir=cache_dir, embedded_adapters="random"))
 
@@ -42,7 +42,7 @@ def vllm_side(task_name: str, data: Path, cache_dir: Path) -> dict[str, Any]:
     from vllm.lora.request import LoRARequest
     from vllm.sampling_params import SamplingParams, StructuredOutputsParams
 
-    from app.grammar import compile_grammar
+    from app.tasks.grammar import compile_grammar
 
     service = _service(cache_dir)
     task = service.tasks[task_name]
@@ -84,7 +84,7 @@ def vllm_side(task_name: str, data: Path, cache_dir: Path) -> dict[str, Any]:
 
 
 def medlora_side(task_name: str, data: Path, cache_dir: Path, concurrency: int) -> dict[str, Any]:
-    from app import annotate as an
+    from app.batch import annotate as an
 
     async def go() -> dict[str, Any]:
         service = _service(cache_dir)

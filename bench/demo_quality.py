@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.datasets import load_records
-from app.demo import DEMO_CACHE_NAME
-from app.evaluate import predict_in_process, score
-from app.service import build_service
+from app.training.datasets import load_records
+from app.training.demo import DEMO_CACHE_NAME
+from app.training.evaluate import predict_in_process, score
+from app.tasks.service import build_service
 from app.settings import Settings
 
 HEADLINE = {
@@ -58,7 +58,7 @@ async def run(cache: Path, n: int) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    from app.manifests import load_tasks
+    from app.tasks.manifests import load_tasks
     from app.settings import REPO_ROOT
 
     tasks = load_tasks(REPO_ROOT / "adapters", REPO_ROOT / "schemas")

@@ -103,9 +103,9 @@ async def gateway_phase(url: str, n: int, concurrency: int) -> dict[str, Any]:
 
 async def engine_phase(n: int, concurrency: int, cache_dir: Path, engine_url: str | None = None) -> dict[str, Any]:
     """The same engine requests the gateway builds, sent straight to AsyncLLM (or the vLLM server)."""
-    from app.engine import GenerationRequest
-    from app.grammar import compile_grammar
-    from app.service import build_service
+    from app.engine.base import GenerationRequest
+    from app.tasks.grammar import compile_grammar
+    from app.tasks.service import build_service
 
     remote: dict[str, Any] = {"engine": "remote", "engine_urls": [engine_url]} if engine_url else {}
     service = build_service(Settings(cache_dir=cache_dir, embedded_adapters="random", **remote))
@@ -189,9 +189,9 @@ def start_server(
 
 def start_vllm_server(cache_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """A vLLM OpenAI server for the embedded tiny model, with the flags the gateway relies on."""
-    from app.manifests import load_tasks
-    from app.remote_engine import vllm_server_args
-    from app.service import resolve_model
+    from app.tasks.manifests import load_tasks
+    from app.engine.remote import vllm_server_args
+    from app.tasks.service import resolve_model
 
     settings = Settings(cache_dir=cache_dir, embedded_adapters="random")
     model = resolve_model(settings, load_tasks(settings.tasks_dir, settings.schemas_dir))

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.datasets import load_records, model_outputs
-from app.manifests import load_tasks
-from app.prompts import PromptRenderer, serialize_output
+from app.training.datasets import load_records, model_outputs
+from app.tasks.manifests import load_tasks
+from app.tasks.prompts import PromptRenderer, serialize_output
 from app.settings import Settings
 from app.synthetic import examples_for_task, write_jsonl
 from tests.support.qwen3 import build_random_qwen3, qwen3_tokenizer
@@ -40,7 +40,7 @@ def answer_costs(n_notes: int, work: Path) -> dict[str, Any]:
     tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
     tokenizer = qwen3_tokenizer()
     renderer = PromptRenderer(tokenizer)
-    from app.task_runner import TaskRunner
+    from app.tasks.runner import TaskRunner
 
     runner = TaskRunner(engine=None, renderer=renderer, metrics=None, max_model_len=settings.max_model_len)  # type: ignore[arg-type]
     out: dict[str, Any] = {}
@@ -71,9 +71,9 @@ def answer_costs(n_notes: int, work: Path) -> dict[str, Any]:
 
 
 async def ner_generation(n_notes: int, work: Path) -> dict[str, Any]:
-    from app.service import build_service
-    from app.task_runner import Document
-    from app.tiny_model import build_tiny_adapter
+    from app.tasks.service import build_service
+    from app.tasks.runner import Document
+    from app.training.tiny_model import build_tiny_adapter
 
     base = build_random_qwen3(work / "qwen3-random")
     settings = Settings()

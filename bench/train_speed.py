@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.datasets import load_records
-from app.demo import DemoRecipe
-from app.manifests import load_tasks
+from app.training.datasets import load_records
+from app.training.demo import DemoRecipe
+from app.tasks.manifests import load_tasks
 from app.settings import REPO_ROOT
 from app.synthetic import examples_for_task, write_jsonl
-from app.tiny_model import build_tiny_base
-from app.train import TrainConfig, train_adapter
+from app.training.tiny_model import build_tiny_base
+from app.training.train import TrainConfig, train_adapter
 
 DEFAULT_TASKS = ("ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type")
 

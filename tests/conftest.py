@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from app.api import create_app
-from app.manifests import load_tasks
-from app.prompts import PromptRenderer
-from app.service import Service, build_service
+from app.api.app import create_app
+from app.tasks.manifests import load_tasks
+from app.tasks.prompts import PromptRenderer
+from app.tasks.service import Service, build_service
 from app.settings import REPO_ROOT, Settings
 from tests.fakes import FAKE_BASE, FakeEngine, FakeTokenizer, Responder, write_fake_adapter
 

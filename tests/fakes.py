@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.engine import AdapterHandle, GenerationRequest, GenerationResult
+from app.engine.base import AdapterHandle, GenerationRequest, GenerationResult
 
 FAKE_BASE = "fake-org/Fake-Base"
 

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app import annotate as an
-from app.api import create_app
-from app.engine import GenerationRequest
-from app.journal import Journal, JournalError, recover
-from app.service import Service
+from app.batch import annotate as an
+from app.api.app import create_app
+from app.engine.base import GenerationRequest
+from app.batch.journal import Journal, JournalError, recover
+from app.tasks.service import Service
 from tests.conftest import FakeServiceFactory
 from tests.fakes import last_input
 

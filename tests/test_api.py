@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from app.api import create_app
-from app.engine import GenerationRequest, GenerationResult
+from app.api.app import create_app
+from app.engine.base import GenerationRequest, GenerationResult
 from tests.fakes import ALL_FALSE, last_input, ner_output, write_fake_adapter
 
 

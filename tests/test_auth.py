@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from app import auth
-from app.api import create_app
-from app.auth import KeyFileError, hash_key, parse_key_file
+from app.api import auth
+from app.api.app import create_app
+from app.api.auth import KeyFileError, hash_key, parse_key_file
 from app.settings import REPO_ROOT
 from tests.fakes import ner_output
 
@@ -211,7 +211,7 @@ def test_hash_key_command_writes_a_line_the_service_accepts(tmp_path: Path) -> N
 
 
 def test_cli_clients_take_their_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.service_client import auth_headers
+    from app.api.client import auth_headers
 
     monkeypatch.delenv("MEDLORA_API_KEY", raising=False)
     assert auth_headers() == {}

@@ -16,7 +16,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from app.engine import GenerationRequest, GenerationResult
+from app.engine.base import GenerationRequest, GenerationResult
 from tests.fakes import FakeEngine, last_input
 
 ALL_FALSE = {"negated": False, "uncertain": False, "historical": False, "family": False}

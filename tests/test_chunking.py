@@ -5,8 +5,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.chunking import merge_spans, shift, split_text
-from app.grounding import Span, ground_spans
+from app.tasks.chunking import merge_spans, shift, split_text
+from app.tasks.grounding import Span, ground_spans
 from tests.strategies import clinical_text, texts
 
 

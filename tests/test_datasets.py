@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from app.chunking import merge_spans, shift
-from app.datasets import MAX_LISTED_ERRORS, DataError, Record, chunks_of, load_records, model_outputs
-from app.grounding import ground_answer, ground_spans
-from app.manifests import Task, load_tasks
+from app.tasks.chunking import merge_spans, shift
+from app.training.datasets import MAX_LISTED_ERRORS, DataError, Record, chunks_of, load_records, model_outputs
+from app.tasks.grounding import ground_answer, ground_spans
+from app.tasks.manifests import Task, load_tasks
 from app.settings import REPO_ROOT
 from app.synthetic import examples_for_task, write_jsonl
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from app.adapters import inspect_adapter
-from app.datasets import load_records
-from app.demo import DemoRecipe, ensure_demo
-from app.manifests import load_tasks
+from app.tasks.adapters import inspect_adapter
+from app.training.datasets import load_records
+from app.training.demo import DemoRecipe, ensure_demo
+from app.tasks.manifests import load_tasks
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR
 
 
@@ -47,7 +47,7 @@ def test_demo_builds_pretrained_base_and_one_trained_adapter_per_task(tmp_path: 
 def test_span_warmup_copies_word_runs_or_the_notes_terms_in_the_served_shape_with_random_labels() -> None:
     import random
 
-    from app.demo import span_warmup
+    from app.training.demo import span_warmup
     from app.synthetic import NER_LABELS, examples_for_task
 
     tasks = load_tasks(TASKS_DIR, SCHEMAS_DIR)

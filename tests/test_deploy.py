@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from app.annotate import Shard, add_annotate_arguments, add_merge_arguments
+from app.batch.annotate import Shard, add_annotate_arguments, add_merge_arguments
 from app.settings import REPO_ROOT
 
 K8S = REPO_ROOT / "deploy" / "k8s"

@@ -357,7 +357,7 @@ def test_healthcheck_probes_livez(final: Stage, livez_server: int) -> None:
     )
     assert failed.returncode != 0
     assert [e.args for e in final.all("EXPOSE")] == [final.env()["MEDLORA_PORT"]]
-    assert '"/livez"' in (REPO_ROOT / "app" / "api.py").read_text()
+    assert '"/livez"' in (REPO_ROOT / "app" / "api" / "app.py").read_text()
 
 
 def duration_s(text: str) -> float:

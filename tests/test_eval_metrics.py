@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from app.eval_metrics import (
+from app.tasks.scoring import (
     PRF,
     classification_scores,
     markdown_table,

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app import evaluate
-from app.api import create_app
-from app.datasets import Record, load_records
-from app.engine import GenerationRequest
-from app.evaluate import (
+from app.training import evaluate
+from app.api.app import create_app
+from app.training.datasets import Record, load_records
+from app.engine.base import GenerationRequest
+from app.training.evaluate import (
     AdapterChoice,
     add_compare_arguments,
     add_eval_arguments,
@@ -29,8 +29,8 @@ from app.evaluate import (
     score,
     write_report,
 )
-from app.manifests import Task, load_tasks
-from app.service import Service
+from app.tasks.manifests import Task, load_tasks
+from app.tasks.service import Service
 from app.settings import REPO_ROOT
 from app.synthetic import write_jsonl
 from tests.fakes import FakeEngine, last_input, prompt_of

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from app import problems
-from app.metrics import EngineMetrics, Metrics
+from app.tasks.metrics import EngineMetrics, Metrics
 from app.settings import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "medlora-dashboard.json"
@@ -217,7 +217,7 @@ def test_every_metric_is_exported_with_the_labels_used(dashboard: dict[str, Any]
             if name.startswith("vllm:"):
                 allowed |= vllm_labels()
             else:
-                assert name in exports, f"{where}: {name} is not exported by app.metrics.Metrics"
+                assert name in exports, f"{where}: {name} is not exported by app.tasks.metrics.Metrics"
                 allowed |= exports[name]
         matchers = {
             label

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
-from app.grammar import compile_grammar, source_pieces
+from app.tasks.grammar import compile_grammar, source_pieces
 from tests.conftest import SCHEMAS_DIR
 from tests.strategies import texts
 
@@ -22,7 +22,7 @@ def lltok(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from llguidance.hf import from_tokenizer
     from transformers import AutoTokenizer
 
-    from app.tiny_model import build_tiny_base
+    from app.training.tiny_model import build_tiny_base
 
     base = build_tiny_base(tmp_path_factory.mktemp("tok") / "base")
     return from_tokenizer(AutoTokenizer.from_pretrained(base))

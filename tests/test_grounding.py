@@ -3,8 +3,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.grammar import source_pieces
-from app.grounding import ground_answer, ground_spans, piece_boundaries
+from app.tasks.grammar import source_pieces
+from app.tasks.grounding import ground_answer, ground_spans, piece_boundaries
 from tests.strategies import texts
 
 
@@ -57,7 +57,7 @@ def test_answer_null_and_grounded() -> None:
 
 @given(texts)
 def test_every_piece_fits_the_smallest_grounded_field(text: str) -> None:
-    from app.grammar import json_escape
-    from app.output_schema import MIN_GROUNDED_MAX_LENGTH
+    from app.tasks.grammar import json_escape
+    from app.tasks.schema import MIN_GROUNDED_MAX_LENGTH
 
     assert all(len(json_escape(p)) <= MIN_GROUNDED_MAX_LENGTH for p in source_pieces(text))

@@ -30,8 +30,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.manifests import load_tasks
-from app.remote_engine import vllm_server_args
+from app.tasks.manifests import load_tasks
+from app.engine.remote import vllm_server_args
 from app.settings import REPO_ROOT, Settings
 
 CHART = REPO_ROOT / "helm" / "medlora"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.manifests import ManifestError, load_tasks
+from app.tasks.manifests import ManifestError, load_tasks
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR
 
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from app.grammar import compile_grammar, json_escape
-from app.output_schema import SchemaBoundsError, check_schema, worst_case_bytes
+from app.tasks.grammar import compile_grammar, json_escape
+from app.tasks.schema import SchemaBoundsError, check_schema, worst_case_bytes
 from tests.conftest import SCHEMAS_DIR
 
 

@@ -19,12 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from app import remote_engine
-from app.api import create_app
-from app.engine import AdapterHandle, EngineError, EngineUnavailable, GenerationRequest
-from app.prompts import PromptRenderer
-from app.remote_engine import RemoteEngine, engine_name
-from app.service import build_service
+from app.engine import remote as remote_engine
+from app.api.app import create_app
+from app.engine.base import AdapterHandle, EngineError, EngineUnavailable, GenerationRequest
+from app.tasks.prompts import PromptRenderer
+from app.engine.remote import RemoteEngine, engine_name
+from app.tasks.service import build_service
 from app.settings import Settings
 from tests.conftest import TASKS_DIR
 from tests.fakes import FAKE_BASE, FakeTokenizer, ner_output

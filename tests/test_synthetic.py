@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from app.grounding import ground_answer, ground_spans
-from app.manifests import Task, load_tasks
+from app.tasks.grounding import ground_answer, ground_spans
+from app.tasks.manifests import Task, load_tasks
 from app.settings import REPO_ROOT
 from app.synthetic import (
     IT,

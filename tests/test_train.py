@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from app.datasets import Record, load_records, model_outputs
-from app.manifests import Task, load_tasks
-from app.prompts import PromptRenderer, build_messages, serialize_output
+from app.training.datasets import Record, load_records, model_outputs
+from app.tasks.manifests import Task, load_tasks
+from app.tasks.prompts import PromptRenderer, build_messages, serialize_output
 from app.synthetic import examples_for_task, write_jsonl
-from app.tiny_model import build_tiny_base
-from app.train import (
+from app.training.tiny_model import build_tiny_base
+from app.training.train import (
     Example,
     TrainConfig,
     _loss_sum,
@@ -192,10 +192,10 @@ def test_same_seed_gives_the_same_adapter_and_resume_continues_exactly(
     assert all(torch.equal(first[k], second[k]) for k in first)
 
     # Interrupted during step 3 (the checkpoint of step 2 is on disk), then resumed: the same run.
-    import app.train
+    import app.training.train
 
     calls = {"n": 0}
-    real = app.train.micro_batches
+    real = app.training.train.micro_batches
 
     def interrupt_on_step_3(batch: list[Example], max_tokens: int) -> list[list[Example]]:
         calls["n"] += 1
@@ -203,7 +203,7 @@ def test_same_seed_gives_the_same_adapter_and_resume_continues_exactly(
             raise KeyboardInterrupt
         return real(batch, max_tokens)
 
-    monkeypatch.setattr(app.train, "micro_batches", interrupt_on_step_3)
+    monkeypatch.setattr(app.training.train, "micro_batches", interrupt_on_step_3)
     with pytest.raises(KeyboardInterrupt):
         _train(base, ner_task, records, tmp_path / "resumed", max_steps=4)
     monkeypatch.undo()
@@ -215,7 +215,7 @@ def test_same_seed_gives_the_same_adapter_and_resume_continues_exactly(
         passes["n"] += 1
         return real(batch, max_tokens)
 
-    monkeypatch.setattr(app.train, "micro_batches", counting)
+    monkeypatch.setattr(app.training.train, "micro_batches", counting)
     resumed = _train(base, ner_task, records, tmp_path / "resumed", resume=True, max_steps=4)
     assert resumed.steps == 4
     assert passes["n"] == 2  # steps 3 and 4 only: it continued, it did not start over

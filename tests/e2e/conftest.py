@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.service import EMBEDDED_CACHE_NAME
+from app.tasks.service import EMBEDDED_CACHE_NAME
 from app.settings import REPO_ROOT
 
 STARTUP_TIMEOUT_S = 600

@@ -20,7 +20,7 @@ from typing import Any
 import openai
 import pytest
 
-from app.journal import recover
+from app.batch.journal import recover
 from app.settings import REPO_ROOT
 from app.synthetic import examples_for_task, write_jsonl
 from tests.e2e.conftest import LiveServer

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from app.datasets import load_records
-from app.evaluate import build_report, predict_via_url, read_predictions, score, write_report
-from app.manifests import load_tasks
+from app.training.datasets import load_records
+from app.training.evaluate import build_report, predict_via_url, read_predictions, score, write_report
+from app.tasks.manifests import load_tasks
 from app.settings import REPO_ROOT
 from app.synthetic import examples_for_task, write_jsonl
 from tests.e2e.conftest import LiveServer

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from app.tiny_model import build_tiny_adapter
+from app.training.tiny_model import build_tiny_adapter
 from tests.e2e.conftest import LiveServer
 from tests.strategies import texts
 

@@ -27,13 +27,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.auth import hash_key
-from app.engine import GenerationRequest
-from app.manifests import load_tasks
-from app.remote_engine import RemoteEngine, vllm_server_args
-from app.service import resolve_model
+from app.api.auth import hash_key
+from app.engine.base import GenerationRequest
+from app.tasks.manifests import load_tasks
+from app.engine.remote import RemoteEngine, vllm_server_args
+from app.tasks.service import resolve_model
 from app.settings import REPO_ROOT, Settings
-from app.tiny_model import build_tiny_adapter
+from app.training.tiny_model import build_tiny_adapter
 from tests.e2e.conftest import _free_port
 
 pytestmark = pytest.mark.e2e
@@ -285,7 +285,7 @@ def test_a_registered_adapter_reaches_every_replica_and_serves_after_the_switch(
 def test_cancelling_a_generation_aborts_it_on_the_replica(cluster: Cluster) -> None:
     """The gateway's disconnect handling cancels engine work (fast test); here the remote
     engine's cancellation must really stop the vLLM request, not leave it running."""
-    from app.prompts import load_renderer
+    from app.tasks.prompts import load_renderer
 
     tokenizer = load_renderer(str(cluster.base_dir)).tokenizer
     url = cluster.replica_urls[0]

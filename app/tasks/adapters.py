@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from app.engine import AdapterHandle, Engine, EngineError, EngineUnavailable
+from app.engine.base import AdapterHandle, Engine, EngineError, EngineUnavailable
 from app.problems import (
     ADAPTER_CONFLICT,
     ENGINE_UNAVAILABLE,

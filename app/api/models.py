@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.adapters import AdapterChoice
+from app.tasks.adapters import AdapterChoice
 
 ID_PATTERN = r"^[^\x00-\x1f]{1,256}$"
 

@@ -8,7 +8,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from app.engine import AdapterHandle, EngineError, GenerationRequest, GenerationResult
+from app.engine.base import AdapterHandle, EngineError, GenerationRequest, GenerationResult
 from app.settings import Settings
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.grammar import source_pieces
+from app.tasks.grammar import source_pieces
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,15 @@ from typing import Any
 
 import httpx
 
-from app.adapters import AdapterChoice
-from app.datasets import DataError, Record, load_records, model_outputs
-from app.eval_metrics import classification_scores, markdown_table, ner_scores, qa_scores
-from app.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, TaskManifest, load_tasks
+from app.tasks.adapters import AdapterChoice
+from app.training.datasets import DataError, Record, load_records, model_outputs
+from app.tasks.scoring import classification_scores, markdown_table, ner_scores, qa_scores
+from app.tasks.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, TaskManifest, load_tasks
 from app.problems import Problem
-from app.service import Service, make_local_service, settings_for
-from app.service_client import HTTP_TIMEOUT, ServiceError, auth_headers, fetch_tasks, wait_ready
-from app.task_calls import ENDPOINT_OF, INTERACTIVE_PRIORITY, ITEMS_KEY, call_json
-from app.task_runner import gather_first_error
+from app.tasks.service import Service, make_local_service, settings_for
+from app.api.client import HTTP_TIMEOUT, ServiceError, auth_headers, fetch_tasks, wait_ready
+from app.tasks.calls import ENDPOINT_OF, INTERACTIVE_PRIORITY, ITEMS_KEY, call_json
+from app.tasks.runner import gather_first_error
 
 # Problems that no retry or smaller batch can fix: the run is misconfigured, so it stops.
 _FATAL_STATUS = {400, 401, 403, 404, 409}

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.output_schema import GROUNDED
+from app.tasks.schema import GROUNDED
 
 # Pieces are words, whitespace runs or single other characters: a span can start or end
 # at any word boundary but never inside a word or inside a JSON escape. Runs are capped

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.datasets import Record, load_records, model_outputs
-from app.manifests import Task, load_tasks
-from app.prompts import PromptRenderer, build_messages, serialize_output
+from app.training.datasets import Record, load_records, model_outputs
+from app.tasks.manifests import Task, load_tasks
+from app.tasks.prompts import PromptRenderer, build_messages, serialize_output
 from app.settings import Settings
 
 log = logging.getLogger("medlora.train")
@@ -381,9 +381,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from app.datasets import DataError
-    from app.manifests import ManifestError
-    from app.service import resolve_model
+    from app.training.datasets import DataError
+    from app.tasks.manifests import ManifestError
+    from app.tasks.service import resolve_model
 
     overrides: dict[str, Any] = {}
     if args.model:

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.auth import OPEN, Caller
-from app.batch_jobs import BATCH_ENDPOINTS, COMPLETION_WINDOWS, BatchRunner
-from app.batch_store import FINAL_STATUSES, Batch, BatchStore, StoredFile, new_id
+from app.api.auth import OPEN, Caller
+from app.batch.jobs import BATCH_ENDPOINTS, COMPLETION_WINDOWS, BatchRunner
+from app.batch.store import FINAL_STATUSES, Batch, BatchStore, StoredFile, new_id
 from app.problems import (
     BATCH_NOT_CANCELLABLE,
     FILE_IN_USE,

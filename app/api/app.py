@@ -19,11 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import api_models as m
-from app.auth import Authenticator, Caller
-from app.batch_api import batch_router
-from app.batch_jobs import BatchRunner
-from app.batch_store import BatchStore
+from app.api import models as m
+from app.api.auth import Authenticator, Caller
+from app.batch.api import batch_router
+from app.batch.jobs import BatchRunner
+from app.batch.store import BatchStore
 from app.problems import (
     INTERNAL,
     INVALID_REQUEST,
@@ -34,8 +34,8 @@ from app.problems import (
     Problem,
     ProblemType,
 )
-from app.service import Service, run_startup
-from app.task_calls import Abandoned, execute, prepare, validation_errors
+from app.tasks.service import Service, run_startup
+from app.tasks.calls import Abandoned, execute, prepare, validation_errors
 
 log = logging.getLogger("medlora.api")
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.manifests import Task
+from app.tasks.manifests import Task
 from app.settings import ConfigurationError
 
 Message = dict[str, str]

@@ -12,7 +12,7 @@ could not emit, or labels the task does not have. Messages give line numbers, fi
 offsets and lengths, never the clinical text itself.
 
 `model_outputs` turns one record into the (prompt input, model output) pairs that serving
-would produce for it: the same chunks as `app.task_runner`, one canonical output per chunk.
+would produce for it: the same chunks as `app.tasks.runner`, one canonical output per chunk.
 (Serving may split a chunk further when its prompt does not fit the engine's context; that
 depends on the tokenizer and is not reproduced here.)
 """
@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.api_models import ID_PATTERN
-from app.chunking import Chunk, split_text
-from app.grounding import piece_boundaries
-from app.manifests import Task
+from app.api.models import ID_PATTERN
+from app.tasks.chunking import Chunk, split_text
+from app.tasks.grounding import piece_boundaries
+from app.tasks.manifests import Task
 
 MAX_LISTED_ERRORS = 20
 _ID = re.compile(ID_PATTERN)
-_QUESTION_MAX_CHARS = 2000  # as app.api_models.QaItemIn.question
+_QUESTION_MAX_CHARS = 2000  # as app.api.models.QaItemIn.question
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.grounding import Span
+from app.tasks.grounding import Span
 
 # Preferred cut points, best first: paragraph break, line break, sentence end, any space.
 _CUTS = [

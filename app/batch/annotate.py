@@ -26,11 +26,11 @@ from typing import Any
 
 import httpx
 
-from app.journal import Journal, JournalError, recover
-from app.manifests import ManifestError, load_tasks
+from app.batch.journal import Journal, JournalError, recover
+from app.tasks.manifests import ManifestError, load_tasks
 from app.problems import DUPLICATE_ID, EMPTY_TEXT, INVALID_LINE, TIMEOUT, Problem, unexpected
-from app.service import Service, make_local_service, settings_for
-from app.service_client import (
+from app.tasks.service import Service, make_local_service, settings_for
+from app.api.client import (
     API_KEY_ENV,
     HTTP_TIMEOUT,
     ServiceError,
@@ -41,7 +41,7 @@ from app.service_client import (
     wait_ready,
 )
 from app.settings import Settings
-from app.task_calls import BATCH_PRIORITY, ENDPOINT_OF, ITEMS_KEY, call_json
+from app.tasks.calls import BATCH_PRIORITY, ENDPOINT_OF, ITEMS_KEY, call_json
 
 _ID_MAX = 256
 

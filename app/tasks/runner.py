@@ -16,16 +16,16 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from app.adapters import AdapterUse
-from app.chunking import Chunk, merge_spans, shift, split_text
-from app.engine import Engine, EngineError, EngineUnavailable, GenerationRequest
-from app.grammar import compile_grammar, json_escape
-from app.grounding import GroundingResult, Span, ground_answer, ground_spans
-from app.manifests import Task
-from app.metrics import Metrics
-from app.output_schema import worst_case_bytes
+from app.tasks.adapters import AdapterUse
+from app.tasks.chunking import Chunk, merge_spans, shift, split_text
+from app.engine.base import Engine, EngineError, EngineUnavailable, GenerationRequest
+from app.tasks.grammar import compile_grammar, json_escape
+from app.tasks.grounding import GroundingResult, Span, ground_answer, ground_spans
+from app.tasks.manifests import Task
+from app.tasks.metrics import Metrics
+from app.tasks.schema import worst_case_bytes
 from app.problems import ENGINE_UNAVAILABLE, GENERATION_FAILED, Problem
-from app.prompts import PromptRenderer, build_messages
+from app.tasks.prompts import PromptRenderer, build_messages
 
 log = logging.getLogger("medlora.tasks")
 

@@ -16,13 +16,13 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from app import api_models as m
-from app.adapters import AdapterChoice, AdapterUse
-from app.grounding import Span
-from app.manifests import Task
+from app.api import models as m
+from app.tasks.adapters import AdapterChoice, AdapterUse
+from app.tasks.grounding import Span
+from app.tasks.manifests import Task
 from app.problems import INVALID_REQUEST, TIMEOUT, Problem
-from app.service import Service
-from app.task_runner import Document, QaItem
+from app.tasks.service import Service
+from app.tasks.runner import Document, QaItem
 
 log = logging.getLogger("medlora.calls")
 

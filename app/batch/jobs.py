@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.batch_store import ACTIVE_STATUSES, Batch, BatchStore
-from app.journal import Journal, recover
+from app.batch.store import ACTIVE_STATUSES, Batch, BatchStore
+from app.batch.journal import Journal, recover
 from app.problems import DUPLICATE_ID, ENGINE_UNAVAILABLE, INTERNAL, INVALID_LINE, NOT_READY, Problem, unexpected
-from app.service import Service
-from app.task_calls import BATCH_PRIORITY, TASK_TYPES, call_json
+from app.tasks.service import Service
+from app.tasks.calls import BATCH_PRIORITY, TASK_TYPES, call_json
 
 # Times one line is retried after the engine lost it before it goes to the error file.
 ENGINE_UNAVAILABLE_RETRIES = 3

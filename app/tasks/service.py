@@ -17,10 +17,10 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from app.adapters import AdapterRegistry
-from app.engine import Engine
-from app.manifests import Task, load_tasks
-from app.metrics import Metrics
+from app.tasks.adapters import AdapterRegistry
+from app.engine.base import Engine
+from app.tasks.manifests import Task, load_tasks
+from app.tasks.metrics import Metrics
 from app.problems import (
     DUPLICATE_ID,
     ENGINE_UNAVAILABLE,
@@ -30,9 +30,9 @@ from app.problems import (
     WRONG_TASK_TYPE,
     Problem,
 )
-from app.prompts import PromptRenderer, load_renderer
+from app.tasks.prompts import PromptRenderer, load_renderer
 from app.settings import Settings
-from app.task_runner import TaskRunner
+from app.tasks.runner import TaskRunner
 
 log = logging.getLogger("medlora.service")
 
@@ -52,12 +52,12 @@ class ResolvedModel:
 def resolve_model(settings: Settings, tasks: dict[str, Task]) -> ResolvedModel:
     """Build the embedded tiny model if it is selected; otherwise use the settings as given."""
     if settings.embedded and settings.embedded_adapters == "demo":
-        from app.demo import DEMO_CACHE_NAME, ensure_demo
+        from app.training.demo import DEMO_CACHE_NAME, ensure_demo
 
         root = ensure_demo(settings.cache_dir / DEMO_CACHE_NAME, tasks)
         return ResolvedModel("embedded-tiny-qwen3-demo", str((root / "base").resolve()), root / "adapters")
     if settings.embedded:
-        from app.tiny_model import ensure_embedded_default
+        from app.training.tiny_model import ensure_embedded_default
 
         # One tiny adapter per distinct manifest adapter path, each with its own seed, so
         # that different tasks really run different adapters.
@@ -180,11 +180,11 @@ def build_service(
     model = resolve_model(settings, tasks)
     metrics_registry = metrics_registry or REGISTRY
     if engine is None and settings.engine == "remote":
-        from app.remote_engine import RemoteEngine
+        from app.engine.remote import RemoteEngine
 
         engine = RemoteEngine(settings, registry=metrics_registry)
     elif engine is None:
-        from app.vllm_engine import VllmEngine
+        from app.engine.local import VllmEngine
 
         engine = VllmEngine(settings, model.path)
     return Service(

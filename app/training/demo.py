@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.datasets import load_records
-from app.manifests import Task
-from app.prompts import build_messages
+from app.training.datasets import load_records
+from app.tasks.manifests import Task
+from app.tasks.prompts import build_messages
 from app.synthetic import NER_ATTRIBUTES, NER_LABELS, examples_for_task, write_jsonl
-from app.tiny_model import (
+from app.training.tiny_model import (
     CHAT_TEMPLATE,
     IM_END,
     TMP_PREFIX,
@@ -249,7 +249,7 @@ def ensure_demo(cache_dir: Path, tasks: dict[str, Task], recipe: DemoRecipe | No
     Layout: base/, adapters/<manifest adapter path>/, data/<task>-{train,test}.jsonl.
     A task the synthetic generator does not know gets a random adapter (and a warning).
     """
-    from app.train import TrainConfig, train_adapter
+    from app.training.train import TrainConfig, train_adapter
 
     recipe = recipe or DemoRecipe()
     root = Path(cache_dir)

@@ -14,7 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.output_schema import GROUNDED, SchemaBoundsError, check_schema
+from app.tasks.schema import GROUNDED, SchemaBoundsError, check_schema
 
 TaskType = Literal["ner", "qa", "classification"]
 _NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"

@@ -32,8 +32,8 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from app.engine import AdapterHandle, EngineError, EngineUnavailable, GenerationRequest, GenerationResult
-from app.metrics import EngineMetrics
+from app.engine.base import AdapterHandle, EngineError, EngineUnavailable, GenerationRequest, GenerationResult
+from app.tasks.metrics import EngineMetrics
 from app.settings import ConfigurationError, Settings
 
 log = logging.getLogger("medlora.engine")
