@@ -83,7 +83,7 @@ RUN apt-get update \
 RUN groupadd --gid 10001 medlora \
     && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /home/medlora --create-home \
         --shell /usr/sbin/nologin medlora \
-    && mkdir -p /models /data/batches /home/medlora/.cache/medlora \
+    && mkdir -p /models /data/batches /home/medlora/.cache \
     && chown -R 10001:10001 /data /home/medlora
 
 COPY --from=build /app /app
@@ -104,8 +104,7 @@ ENV PATH="/app/.venv/bin:${PATH}" \
     MEDLORA_MODEL=/models/Qwen3-1.7B \
     MEDLORA_TASKS_DIR=/app/adapters \
     MEDLORA_ADAPTERS_DIR=/models/adapters \
-    MEDLORA_BATCH_DIR=/data/batches \
-    MEDLORA_CACHE_DIR=/home/medlora/.cache/medlora
+    MEDLORA_BATCH_DIR=/data/batches
 
 WORKDIR /app
 USER 10001:10001

@@ -1,10 +1,9 @@
-"""`medlora` command line: `medlora serve` runs the gateway with its in-process engine."""
+"""`medlora` command line: `serve` runs the gateway; the rest annotate, train, evaluate and build."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,19 +27,18 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     from app.api.auth import KeyFileError
+    from app.engine.models import missing_model_folder
     from app.logs import configure_logging
+    from app.main import build_app
     from app.tasks.manifests import ManifestError
 
     configure_logging(settings.log_level)
-    # vLLM's engine core runs in a spawned process; it must not re-import this CLI's state.
-    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    # What can be checked in milliseconds is checked before the port opens, with a clear
+    # message and exit code 2; loading the model and starting the engine come after.
     try:
-        from app.api.app import create_app
-        from app.api.auth import Authenticator
-        from app.tasks.service import build_service
-
-        Authenticator(settings.api_keys_file, settings.admin_keys_file)  # fail before the model loads
-        app = create_app(build_service(settings))
+        app = build_app(settings)  # checks the manifests and key files
+        if settings.engine == "local" and (reason := missing_model_folder(settings.model)):
+            raise ConfigurationError(reason)
     except ManifestError as exc:
         print(f"medlora: invalid task configuration: {exc}", file=sys.stderr)
         return 2
@@ -83,6 +81,58 @@ def _hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from app.tasks.manifests import ManifestError, load_tasks
+    from app.training.synthetic import examples_for_task, write_jsonl
+
+    settings = Settings(**({"tasks_dir": args.tasks} if args.tasks else {}))
+    try:
+        tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
+    except ManifestError as exc:
+        print(f"medlora synth: {exc}", file=sys.stderr)
+        return 2
+    if args.task not in tasks:
+        print(f"medlora synth: unknown task {args.task!r} (known: {', '.join(sorted(tasks))})", file=sys.stderr)
+        return 2
+    try:
+        rows = examples_for_task(tasks[args.task], args.n, args.seed)
+    except ValueError as exc:
+        print(f"medlora synth: {exc}", file=sys.stderr)
+        return 2
+    count = write_jsonl(args.out, rows)
+    print(json.dumps({"task": args.task, "records": count, "path": str(args.out)}))
+    return 0
+
+
+def _demo_build(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from app.logs import configure_logging
+    from app.settings import DEMO_DIR
+    from app.tasks.manifests import load_tasks
+    from app.training.demo import DemoRecipe, build_demo
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    recipe = DemoRecipe()
+    if args.quick:
+        # A few steps on a few notes: proves the pipeline builds a serveable demo, not quality.
+        recipe = replace(
+            recipe,
+            pretrain_notes_per_task=4,
+            pretrain_epochs=1,
+            prompt_copies=2,
+            train_records=dict.fromkeys(recipe.train_records, 4),
+            test_records=3,
+            max_steps=2,
+        )
+    tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
+    out = args.out or DEMO_DIR
+    record = build_demo(out, tasks, recipe, measure_records=0 if args.no_measure else None)
+    print(json.dumps({"out": str(out), **{k: record[k] for k in ("recipe_version", "build_seconds")}}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="medlora", description="Clinical NLP serving on vLLM with per-task LoRA adapters."
@@ -91,15 +141,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="Run the REST service (settings also read from MEDLORA_* env vars).")
     serve.add_argument("--host", help="Bind address (default 127.0.0.1).")
     serve.add_argument("--port", type=int, help="Port (default 8000).")
-    serve.add_argument("--model", help="Base model id or path (default: embedded tiny model).")
+    serve.add_argument("--model", help="Base model id or path (default: the shipped embedded demo).")
     serve.add_argument("--adapters", help="Adapters folder: adapter weights (and task manifests if present).")
-    serve.add_argument("--tasks", help="Task manifests folder (default: the repository's adapters/).")
+    serve.add_argument("--tasks", help="Task manifests folder (default: the shipped adapters/).")
     serve.add_argument("--max-model-len", dest="max_model_len", type=int, help="Engine context length.")
     synth = sub.add_parser("synth", help="Write synthetic annotated notes (no real patient data) as JSONL.")
-    synth.add_argument("--task", required=True, help="One of the shipped task names.")
+    synth.add_argument("--task", required=True, help="A task name from the task manifests.")
     synth.add_argument("--n", type=int, default=200, help="Number of records.")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--tasks", type=Path, help="Task manifests folder.")
+    demo = sub.add_parser("demo", help="The embedded demo (a tiny Qwen3 and one adapter per shipped task).")
+    demo_sub = demo.add_subparsers(dest="demo_command", required=True)
+    demo_build = demo_sub.add_parser(
+        "build", help="Build the demo from scratch with `medlora train`'s code (about 15 min on 2 cores)."
+    )
+    demo_build.add_argument("--out", type=Path, help="Output folder (default: the package's shipped demo).")
+    demo_build.add_argument("--quick", action="store_true", help="A few steps on a few notes (pipeline check).")
+    demo_build.add_argument("--no-measure", action="store_true", help="Skip the held-out evaluation.")
 
     from app.training.train import add_train_arguments, train_main
 
@@ -125,28 +184,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--generate", action="store_true", help="Make a new random key: printed on stderr, its line on stdout."
     )
     args = parser.parse_args(argv)
-    if args.command == "hash-key":
-        return _hash_key(args)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "synth":
-        from app.synthetic import examples_for_task, write_jsonl
+    if args.command in ("eval", "annotate"):
+        from app.logs import configure_logging
 
-        count = write_jsonl(args.out, examples_for_task(args.task, args.n, args.seed))
-        print(json.dumps({"task": args.task, "records": count, "path": str(args.out)}))
-        return 0
-    if args.command == "train":
-        return train_main(args)
-    if args.command == "eval":
-        return eval_main(args)
-    if args.command == "compare":
-        return compare_main(args)
-    if args.command == "annotate":
-        return annotate_main(args)
-    if args.command == "merge":
-        return merge_main(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+        # They may run the service in process: its (and vLLM's) logs go out as the server's do.
+        configure_logging(Settings().log_level)
+    commands = {
+        "hash-key": _hash_key,
+        "serve": _serve,
+        "synth": _synth,
+        "demo": _demo_build,
+        "train": train_main,
+        "eval": eval_main,
+        "compare": compare_main,
+        "annotate": annotate_main,
+        "merge": merge_main,
+    }
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

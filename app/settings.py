@@ -8,9 +8,23 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout (only meaningful when running from one)
 EMBEDDED_MODEL = "embedded-tiny"
 DEFAULT_REAL_MODEL = "Qwen/Qwen3-1.7B"
+
+
+def shipped_dir(name: str) -> Path:
+    """A folder of shipped files (`adapters`, `schemas`): in a wheel, package data under
+    app/data/ (copied there by setup.py); in a checkout, the top-level folder itself."""
+    packaged = PACKAGE_DIR / "data" / name
+    return packaged if packaged.is_dir() else REPO_ROOT / name
+
+
+SHIPPED_TASKS_DIR = shipped_dir("adapters")
+SHIPPED_SCHEMAS_DIR = shipped_dir("schemas")
+# The embedded demo: a tiny Qwen3 and one trained adapter per shipped task (`medlora demo build`).
+DEMO_DIR = PACKAGE_DIR / "data" / "demo"
 
 
 class ConfigurationError(ValueError):
@@ -28,17 +42,10 @@ class Settings(BaseSettings):
         EMBEDDED_MODEL,
         description=(
             "Base model: a Hugging Face id or local path (e.g. Qwen/Qwen3-1.7B), or "
-            f"'{EMBEDDED_MODEL}' to generate a tiny random-weight Qwen3 and demo adapters locally."
+            f"'{EMBEDDED_MODEL}' for the shipped demo (a tiny Qwen3 and one trained adapter per shipped task)."
         ),
     )
-    embedded_adapters: Literal["demo", "random"] = Field(
-        "demo",
-        description=(
-            "Embedded model only: 'demo' pretrains the tiny base on synthetic notes and trains one adapter per "
-            "task (a few minutes, once, cached); 'random' uses random weights (the worst case for decoding tests)."
-        ),
-    )
-    tasks_dir: Path = Field(REPO_ROOT / "adapters", description="Folder of task manifests (*.yaml).")
+    tasks_dir: Path = Field(SHIPPED_TASKS_DIR, description="Folder of task manifests (*.yaml).")
     adapters_dir: Path | None = Field(
         None,
         description=(
@@ -46,8 +53,7 @@ class Settings(BaseSettings):
             "(default: the tasks folder; the embedded model uses its generated adapters)."
         ),
     )
-    schemas_dir: Path = Field(REPO_ROOT / "schemas", description="Folder of output JSON schemas.")
-    cache_dir: Path = Field(Path.home() / ".cache" / "medlora", description="Where the embedded tiny model is built.")
+    schemas_dir: Path = Field(SHIPPED_SCHEMAS_DIR, description="Folder of output JSON schemas.")
     max_model_len: int = Field(
         16384, description="Engine context length (prompt + worst-case output; Qwen3-1.7B supports 32768)."
     )

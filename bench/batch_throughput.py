@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.settings import REPO_ROOT, Settings
 from app.synthetic import examples_for_task, write_jsonl
+
+from app.settings import REPO_ROOT, Settings
 
 _MARK = "BENCH_RESULT "
 
@@ -89,16 +90,16 @@ def medlora_side(task_name: str, data: Path, cache_dir: Path, concurrency: int) 
     async def go() -> dict[str, Any]:
         service = _service(cache_dir)
         await service.start()
-        task_type = service.tasks[task_name].type
+        kind = service.tasks[task_name].kind
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out.jsonl"
             summary = an.Summary(task_name, str(data), str(out), str(an.default_errors_path(out)))
             started = time.perf_counter()
             await an.annotate(
-                lambda: an.read_input(data, task_type, an.Columns()),
+                lambda: an.read_input(data, kind.input_fields, an.Columns()),
                 an.in_process_backend(service),
                 task=task_name,
-                task_type=task_type,
+                kind=kind,
                 output=out,
                 errors=an.default_errors_path(out),
                 summary=summary,

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.settings import Settings
+from app.tasks.service import build_service
 from app.training.datasets import load_records
 from app.training.demo import DEMO_CACHE_NAME
 from app.training.evaluate import predict_in_process, score
-from app.tasks.service import build_service
-from app.settings import Settings
 
 HEADLINE = {
     "ner": ("strict.f1", "lenient.f1"),
@@ -58,8 +58,8 @@ async def run(cache: Path, n: int) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    from app.tasks.manifests import load_tasks
     from app.settings import REPO_ROOT
+    from app.tasks.manifests import load_tasks
 
     tasks = load_tasks(REPO_ROOT / "adapters", REPO_ROOT / "schemas")
     lines = ["| task | metric | base alone | with demo adapter |", "| --- | --- | ---: | ---: |"]

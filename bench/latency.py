@@ -189,8 +189,8 @@ def start_server(
 
 def start_vllm_server(cache_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """A vLLM OpenAI server for the embedded tiny model, with the flags the gateway relies on."""
-    from app.tasks.manifests import load_tasks
     from app.engine.remote import vllm_server_args
+    from app.tasks.manifests import load_tasks
     from app.tasks.service import resolve_model
 
     settings = Settings(cache_dir=cache_dir, embedded_adapters="random")

@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.training.datasets import load_records, model_outputs
+from app.synthetic import examples_for_task, write_jsonl
+
+from app.settings import Settings
 from app.tasks.manifests import load_tasks
 from app.tasks.prompts import PromptRenderer, serialize_output
-from app.settings import Settings
-from app.synthetic import examples_for_task, write_jsonl
+from app.training.datasets import load_records, model_outputs
 from tests.support.qwen3 import build_random_qwen3, qwen3_tokenizer
 
 TASKS = ("ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type")
@@ -71,8 +72,8 @@ def answer_costs(n_notes: int, work: Path) -> dict[str, Any]:
 
 
 async def ner_generation(n_notes: int, work: Path) -> dict[str, Any]:
-    from app.tasks.service import build_service
     from app.tasks.runner import Document
+    from app.tasks.service import build_service
     from app.training.tiny_model import build_tiny_adapter
 
     base = build_random_qwen3(work / "qwen3-random")

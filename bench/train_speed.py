@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.synthetic import examples_for_task, write_jsonl
+
+from app.settings import REPO_ROOT
+from app.tasks.manifests import load_tasks
 from app.training.datasets import load_records
 from app.training.demo import DemoRecipe
-from app.tasks.manifests import load_tasks
-from app.settings import REPO_ROOT
-from app.synthetic import examples_for_task, write_jsonl
 from app.training.tiny_model import build_tiny_base
 from app.training.train import TrainConfig, train_adapter
 

@@ -2,24 +2,37 @@ from __future__ import annotations
 
 # hypothesis is imported up front: imported late (by its pytest plugin's summary hook), CPython
 # 3.11.7's AST rewriter crashed with "AST constructor recursion depth mismatch" after asyncio runs.
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import hypothesis  # noqa: F401
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from app.api.app import create_app
+from app.main import app_for
+from app.settings import REPO_ROOT, Settings
 from app.tasks.manifests import load_tasks
 from app.tasks.prompts import PromptRenderer
 from app.tasks.service import Service, build_service
-from app.settings import REPO_ROOT, Settings
+from app.tasks.types.base import Task
 from tests.fakes import FAKE_BASE, FakeEngine, FakeTokenizer, Responder, write_fake_adapter
 
 TASKS_DIR = REPO_ROOT / "adapters"
 SCHEMAS_DIR = REPO_ROOT / "schemas"
+
+
+@functools.cache
+def _shipped_tasks() -> dict[str, Task]:
+    return load_tasks(TASKS_DIR, SCHEMAS_DIR)
+
+
+def shipped_task(name: str) -> Task:
+    """A shipped task as loaded from adapters/ (loaded once per test process)."""
+    return _shipped_tasks()[name]
 
 
 @pytest.fixture
@@ -58,7 +71,7 @@ def client_for(make_fake_service: FakeServiceFactory) -> Iterator[Callable[..., 
 
     def make(respond: Responder, **kwargs: object) -> tuple[TestClient, FakeEngine]:
         service, engine = make_fake_service(respond, **kwargs)
-        client = TestClient(create_app(service), raise_server_exceptions=False)
+        client = TestClient(app_for(service), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
         deadline = time.monotonic() + 10
@@ -70,3 +83,31 @@ def client_for(make_fake_service: FakeServiceFactory) -> Iterator[Callable[..., 
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def lltok() -> Any:
+    """llguidance's view of the real Qwen3 tokenizer (tests/support/qwen3.py)."""
+    from llguidance.hf import from_tokenizer
+
+    from tests.support.qwen3 import qwen3_tokenizer
+
+    return from_tokenizer(qwen3_tokenizer())
+
+
+def accepts(lltok: Any, grammar: str, output: str) -> bool:
+    """Whether llguidance compiles `grammar` and accepts `output` (tokenized by Qwen3) as complete."""
+    import llguidance
+
+    matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+    assert not matcher.is_error(), matcher.get_error()
+    ok = matcher.consume_tokens(lltok.tokenize_str(output))
+    return bool(ok and not matcher.is_error() and matcher.is_accepting())
+
+
+@pytest.fixture(scope="session")
+def qwen3_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny Qwen3 with the real Qwen3 tokenizer and embedding size, built once."""
+    from tests.support.qwen3 import build_random_qwen3
+
+    return build_random_qwen3(tmp_path_factory.mktemp("qwen3") / "base")

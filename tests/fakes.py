@@ -105,6 +105,17 @@ def write_fake_adapter(path: Path, *, rank: int = 8, base: str = FAKE_BASE, targ
 ALL_FALSE = {"negated": False, "uncertain": False, "historical": False, "family": False}
 
 
-def ner_output(*entities: tuple[str, str]) -> str:
-    """A valid NER model answer with the given (text, label) entities."""
-    return json.dumps({"entities": [{"text": t, "label": lab, "attributes": ALL_FALSE} for t, lab in entities]})
+def ner_output(*entities: tuple[str, ...]) -> str:
+    """A valid NER model answer (the token-lean format) with the given (text, label, *attributes) entities."""
+    return json.dumps({"entities": [list(entity) for entity in entities]})
+
+
+def sample(metrics_text: str, name: str, **labels: str) -> float | None:
+    """The value of one Prometheus sample in a /metrics body (None when there is no such series)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None

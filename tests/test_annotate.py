@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from app.batch import annotate as an
-from app.api.app import create_app
-from app.engine.base import GenerationRequest
 from app.batch.journal import Journal, JournalError, recover
+from app.engine.base import GenerationRequest
+from app.main import app_for
 from app.tasks.service import Service
 from tests.conftest import FakeServiceFactory
 from tests.fakes import last_input
@@ -29,7 +29,7 @@ TASK = "ner-it-clinical"
 def ner_first_word(request: GenerationRequest) -> str:
     """Tags the note's first word as a DRUG: each output line shows which note it came from."""
     word = last_input(request).split()[0]
-    return json.dumps({"entities": [{"text": word, "label": "DRUG", "attributes": ALL_FALSE}]})
+    return json.dumps({"entities": [[word, "DRUG"]]})
 
 
 def write_lines(path: Path, lines: list[str | bytes]) -> Path:
@@ -51,7 +51,7 @@ def run(
     concurrency: int = 8,
     backend: an.Backend | None = None,
 ) -> an.Summary:
-    task_type = service.tasks[task].type
+    kind = service.tasks[task].kind
     errors = an.default_errors_path(output)
     summary = an.Summary(task, str(input_path), str(output), str(errors))
 
@@ -59,10 +59,10 @@ def run(
         await service.start()
         try:
             return await an.annotate(
-                lambda: an.read_input(input_path, task_type, an.Columns()),
+                lambda: an.read_input(input_path, kind.input_fields, an.Columns()),
                 backend or an.in_process_backend(service),
                 task=task,
-                task_type=task_type,
+                kind=kind,
                 output=output,
                 errors=errors,
                 summary=summary,
@@ -163,7 +163,7 @@ def test_shards_partition_the_input_and_merge_checks_exactly_once(
         and set().union(*per_shard) == {f"n{i}" for i in range(20)}
     )
 
-    records = an.read_input(src, "ner", an.Columns())
+    records = an.read_input(src, ("text",), an.Columns())
     globbed = sorted(tmp_path.glob("shard-*.jsonl"))  # as a shell glob gives them: errors files included
     assert len(globbed) == 6
     report = an.merge_shards(records, globbed, tmp_path / "all.jsonl", tmp_path / "all.errors.jsonl")
@@ -174,7 +174,7 @@ def test_shards_partition_the_input_and_merge_checks_exactly_once(
     lines = outputs[0].read_text().splitlines()
     outputs[0].write_text("\n".join([*lines[1:], lines[-1]]) + "\n")
     report = an.merge_shards(
-        an.read_input(src, "ner", an.Columns()), outputs, tmp_path / "all.jsonl", tmp_path / "all.errors.jsonl"
+        an.read_input(src, ("text",), an.Columns()), outputs, tmp_path / "all.jsonl", tmp_path / "all.errors.jsonl"
     )
     assert not report.complete
     assert report.missing == [json.loads(lines[0])["id"]] and report.duplicated == [json.loads(lines[-1])["id"]]
@@ -190,8 +190,8 @@ def test_csv_and_folder_inputs(make_fake_service: FakeServiceFactory, tmp_path: 
     csv_path = tmp_path / "notes.csv"
     csv_path.write_bytes(b'note_id,body\nc1,"farmacoA, con virgola\nsu due righe"\nc2,\nc3,farmaco\xe8C\nc4,farmacoD\n')
     service, _ = make_fake_service(ner_first_word)
-    task_type = service.tasks[TASK].type
-    records = list(an.read_input(csv_path, task_type, an.Columns(id="note_id", text="body")))
+    kind = service.tasks[TASK].kind
+    records = list(an.read_input(csv_path, kind.input_fields, an.Columns(id="note_id", text="body")))
     assert [(r.position, r.id, r.problem.kind.slug if r.problem else None) for r in records] == [
         ("row 1", "c1", None),
         ("row 2", "c2", "empty-text"),
@@ -200,7 +200,7 @@ def test_csv_and_folder_inputs(make_fake_service: FakeServiceFactory, tmp_path: 
     ]
     assert records[0].payload == {"text": "farmacoA, con virgola\nsu due righe"}
     with pytest.raises(an.AnnotateError, match="missing column"):
-        list(an.read_input(csv_path, task_type, an.Columns()))
+        list(an.read_input(csv_path, kind.input_fields, an.Columns()))
 
     folder = tmp_path / "notes"
     (folder / "ward").mkdir(parents=True)
@@ -239,7 +239,7 @@ def test_url_mode_goes_through_the_http_api(make_fake_service: FakeServiceFactor
         return ner_first_word(request)
 
     service, _ = make_fake_service(respond)
-    transport = httpx.ASGITransport(app=create_app(service))  # no lifespan: run() starts the service
+    transport = httpx.ASGITransport(app=app_for(service))  # no lifespan: run() starts the service
     client = httpx.AsyncClient(base_url="http://medlora.test", transport=transport)
     out = tmp_path / "out.jsonl"
     summary = run(service, write_lines(tmp_path / "in.jsonl", notes(4)), out, backend=an.remote_backend(client))
@@ -252,7 +252,7 @@ def test_url_mode_goes_through_the_http_api(make_fake_service: FakeServiceFactor
 
 def test_url_mode_stops_on_errors_that_hit_every_line(make_fake_service: FakeServiceFactory, tmp_path: Path) -> None:
     service, _ = make_fake_service(ner_first_word)
-    client = httpx.AsyncClient(base_url="http://medlora.test", transport=httpx.ASGITransport(app=create_app(service)))
+    client = httpx.AsyncClient(base_url="http://medlora.test", transport=httpx.ASGITransport(app=app_for(service)))
     out = tmp_path / "out.jsonl"
     with pytest.raises(an.AnnotateError, match="404"):
         run(service, write_lines(tmp_path / "in.jsonl", notes(3)), out, task=TASK, backend=_wrong_task(client))
@@ -290,7 +290,7 @@ def test_cli_reports_summary_and_rejects_bad_arguments(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     service, _ = make_fake_service(ner_first_word)
-    monkeypatch.setattr(an, "make_local_service", lambda settings: service)
+    monkeypatch.setattr(an, "build_service", lambda settings: service)
     src = write_lines(tmp_path / "in.jsonl", [*notes(3), "{bad"])
     parser = argparse.ArgumentParser()
     an.add_annotate_arguments(parser)
@@ -303,7 +303,7 @@ def test_cli_reports_summary_and_rejects_bad_arguments(
     def no_engine(settings: object) -> None:
         raise AssertionError("input errors must stop the run before the engine starts")
 
-    monkeypatch.setattr(an, "make_local_service", no_engine)
+    monkeypatch.setattr(an, "build_service", no_engine)
     bad_csv = tmp_path / "notes.csv"
     bad_csv.write_text("note,body\nx,farmaco\n")
     for argv, message in [

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from app.api.app import create_app
 from app.engine.base import GenerationRequest, GenerationResult
-from tests.fakes import ALL_FALSE, last_input, ner_output, write_fake_adapter
+from app.main import app_for
+from tests.fakes import ALL_FALSE, last_input, ner_output, sample, write_fake_adapter
 
 
 def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
@@ -193,11 +193,13 @@ def test_cut_off_generation_is_a_5xx_problem_never_a_partial_result(client_for: 
     client, _ = client_for(respond)
     r = client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": [{"id": "d", "text": "febbre"}]})
     assert_problem(r, 502, "generation-failed")
-    assert "invalid_outputs_total" in client.get("/metrics").text
+    # Counted by its reason (the HELP and TYPE lines are there whatever happened).
+    invalid = sample(client.get("/metrics").text, "medlora_invalid_outputs_total", reason="finish_length")
+    assert invalid == 1.0
 
 
 def test_schema_invalid_output_is_rejected(client_for: Any) -> None:
-    client, _ = client_for(lambda r: json.dumps({"entities": [{"text": "febbre", "label": "NOT_A_LABEL"}]}))
+    client, _ = client_for(lambda r: json.dumps({"entities": [["febbre", "NOT_A_LABEL"]]}))
     r = client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": [{"id": "d", "text": "febbre"}]})
     assert_problem(r, 502, "generation-failed")
 
@@ -207,8 +209,9 @@ def test_every_request_carries_grammar_and_worst_case_token_budget(client_for: A
     client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": [{"id": "d", "text": "febbre alta"}]})
     (call,) = engine.calls
     assert "substring_chunks" in call.grammar and '"febbre"' in call.grammar
-    # 24 entities, each at most ~300 bytes with attributes: far above a typical answer.
-    assert call.max_tokens > 24 * 100
+    # 64 entities, each the whole 11-character text with its label and every attribute
+    # (`[`, the span, `,`, `"BODY_PART"`, 44 bytes of attributes, `]`, `,`): room for any answer.
+    assert call.max_tokens == 2 + 64 * (1 + 13 + 1 + 11 + 44 + 1) + 63 + len('{"entities":}') + 1
     assert call.adapter is not None and call.adapter.key == "ner-it-clinical@1"
 
 
@@ -217,7 +220,7 @@ def test_failed_startup_is_503_on_readiness_and_liveness(make_fake_service: Any)
 
     service, engine = make_fake_service(lambda r: "")
     engine.fail_start = RuntimeError("no accelerator")
-    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+    with TestClient(app_for(service), raise_server_exceptions=False) as client:
         time.sleep(0.1)
         r = client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": [{"id": "d", "text": "x"}]})
         assert_problem(r, 503, "not-ready")
@@ -236,7 +239,7 @@ def test_tasks_and_adapters_are_listed(client_for: Any) -> None:
     assert set(tasks) == {"ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type"}
     ner = tasks["ner-it-clinical"]
     assert ner["type"] == "ner" and ner["languages"] == ["it"] and "DRUG" in ner["labels"]
-    assert ner["schema"]["properties"]["entities"]["maxItems"] == 24
+    assert ner["schema"]["properties"]["entities"]["maxItems"] == 64
     assert ner["adapter"] == {"name": "ner-it-clinical", "version": "1"}
     adapters = {a["name"]: a for a in client.get("/v1/adapters").json()["adapters"]}
     assert adapters["qa-it-clinical"]["resident"] is True
@@ -312,7 +315,7 @@ def test_adapter_bound_to_a_task_cannot_be_deleted(client_for: Any) -> None:
 
 def test_client_disconnect_cancels_engine_work(make_fake_service: Any) -> None:
     service, engine = make_fake_service(lambda r: ner_output(), delay_s=30)
-    app = create_app(service)
+    app = app_for(service)
     body = json.dumps({"task": "ner-it-clinical", "documents": [{"id": "d", "text": "febbre"}]}).encode()
 
     async def scenario() -> list[dict[str, Any]]:

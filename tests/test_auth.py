@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from app.api import auth
-from app.api.app import create_app
 from app.api.auth import KeyFileError, hash_key, parse_key_file
+from app.main import app_for
 from app.settings import REPO_ROOT
 from tests.fakes import ner_output
 
@@ -233,7 +233,7 @@ def test_anonymous_bodies_are_refused_before_they_are_read(client_for: Any, key_
 def test_a_chunked_body_over_the_limit_is_cut_off_with_413(make_fake_service: Any) -> None:
     """Raw ASGI, no Content-Length: the limit is enforced while the body streams in."""
     service, engine = make_fake_service(lambda r: ner_output(), max_documents=1, max_document_chars=100)
-    app = create_app(service)
+    app = app_for(service)
     chunks = [b'{"task": "ner-it-clinical", "documents": [{"id": "d", "text": "', *[b"x" * 1024] * 200, b'"}]}']
     read = [0]
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from app.tasks.chunking import merge_spans, shift
-from app.training.datasets import MAX_LISTED_ERRORS, DataError, Record, chunks_of, load_records, model_outputs
-from app.tasks.grounding import ground_answer, ground_spans
-from app.tasks.manifests import Task, load_tasks
 from app.settings import REPO_ROOT
-from app.synthetic import examples_for_task, write_jsonl
+from app.tasks.grounding import ground_answer
+from app.tasks.manifests import load_tasks
+from app.tasks.types.base import Ask, Tally, Task, TaskInput
+from app.training.datasets import MAX_LISTED_ERRORS, DataError, Record, chunks_of, load_records, model_outputs
+from app.training.synthetic import examples_for_task, write_jsonl
+from tests.conftest import shipped_task
 
 TASKS = load_tasks(REPO_ROOT / "adapters", REPO_ROOT / "schemas")
 NER, QA, CLS = TASKS["ner-it-clinical"], TASKS["qa-it-clinical"], TASKS["classify-it-note-type"]
@@ -204,16 +205,19 @@ def test_empty_file_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ model outputs
 
 
-def serve_ner(task: Task, record: Record, pairs: list[tuple[dict[str, str], dict[str, Any]]]) -> list[Any]:
-    """What the service returns if the model answers `pairs`: ground per chunk, shift, merge."""
+def serve_ner(task: Task, record: Record, pairs: list[tuple[Ask, dict[str, Any]]]) -> list[Any]:
+    """What the service returns if the model answers `pairs`: the type reads (grounds) each
+    chunk's answer and merges them, as the runner has it do."""
     chunks = chunks_of(task, record)
-    assert [p["text"] for p, _ in pairs] == [c.text for c in chunks]
-    per_chunk = []
-    for chunk, (_, output) in zip(chunks, pairs, strict=True):
-        grounded = ground_spans(chunk.text, [(e["text"], e["label"], e["attributes"]) for e in output["entities"]])
-        assert not grounded.dropped
-        per_chunk.append([shift(s, chunk.start) for s in grounded.spans])
-    return [(s.start, s.end, s.text, s.label, s.attributes) for s in merge_spans(per_chunk)]
+    assert [ask.payload["text"] for ask, _ in pairs] == [c.text for c in chunks]
+    item = TaskInput(record.id, record.payload, "text")
+    tally = Tally()
+    parts = [
+        task.kind.read(task, item, chunk, [output], tally) for chunk, (_, output) in zip(chunks, pairs, strict=True)
+    ]
+    assert not tally.dropped
+    merged = task.kind.merge(task, item, parts, tally)
+    return [(s.start, s.end, s.text, s.label, s.attributes) for s in merged.entities]
 
 
 def gold_tuples(record: Record) -> list[Any]:
@@ -226,10 +230,10 @@ FILLER = " ".join(["Il decorso è stato regolare, senza eventi di rilievo nelle 
 def long_ner_row(n_notes: int) -> dict[str, Any]:
     """Synthetic notes and entity-free paragraphs joined by blank lines, offsets shifted: one long note.
 
-    (The filler keeps chunks under the schema's 24 entities, so every gold entity can be served.)
+    (The filler keeps chunks under the schema's 64 entities, so every gold entity can be served.)
     """
     text, entities = FILLER, []
-    for note in examples_for_task("ner-it-clinical", n_notes, seed=11):
+    for note in examples_for_task(shipped_task("ner-it-clinical"), n_notes, seed=11):
         offset = len(text) + 2
         text = f"{text}\n\n{note['text']}\n\n{FILLER}"
         entities += [e | {"start": e["start"] + offset, "end": e["end"] + offset} for e in note["entities"]]
@@ -245,11 +249,12 @@ def test_long_ner_note_entities_lie_inside_their_chunks(tmp_path: Path) -> None:
     assert len(pairs) == len(chunks)
     seen: set[tuple[int, int, str]] = set()
     in_overlaps = 0
-    for chunk, (payload, output) in zip(chunks, pairs, strict=True):
-        assert payload == {"text": chunk.text}
+    for chunk, (ask, output) in zip(chunks, pairs, strict=True):
+        assert ask.payload == {"text": chunk.text} and ask.source == chunk.text
         expected = [e for e in record.gold["entities"] if chunk.start <= e["start"] and e["end"] <= chunk.end]
-        assert [(e["text"], e["label"], e["attributes"]) for e in output["entities"]] == [
-            (e["text"], e["label"], e["attributes"]) for e in expected
+        # The lean answer: [text, label, then the attributes that hold, in the manifest's order].
+        assert output["entities"] == [
+            [e["text"], e["label"], *(a for a in NER.attribute_names if e["attributes"][a])] for e in expected
         ]
         for e in expected:  # offsets stay consistent once shifted into the chunk
             assert chunk.text[e["start"] - chunk.start : e["end"] - chunk.start] == e["text"]
@@ -263,12 +268,12 @@ def test_long_ner_note_entities_lie_inside_their_chunks(tmp_path: Path) -> None:
 
 
 def test_ner_outputs_are_capped_at_max_items(tmp_path: Path) -> None:
-    text = " ".join(["febbre"] * 30)
-    row = ner_row(*[ent(7 * i, 7 * i + 6) for i in range(30)], text=text)
+    text = " ".join(["febbre"] * 70)
+    row = ner_row(*[ent(7 * i, 7 * i + 6) for i in range(70)], text=text)
     [record] = load_records(NER, write_lines(tmp_path, [row]))
     [(_, output)] = model_outputs(NER, record)
     limit = NER.schema["properties"]["entities"]["maxItems"]
-    assert len(output["entities"]) == limit == 24
+    assert len(output["entities"]) == limit == 64
 
 
 def qa_long_context(answer_at_end: bool) -> tuple[str, int]:
@@ -290,7 +295,8 @@ def test_qa_answer_only_in_the_chunks_that_hold_it(tmp_path: Path, answer_at_end
     assert [o["answer"] for _, o in pairs] == ["furosemide" if h else None for h in holds]
     assert holds[-1] == answer_at_end and holds[0] == (not answer_at_end)
     assert all(
-        p == {"context": c.text, "question": "Quale diuretico?"} for (p, _), c in zip(pairs, chunks, strict=True)
+        a.payload == {"context": c.text, "question": "Quale diuretico?"}
+        for (a, _), c in zip(pairs, chunks, strict=True)
     )
     # Serving takes the first chunk that answers: it lands on the gold span.
     for chunk, (_, output) in zip(chunks, pairs, strict=True):
@@ -325,7 +331,7 @@ def test_classification_labels_in_every_chunk(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_synthetic_round_trip(tmp_path: Path, name: str) -> None:
     task = TASKS[name]
-    rows = examples_for_task(name, 60, seed=3)
+    rows = examples_for_task(shipped_task(name), 60, seed=3)
     path = tmp_path / f"{name}.jsonl"
     write_jsonl(path, rows)
     records = load_records(task, path)  # every synthetic line loads cleanly

@@ -276,7 +276,6 @@ def test_final_image_runs_as_the_unprivileged_medlora_user(final: Stage) -> None
     # What stays writable under a read-only root filesystem is owned by that user.
     assert re.search(rf"chown -R {uid}:{gid or uid} /data /home/medlora", runs)
     assert final.env()["MEDLORA_BATCH_DIR"].startswith("/data/")
-    assert final.env()["MEDLORA_CACHE_DIR"].startswith("/home/medlora/.cache/")
 
 
 def test_final_image_installs_no_build_toolchain(final: Stage) -> None:
@@ -357,7 +356,7 @@ def test_healthcheck_probes_livez(final: Stage, livez_server: int) -> None:
     )
     assert failed.returncode != 0
     assert [e.args for e in final.all("EXPOSE")] == [final.env()["MEDLORA_PORT"]]
-    assert '"/livez"' in (REPO_ROOT / "app" / "api" / "app.py").read_text()
+    assert '"/livez"' in (REPO_ROOT / "app" / "api" / "health.py").read_text()
 
 
 def duration_s(text: str) -> float:

@@ -5,14 +5,10 @@ from typing import Any
 
 import pytest
 
-from app.tasks.scoring import (
-    PRF,
-    classification_scores,
-    markdown_table,
-    ner_scores,
-    normalize_answer,
-    qa_scores,
-)
+from app.tasks.scoring import PRF, markdown_table
+from app.tasks.types.classification import classification_scores
+from app.tasks.types.ner import ner_scores
+from app.tasks.types.qa import normalize_answer, qa_scores
 
 
 def ent(start: int, end: int, label: str, **extra: Any) -> dict[str, Any]:

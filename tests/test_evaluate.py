@@ -12,10 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from app.training import evaluate
-from app.api.app import create_app
-from app.training.datasets import Record, load_records
 from app.engine.base import GenerationRequest
+from app.main import app_for
+from app.settings import REPO_ROOT
+from app.tasks.manifests import load_tasks
+from app.tasks.service import Service
+from app.tasks.types.base import Task
+from app.training import evaluate
+from app.training.datasets import Record, load_records
 from app.training.evaluate import (
     AdapterChoice,
     add_compare_arguments,
@@ -29,10 +33,7 @@ from app.training.evaluate import (
     score,
     write_report,
 )
-from app.tasks.manifests import Task, load_tasks
-from app.tasks.service import Service
-from app.settings import REPO_ROOT
-from app.synthetic import write_jsonl
+from app.training.synthetic import write_jsonl
 from tests.fakes import FakeEngine, last_input, prompt_of
 
 ALL_FALSE = {"negated": False, "uncertain": False, "historical": False, "family": False}
@@ -40,7 +41,7 @@ MakeService = Callable[..., tuple[Service, FakeEngine]]
 
 
 def ents(*items: tuple[str, str]) -> str:
-    return json.dumps({"entities": [{"text": t, "label": lab, "attributes": ALL_FALSE} for t, lab in items]})
+    return json.dumps({"entities": [[t, lab] for t, lab in items]})
 
 
 def responder(outputs: dict[str, str]) -> Callable[[GenerationRequest], str]:
@@ -261,7 +262,7 @@ def test_predict_via_url_goes_through_the_api(make_fake_service: MakeService, tm
     service, engine = make_fake_service(responder(outputs))
     task = service.tasks["qa-it-clinical"]
     records = load(task, tmp_path, QA_ROWS)
-    transport = httpx.ASGITransport(app=create_app(service))  # no lifespan: the service is started below
+    transport = httpx.ASGITransport(app=app_for(service))  # no lifespan: the service is started below
 
     async def go(adapter: AdapterChoice) -> list[dict[str, Any]]:
         await service.start()
@@ -303,7 +304,7 @@ def test_eval_main_writes_reports_and_few_shot_uses_the_shots(
         engines.append(engine)
         return service
 
-    monkeypatch.setattr(evaluate, "make_local_service", fake_service)
+    monkeypatch.setattr(evaluate, "build_service", fake_service)
     out_a, out_b = tmp_path / "a", tmp_path / "b"
     assert eval_main(eval_args("--task", "classify-it-note-type", "--data", str(data), "--out", str(out_a))) == 0
     few_shot = ["--few-shot", "1", "--shots", str(shots), "--batch-size", "1"]
@@ -372,7 +373,7 @@ def test_eval_main_reports_bad_data_before_starting(
     def no_service(settings: Any) -> Service:
         raise AssertionError("the service must not be built for bad data")
 
-    monkeypatch.setattr(evaluate, "make_local_service", no_service)
+    monkeypatch.setattr(evaluate, "build_service", no_service)
     assert eval_main(eval_args("--task", "classify-it-note-type", "--data", str(data))) == 2
     assert "line 1: labels: at least one label is required" in capsys.readouterr().err
 
@@ -396,7 +397,7 @@ def test_eval_main_over_url_uses_the_served_task(
     service, engine = make_fake_service(responder(NER_OUT))
     data = tmp_path / "ner.jsonl"
     write_jsonl(data, NER_ROWS)
-    transport = httpx.ASGITransport(app=create_app(service))
+    transport = httpx.ASGITransport(app=app_for(service))
     real_client = httpx.AsyncClient
 
     def client(**kwargs: Any) -> httpx.AsyncClient:

@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from app import problems
-from app.tasks.metrics import EngineMetrics, Metrics
+from app.engine.remote.metrics import EngineMetrics
 from app.settings import REPO_ROOT
+from app.tasks.metrics import Metrics
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "medlora-dashboard.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

@@ -1,4 +1,4 @@
-"""The compiled grammar, checked by llguidance itself with the tiny model's real tokenizer."""
+"""The compiled grammar, checked by llguidance itself with the real Qwen3 tokenizer."""
 
 from __future__ import annotations
 
@@ -10,38 +10,18 @@ import pytest
 from hypothesis import given, settings
 
 from app.tasks.grammar import compile_grammar, source_pieces
-from tests.conftest import SCHEMAS_DIR
+from tests.conftest import SCHEMAS_DIR, accepts
 from tests.strategies import texts
 
 llguidance = pytest.importorskip("llguidance")
-ALL_FALSE = {"negated": False, "uncertain": False, "historical": False, "family": False}
-
-
-@pytest.fixture(scope="module")
-def lltok(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from llguidance.hf import from_tokenizer
-    from transformers import AutoTokenizer
-
-    from app.training.tiny_model import build_tiny_base
-
-    base = build_tiny_base(tmp_path_factory.mktemp("tok") / "base")
-    return from_tokenizer(AutoTokenizer.from_pretrained(base))
 
 
 def ner_schema() -> dict[str, Any]:
     return dict(json.loads((SCHEMAS_DIR / "ner-it-clinical.json").read_text()))
 
 
-def accepts(lltok: Any, grammar: str, output: str) -> bool:
-    matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
-    assert not matcher.is_error(), matcher.get_error()
-    ok = matcher.consume_tokens(lltok.tokenize_str(output))
-    return bool(ok and not matcher.is_error() and matcher.is_accepting())
-
-
-def ner_json(*spans: tuple[str, str]) -> str:
-    entities = [{"text": t, "label": lab, "attributes": ALL_FALSE} for t, lab in spans]
-    return json.dumps({"entities": entities}, ensure_ascii=False, separators=(",", ":"))
+def ner_json(*entities: tuple[str, ...]) -> str:
+    return json.dumps({"entities": [list(e) for e in entities]}, ensure_ascii=False, separators=(",", ":"))
 
 
 SOURCE = 'Nega "dolore" toracico;\tcaffè\\latte\r\n🙂 febbre 38,5 °C'
@@ -61,6 +41,11 @@ SOURCE = 'Nega "dolore" toracico;\tcaffè\\latte\r\n🙂 febbre 38,5 °C'
         (ner_json(("", "SYMPTOM")), False),  # empty span
         (ner_json(("dolore", "SYMPTOM")).replace(":", ": "), False),  # whitespace outside strings
         ('{"entities":[]} ', False),
+        (ner_json(("dolore", "SYMPTOM", "negated", "family")), True),  # attributes that hold
+        (ner_json(("dolore", "SYMPTOM", "family", "negated")), False),  # not in the manifest's order
+        (ner_json(("dolore", "SYMPTOM", "negated", "negated")), False),  # an attribute twice
+        (ner_json(("dolore", "SYMPTOM", "smoker")), False),  # not an attribute
+        (ner_json(("dolore",)), False),  # no label
     ],
 )
 def test_ner_grammar_admits_exactly_grounded_schema_outputs(lltok: Any, output: str, expected: bool) -> None:
@@ -72,8 +57,8 @@ def test_span_length_and_item_count_are_bounded(lltok: Any) -> None:
     grammar = compile_grammar(ner_schema(), source)
     assert accepts(lltok, grammar, ner_json((source[:80].rsplit(" ", 1)[0], "TEST")))
     assert not accepts(lltok, grammar, ner_json((source[:90], "TEST")))
-    assert accepts(lltok, grammar, ner_json(*[("parola1", "TEST")] * 24))
-    assert not accepts(lltok, grammar, ner_json(*[("parola1", "TEST")] * 25))
+    assert accepts(lltok, grammar, ner_json(*[("parola1", "TEST")] * 64))
+    assert not accepts(lltok, grammar, ner_json(*[("parola1", "TEST")] * 65))
 
 
 @given(texts)

@@ -30,9 +30,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.tasks.manifests import load_tasks
-from app.engine.remote import vllm_server_args
+from app.engine.remote.server_args import vllm_server_args
 from app.settings import REPO_ROOT, Settings
+from app.tasks.manifests import load_tasks
 
 CHART = REPO_ROOT / "helm" / "medlora"
 RELEASE, NAMESPACE = "medlora", "clinical"

@@ -34,7 +34,10 @@ def test_shipped_manifests_load() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"type": "relation"}, "ner-it-clinical.yaml: type: Input should be 'ner', 'qa' or 'classification'"),
+        (
+            {"type": "relation"},
+            "ner-it-clinical.yaml: type: unknown task type 'relation' (known: classification, ner, qa)",
+        ),
         ({"labels": [{"name": "DRUG"}]}, "ner-it-clinical.yaml: labels: must equal the schema's"),
         ({"schema": "missing.json"}, "ner-it-clinical.yaml: schema: cannot load"),
         ({"adapter": {"name": "x", "version": "1"}}, "ner-it-clinical.yaml: adapter.path: Field required"),
@@ -44,20 +47,7 @@ def test_shipped_manifests_load() -> None:
                 "examples": [
                     {
                         "input": {"text": "abc"},
-                        "output": {
-                            "entities": [
-                                {
-                                    "text": "zzz",
-                                    "label": "DRUG",
-                                    "attributes": {
-                                        "negated": False,
-                                        "uncertain": False,
-                                        "historical": False,
-                                        "family": False,
-                                    },
-                                }
-                            ]
-                        },
+                        "output": {"entities": [["zzz", "DRUG", "negated"]]},
                     }
                 ]
             },

@@ -6,8 +6,9 @@ from typing import Any
 import pytest
 
 from app.tasks.grammar import compile_grammar, json_escape
+from app.tasks.prompts import serialize_output
 from app.tasks.schema import SchemaBoundsError, check_schema, worst_case_bytes
-from tests.conftest import SCHEMAS_DIR
+from tests.conftest import SCHEMAS_DIR, accepts, shipped_task
 
 
 def obj(**props: Any) -> dict[str, Any]:
@@ -33,29 +34,60 @@ def test_unbounded_or_unsupported_schemas_are_refused(schema: dict[str, Any], fr
 
 
 @pytest.mark.parametrize("name", ["ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type"])
-def test_shipped_schemas_are_bounded_and_compile(name: str) -> None:
+def test_shipped_schemas_are_bounded_and_their_grammars_admit_the_tasks_examples(lltok: Any, name: str) -> None:
     schema = json.loads((SCHEMAS_DIR / f"{name}.json").read_text())
     check_schema(schema)
-    grammar = compile_grammar(schema, 'Testo "con" virgolette\\ e\ttab\r\n🙂')
-    assert grammar.startswith("start: ")
+    task = shipped_task(name)
+    for example in task.manifest.examples:
+        source = example.input[task.kind.source_field]
+        # llguidance compiles the grammar over the real Qwen3 vocabulary and takes the answer.
+        grammar = compile_grammar(schema, source + ' Testo "con" virgolette\\ e\ttab\r\n🙂')
+        assert accepts(lltok, grammar, serialize_output(schema, example.output))
+        assert not accepts(lltok, grammar, serialize_output(schema, example.output) + "}")
 
 
-def test_worst_case_covers_the_largest_admitted_ner_output() -> None:
+@pytest.mark.parametrize("source", ['"\\' * 300, "🙂è" * 200, "ascii text " * 40])
+def test_worst_case_covers_the_largest_admitted_ner_output(source: str) -> None:
     schema = json.loads((SCHEMAS_DIR / "ner-it-clinical.json").read_text())
-    source = '"\\' * 300  # escapes double every character's size
-    longest_span = json_escape(source)[:80]
-    entity = {
-        "text": json.loads(f'"{longest_span.rstrip(chr(92))}"'),
-        "label": "BODY_PART",
-        "attributes": {"negated": False, "uncertain": False, "historical": False, "family": False},
-    }
-    biggest = json.dumps({"entities": [entity] * 24}, ensure_ascii=False, separators=(",", ":"))
-    assert len(biggest.encode()) <= worst_case_bytes(schema, len(json_escape(source).encode()))
+    escaped = json_escape(source)
+    # The heaviest span the grammar admits: 80 escaped characters of the source (an escape is
+    # never cut: the spans are runs of whole escaped pieces).
+    span = max((escaped[i : i + 80] for i in range(len(escaped) - 79)), key=lambda s: len(s.encode()))
+    text = json.loads(f'"{span.rstrip(chr(92))}"')
+    entity = [text, "BODY_PART", "negated", "uncertain", "historical", "family"]
+    biggest = json.dumps({"entities": [entity] * 64}, ensure_ascii=False, separators=(",", ":"))
+    bound = worst_case_bytes(schema, escaped)
+    assert len(biggest.encode()) <= bound
+    # Tight: no more than the escapes cut from the span's end.
+    assert bound - len(biggest.encode()) <= 64 * 2
 
 
 def test_worst_case_is_limited_by_a_short_source() -> None:
     schema = json.loads((SCHEMAS_DIR / "qa-it-clinical.json").read_text())
-    assert worst_case_bytes(schema, 10) == len('{"answer":""}') + 10
+    assert worst_case_bytes(schema, "0123456789") == len('{"answer":""}') + 10
+
+
+def test_worst_case_counts_the_bytes_of_the_heaviest_window_not_four_per_character() -> None:
+    schema = obj(a={"type": "string", "maxLength": 48, "x-medlora-grounded": True})
+    light, heavy = "a" * 100, "a" * 100 + "€" * 48  # "€" is 3 bytes
+    assert worst_case_bytes(schema, light) == len('{"a":""}') + 48
+    assert worst_case_bytes(schema, heavy) == len('{"a":""}') + 3 * 48
+
+
+def test_tuple_arrays_need_their_prefix_required_and_room_for_every_flag() -> None:
+    label = {"enum": ["A", "B"]}
+    text = {"type": "string", "maxLength": 48, "x-medlora-grounded": True}
+    flags = {"enum": ["x", "y"]}
+
+    def entities(**array: Any) -> dict[str, Any]:
+        item = {"type": "array", "prefixItems": [text, label], "items": flags, "uniqueItems": True, **array}
+        return obj(e={"type": "array", "maxItems": 4, "items": item})
+
+    check_schema(entities(minItems=2, maxItems=4))
+    with pytest.raises(SchemaBoundsError, match="minItems == len"):
+        check_schema(entities(maxItems=4))
+    with pytest.raises(SchemaBoundsError, match="room for every flag"):
+        check_schema(entities(minItems=2, maxItems=3))
 
 
 def test_grounded_field_too_short_for_one_piece_is_refused() -> None:

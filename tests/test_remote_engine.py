@@ -19,13 +19,13 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from app.engine import remote as remote_engine
-from app.api.app import create_app
 from app.engine.base import AdapterHandle, EngineError, EngineUnavailable, GenerationRequest
-from app.tasks.prompts import PromptRenderer
-from app.engine.remote import RemoteEngine, engine_name
-from app.tasks.service import build_service
+from app.engine.remote import discovery
+from app.engine.remote.engine import RemoteEngine, engine_name
+from app.main import app_for
 from app.settings import Settings
+from app.tasks.prompts import PromptRenderer
+from app.tasks.service import build_service
 from tests.conftest import TASKS_DIR
 from tests.fakes import FAKE_BASE, FakeTokenizer, ner_output
 
@@ -458,7 +458,7 @@ def test_remote_mode_without_urls_is_a_configuration_error() -> None:
 
 def test_resolve_replicas_keeps_static_urls_as_given() -> None:
     urls = ["http://a:8000", "https://b.example/v"]
-    assert asyncio.run(remote_engine.resolve_replicas(urls, "static")) == urls
+    assert asyncio.run(discovery.resolve_replicas(urls, "static")) == urls
 
 
 def test_gateway_turns_a_replica_lost_mid_request_into_a_retryable_503(fake_adapters_dir: Path) -> None:
@@ -479,7 +479,7 @@ def test_gateway_turns_a_replica_lost_mid_request_into_a_retryable_503(fake_adap
         settings, engine=engine, renderer=PromptRenderer(FakeTokenizer()), metrics_registry=registry
     )
     body = {"task": "ner-it-clinical", "documents": [{"id": "d1", "text": "febbre alta"}]}
-    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+    with TestClient(app_for(service), raise_server_exceptions=False) as client:
         deadline = time.monotonic() + 10
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline
@@ -715,11 +715,11 @@ def test_one_name_failing_to_resolve_does_not_freeze_the_others(monkeypatch: pyt
     async def scenario() -> None:
         monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", fake_getaddrinfo)
         urls = ["http://pool-a:8000", "http://pool-b:9000"]
-        known = await remote_engine.resolve_replicas(urls, "dns")
+        known = await discovery.resolve_replicas(urls, "dns")
         assert known == ["http://10.0.0.1:8000", "http://10.0.1.1:9000"]
         del answers["pool-a"]
         answers["pool-b"] = ["10.0.1.2"]
-        assert await remote_engine.resolve_replicas(urls, "dns", known=known) == [
+        assert await discovery.resolve_replicas(urls, "dns", known=known) == [
             "http://10.0.0.1:8000",  # kept: its name failed
             "http://10.0.1.2:9000",  # followed
         ]
@@ -733,7 +733,7 @@ def test_dual_stack_answers_count_each_pod_once(monkeypatch: pytest.MonkeyPatch)
 
     async def scenario() -> None:
         monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", fake_getaddrinfo)
-        assert await remote_engine.resolve_replicas(["http://vllm:8000"], "dns") == ["http://10.0.0.1:8000"]
+        assert await discovery.resolve_replicas(["http://vllm:8000"], "dns") == ["http://10.0.0.1:8000"]
 
     run(scenario)
 

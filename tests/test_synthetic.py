@@ -10,28 +10,31 @@ from typing import Any
 
 import pytest
 
-from app.tasks.grounding import ground_answer, ground_spans
-from app.tasks.manifests import Task, load_tasks
 from app.settings import REPO_ROOT
-from app.synthetic import (
-    IT,
-    MAX_ENTITIES,
-    MAX_ENTITY_CHARS,
-    MAX_NOTE_CHARS,
-    MIN_NOTE_CHARS,
-    VOCABS,
-    Lang,
-    _parse,
-    classification_examples,
-    examples_for_task,
-    ner_examples,
-    qa_examples,
-    write_jsonl,
-)
+from app.tasks.chunking import Chunk
+from app.tasks.grounding import ground_answer, ground_spans
+from app.tasks.manifests import load_tasks
+from app.tasks.types.base import Task
+from app.training.synthetic import examples_for_task, write_jsonl
+from app.training.synthetic.notes import MAX_ENTITIES, MAX_ENTITY_CHARS, MAX_NOTE_CHARS, MIN_NOTE_CHARS, _parse
+from app.training.synthetic.vocab import IT, VOCABS, Lang
+from tests.conftest import shipped_task
 
 TASK_NAMES = ["ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type"]
 NER_TASKS: dict[Lang, str] = {"it": "ner-it-clinical", "en": "ner-en-clinical"}
 N = 150
+
+
+def ner_examples(lang: Lang, n: int, seed: int) -> list[dict[str, Any]]:
+    return examples_for_task(shipped_task(NER_TASKS[lang]), n, seed)
+
+
+def qa_examples(n: int, seed: int) -> list[dict[str, Any]]:
+    return examples_for_task(shipped_task("qa-it-clinical"), n, seed)
+
+
+def classification_examples(n: int, seed: int) -> list[dict[str, Any]]:
+    return examples_for_task(shipped_task("classify-it-note-type"), n, seed)
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +52,14 @@ def note_text(row: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("task_name", TASK_NAMES)
 def test_same_seed_gives_identical_output(task_name: str) -> None:
-    assert dumps(examples_for_task(task_name, 40, seed=3)) == dumps(examples_for_task(task_name, 40, seed=3))
+    task = shipped_task(task_name)
+    assert dumps(examples_for_task(task, 40, seed=3)) == dumps(examples_for_task(task, 40, seed=3))
 
 
 @pytest.mark.parametrize("task_name", TASK_NAMES)
 def test_different_seeds_give_different_notes(task_name: str) -> None:
-    first = [note_text(r) for r in examples_for_task(task_name, 40, seed=1)]
-    second = [note_text(r) for r in examples_for_task(task_name, 40, seed=2)]
+    first = [note_text(r) for r in examples_for_task(shipped_task(task_name), 40, seed=1)]
+    second = [note_text(r) for r in examples_for_task(shipped_task(task_name), 40, seed=2)]
     assert first != second
     assert sum(a != b for a, b in zip(first, second, strict=True)) > 30
 
@@ -64,7 +68,7 @@ def test_generation_leaves_global_random_state_alone() -> None:
     random.seed(1234)
     before = random.getstate()
     for task_name in TASK_NAMES:
-        examples_for_task(task_name, 10, seed=0)
+        examples_for_task(shipped_task(task_name), 10, seed=0)
     assert random.getstate() == before
 
 
@@ -115,11 +119,8 @@ def test_ner_attributes_and_labels_match_the_manifest(lang: Lang, tasks: dict[st
 def test_ner_output_validates_against_the_task_schema(lang: Lang, tasks: dict[str, Task]) -> None:
     task = tasks[NER_TASKS[lang]]
     for row in ner_examples(lang, N, seed=8):
-        output = {
-            "entities": [
-                {"text": e["text"], "label": e["label"], "attributes": e["attributes"]} for e in row["entities"]
-            ]
-        }
+        (output,) = task.kind.targets(task, {"entities": row["entities"]}, Chunk(0, row["text"]))
+        assert len(output["entities"]) == len(row["entities"])
         errors = [e.message for e in task.validator.iter_errors(output)]
         assert not errors, (row["id"], errors)
 
@@ -195,15 +196,17 @@ def test_every_template_parses(lang: Lang) -> None:
             assert _parse(template), template
 
 
-def test_examples_for_task_rejects_unknown_tasks() -> None:
-    with pytest.raises(ValueError, match="no synthetic generator"):
-        examples_for_task("ner-fr-clinical", 1, seed=0)
+def test_examples_for_task_rejects_a_language_the_generator_does_not_write() -> None:
+    task = shipped_task("ner-it-clinical")
+    french = task.with_manifest(task.manifest.model_copy(update={"languages": ["fr"]}))
+    with pytest.raises(ValueError, match="no synthetic notes in 'fr'"):
+        examples_for_task(french, 1, seed=0)
 
 
 def test_examples_for_task_covers_every_shipped_task(tasks: dict[str, Task]) -> None:
     assert sorted(tasks) == sorted(TASK_NAMES)
     for name in tasks:
-        assert len(examples_for_task(name, 3, seed=0)) == 3
+        assert len(examples_for_task(shipped_task(name), 3, seed=0)) == 3
 
 
 def test_write_jsonl_round_trips_utf8(tmp_path: Path) -> None:

@@ -14,6 +14,10 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.problems import FORBIDDEN, UNAUTHORIZED, Problem
 
@@ -107,7 +111,8 @@ class Caller:
         return self.name is None or self.admin or owner == self.name
 
 
-OPEN = Caller(None, False)
+# No key file configured (local development): anyone may do anything, administration included.
+OPEN = Caller(None, True)
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -152,17 +157,6 @@ class Authenticator:
             raise _unauthorized()
         return Caller(name, admin)
 
-    def admin(self, authorization: str | None) -> str | None:
-        """The caller's key name for an admin endpoint; any configured auth requires an admin key."""
-        if not self.enabled:
-            return None
-        name, is_admin = self._identify(authorization)
-        if name is None:
-            raise _unauthorized()
-        if not is_admin:
-            raise Problem(FORBIDDEN, "adapter administration needs an admin key")
-        return name
-
 
 def _unauthorized() -> Problem:
     return Problem(
@@ -170,3 +164,25 @@ def _unauthorized() -> Problem:
         "send a valid key as 'Authorization: Bearer <key>'",
         headers={"WWW-Authenticate": 'Bearer realm="medlora"'},
     )
+
+
+# Declared on the /v1 routes so that the OpenAPI document says how to authenticate. The key
+# itself is checked once per request, by the gateway's middleware, before any body is read.
+BEARER = HTTPBearer(auto_error=False, description="API key (admin key for adapter administration)")
+
+
+def current_caller(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> Caller:
+    """Who sent the request, as the middleware authenticated it."""
+    caller: Caller = getattr(request.state, "caller", OPEN)
+    return caller
+
+
+def admin_caller(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+    """Adapter administration: with authentication on, only an admin key may."""
+    if not caller.admin:
+        raise Problem(FORBIDDEN, "adapter administration needs an admin key")
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+AdminDep = Annotated[Caller, Depends(admin_caller)]

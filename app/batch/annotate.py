@@ -26,10 +26,6 @@ from typing import Any
 
 import httpx
 
-from app.batch.journal import Journal, JournalError, recover
-from app.tasks.manifests import ManifestError, load_tasks
-from app.problems import DUPLICATE_ID, EMPTY_TEXT, INVALID_LINE, TIMEOUT, Problem, unexpected
-from app.tasks.service import Service, make_local_service, settings_for
 from app.api.client import (
     API_KEY_ENV,
     HTTP_TIMEOUT,
@@ -40,10 +36,17 @@ from app.api.client import (
     post_with_retries,
     wait_ready,
 )
+from app.batch.journal import Journal, JournalError, recover
+from app.problems import DUPLICATE_ID, EMPTY_TEXT, INVALID_LINE, TIMEOUT, Problem, unexpected
 from app.settings import Settings
-from app.tasks.calls import BATCH_PRIORITY, ENDPOINT_OF, ITEMS_KEY, call_json
+from app.tasks.calls import BATCH_PRIORITY, call_json
+from app.tasks.manifests import ManifestError, load_tasks
+from app.tasks.service import Service, build_service, settings_for
+from app.tasks.types import task_type
+from app.tasks.types.base import TaskType
 
 _ID_MAX = 256
+Fields = tuple[str, ...]  # a task type's input fields, the note first
 
 
 class AnnotateError(Exception):
@@ -67,21 +70,17 @@ class Columns:
     question: str = "question"
 
 
-def _fields(task_type: str) -> tuple[str, ...]:
-    return ("context", "question") if task_type == "qa" else ("text",)
-
-
 def _invalid(position: str, number: int, reason: str, item_id: str | None = None) -> InputRecord:
     return InputRecord(position, number, item_id, None, Problem(INVALID_LINE, f"{position}: {reason}"))
 
 
-def _record(position: str, number: int, raw_id: Any, values: dict[str, Any], task_type: str) -> InputRecord:
+def _record(position: str, number: int, raw_id: Any, values: dict[str, Any], fields: Fields) -> InputRecord:
     if isinstance(raw_id, int) and not isinstance(raw_id, bool):
         raw_id = str(raw_id)
     if not isinstance(raw_id, str) or not raw_id or len(raw_id) > _ID_MAX or re.search(r"[\x00-\x1f]", raw_id):
         return _invalid(position, number, f"needs an id: a string of 1-{_ID_MAX} characters without control characters")
     payload: dict[str, str] = {}
-    for name in _fields(task_type):
+    for name in fields:
         value = values.get(name)
         if not isinstance(value, str):
             return _invalid(position, number, f"field {name!r} must be a string", raw_id)
@@ -90,13 +89,12 @@ def _record(position: str, number: int, raw_id: Any, values: dict[str, Any], tas
         except UnicodeEncodeError:
             return _invalid(position, number, f"field {name!r} is not valid UTF-8", raw_id)
         payload[name] = value
-    main_text = payload.get("text", payload.get("context", ""))
-    if not main_text.strip():
+    if not payload[fields[0]].strip():
         return InputRecord(position, number, raw_id, None, Problem(EMPTY_TEXT, f"{position}: the note is empty"))
     return InputRecord(position, number, raw_id, payload)
 
 
-def read_jsonl(path: Path, task_type: str) -> Generator[InputRecord, None, None]:
+def read_jsonl(path: Path, fields: Fields) -> Generator[InputRecord, None, None]:
     number = 0
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
@@ -115,11 +113,11 @@ def read_jsonl(path: Path, task_type: str) -> Generator[InputRecord, None, None]
             if not isinstance(obj, dict):
                 yield _invalid(position, number, "not a JSON object")
                 continue
-            yield _record(position, number, obj.get("id"), obj, task_type)
+            yield _record(position, number, obj.get("id"), obj, fields)
 
 
-def read_csv(path: Path, task_type: str, columns: Columns) -> Generator[InputRecord, None, None]:
-    wanted = {"id": columns.id, **{name: getattr(columns, name) for name in _fields(task_type)}}
+def read_csv(path: Path, fields: Fields, columns: Columns) -> Generator[InputRecord, None, None]:
+    wanted = {"id": columns.id, **{name: getattr(columns, name, name) for name in fields}}
     # surrogateescape keeps bad bytes as lone surrogates, so one bad row is rejected, not the file.
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
@@ -128,12 +126,12 @@ def read_csv(path: Path, task_type: str, columns: Columns) -> Generator[InputRec
             raise AnnotateError(f"{path}: missing column(s) {missing}; header has {reader.fieldnames}")
         for number, row in enumerate(reader, start=1):
             values = {name: row.get(col) for name, col in wanted.items()}
-            yield _record(f"row {number}", number, values.pop("id"), values, task_type)
+            yield _record(f"row {number}", number, values.pop("id"), values, fields)
 
 
-def read_folder(path: Path, task_type: str) -> Generator[InputRecord, None, None]:
-    if task_type == "qa":
-        raise AnnotateError("QA needs a question per note: use JSONL or CSV input, not a folder")
+def read_folder(path: Path, fields: Fields) -> Generator[InputRecord, None, None]:
+    if len(fields) > 1:
+        raise AnnotateError(f"this task needs {' and '.join(fields)} per note: use JSONL or CSV input, not a folder")
     files = sorted(p for p in path.rglob("*.txt") if p.is_file())
     for number, file in enumerate(files, start=1):
         rel = file.relative_to(path).as_posix()
@@ -143,25 +141,26 @@ def read_folder(path: Path, task_type: str) -> Generator[InputRecord, None, None
         except UnicodeDecodeError:
             yield _invalid(position, number, "not valid UTF-8", rel[: -len(".txt")])
             continue
-        yield _record(position, number, rel[: -len(".txt")], {"text": text}, task_type)
+        yield _record(position, number, rel[: -len(".txt")], {fields[0]: text}, fields)
 
 
-def read_input(path: Path, task_type: str, columns: Columns) -> Generator[InputRecord, None, None]:
+def read_input(path: Path, fields: Fields, columns: Columns) -> Generator[InputRecord, None, None]:
+    """Records with the task's input fields (`TaskType.input_fields`; the first is the note)."""
     if path.is_dir():
-        return read_folder(path, task_type)
+        return read_folder(path, fields)
     if not path.is_file():
         raise AnnotateError(f"{path}: no such file or folder")
     if path.suffix.lower() == ".csv":
-        return read_csv(path, task_type, columns)
-    return read_jsonl(path, task_type)
+        return read_csv(path, fields, columns)
+    return read_jsonl(path, fields)
 
 
-def check_input(path: Path, task_type: str, columns: Columns) -> None:
+def check_input(path: Path, fields: Fields, columns: Columns) -> None:
     """Raise AnnotateError now for a missing path, CSV columns or a folder given to QA.
 
     The readers are generators: their checks run at the first record, so take one.
     """
-    records = read_input(path, task_type, columns)
+    records = read_input(path, fields, columns)
     next(records, None)
     records.close()
 
@@ -201,14 +200,14 @@ class LineFailed(Exception):
 Backend = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]  # (endpoint, body, request id)
 
 
-def request_body(task: str, endpoint: str, record: InputRecord) -> dict[str, Any]:
+def request_body(task: str, kind: TaskType[Any], record: InputRecord) -> dict[str, Any]:
     assert record.payload is not None and record.id is not None
-    return {"task": task, ITEMS_KEY[endpoint]: [{"id": record.id, **record.payload}]}
+    return {"task": task, kind.items_field: [{"id": record.id, **record.payload}]}
 
 
-def output_line(endpoint: str, response: dict[str, Any]) -> dict[str, Any]:
+def output_line(kind: TaskType[Any], response: dict[str, Any]) -> dict[str, Any]:
     """One annotated note: the API's per-item object plus the model that produced it."""
-    item = dict(response[ITEMS_KEY[endpoint]][0])
+    item = dict(response[kind.items_field][0])
     item["model"] = response["model"]
     return item
 
@@ -294,7 +293,7 @@ async def annotate(
     backend: Backend,
     *,
     task: str,
-    task_type: str,
+    kind: TaskType[Any],
     output: Path,
     errors: Path,
     summary: Summary,
@@ -307,7 +306,7 @@ async def annotate(
     `records` is called twice: once to count (for the ETA), once to run, so a large
     archive streams instead of being held in memory.
     """
-    endpoint = ENDPOINT_OF[task_type]
+    endpoint = kind.endpoint
     started = time.perf_counter()
     with Journal(output) as out, Journal(errors) as err:
         done_ids = {str(r.get("id")) for r in out.open()}
@@ -325,11 +324,11 @@ async def annotate(
 
         async def run_one(record: InputRecord) -> None:
             try:
-                response = await backend(endpoint, request_body(task, endpoint, record), f"annotate-{record.number}")
+                response = await backend(endpoint, request_body(task, kind, record), f"annotate-{record.number}")
             except LineFailed as exc:
                 fail(record, exc.problem)
             else:
-                out.append(output_line(endpoint, response))
+                out.append(output_line(kind, response))
                 summary.annotated += 1
             progress.advance(summary.failed)
 
@@ -449,12 +448,12 @@ async def _run(args: argparse.Namespace, summary: Summary) -> Summary:
     columns = Columns(args.id_column, args.text_column, args.context_column, args.question_column)
     tty = sys.stderr.isatty()
 
-    async def run_with(backend: Backend, task_type: str) -> Summary:
+    async def run_with(backend: Backend, kind: TaskType[Any]) -> Summary:
         return await annotate(
-            lambda: read_input(args.input, task_type, columns),
+            lambda: read_input(args.input, kind.input_fields, columns),
             backend,
             task=args.task,
-            task_type=task_type,
+            kind=kind,
             output=args.output,
             errors=Path(summary.errors),
             summary=summary,
@@ -478,18 +477,21 @@ async def _run(args: argparse.Namespace, summary: Summary) -> Summary:
             types = {t["name"]: t["type"] for t in tasks}
             if args.task not in types:
                 raise AnnotateError(f"{args.url} has no task {args.task!r} (tasks: {sorted(types)})")
-            check_input(args.input, types[args.task], columns)
-            return await run_with(remote_backend(client), types[args.task])
+            kind = task_type(types[args.task])
+            if kind is None:
+                raise AnnotateError(f"task {args.task!r} is of a type this client does not know: {types[args.task]}")
+            check_input(args.input, kind.input_fields, columns)
+            return await run_with(remote_backend(client), kind)
     settings = settings_for(args.model, args.adapters)
     tasks_found = load_tasks(settings.tasks_dir, settings.schemas_dir)
     if args.task not in tasks_found:
         raise AnnotateError(f"no task {args.task!r} in {settings.tasks_dir} (tasks: {sorted(tasks_found)})")
-    task_type = tasks_found[args.task].type
-    check_input(args.input, task_type, columns)  # seconds, not after the engine's start
-    service = make_local_service(settings)
+    kind = tasks_found[args.task].kind
+    check_input(args.input, kind.input_fields, columns)  # seconds, not after the engine's start
+    service = build_service(settings)
     try:
         await service.start()
-        return await run_with(in_process_backend(service), task_type)
+        return await run_with(in_process_backend(service), kind)
     finally:
         await service.stop()
 
@@ -606,7 +608,7 @@ def merge_main(args: argparse.Namespace) -> int:
         if args.task not in tasks:
             raise AnnotateError(f"no task {args.task!r} in {settings.tasks_dir}")
         columns = Columns(args.id_column, args.text_column, args.context_column, args.question_column)
-        records = read_input(args.input, tasks[args.task].type, columns)
+        records = read_input(args.input, tasks[args.task].kind.input_fields, columns)
         report = merge_shards(records, args.shards, args.output, args.errors or default_errors_path(args.output))
     except (AnnotateError, JournalError, ManifestError, OSError) as exc:
         print(f"medlora merge: {exc}", file=sys.stderr)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import OPEN, Caller
-from app.batch.jobs import BATCH_ENDPOINTS, COMPLETION_WINDOWS, BatchRunner
+from app.api.auth import Caller, CallerDep
+from app.batch.jobs import COMPLETION_WINDOWS, BatchRunner, batch_endpoints
 from app.batch.store import FINAL_STATUSES, Batch, BatchStore, StoredFile, new_id
 from app.problems import (
     BATCH_NOT_CANCELLABLE,
@@ -23,6 +23,7 @@ from app.problems import (
     Problem,
 )
 from app.settings import Settings
+from app.tasks.service import Service
 
 _CHUNK = 1 << 20
 
@@ -31,18 +32,9 @@ class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input_file_id: str = Field(max_length=128)
-    endpoint: str = Field(description="One of /v1/ner, /v1/qa, /v1/classify.")
+    endpoint: str = Field(description="A task endpoint: /v1/ner, /v1/qa, /v1/classify, ...")
     completion_window: str = Field(description='Only "24h", as in the OpenAI API.')
     metadata: dict[str, str] | None = None
-
-
-def current_caller(request: Request) -> Caller:
-    """Set by the gateway's authentication before the route runs."""
-    caller: Caller = getattr(request.state, "caller", OPEN)
-    return caller
-
-
-CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
 def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> APIRouter:
@@ -116,8 +108,8 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
 
     @router.post("/v1/batches")
     async def create_batch(body: BatchCreate, caller: CallerDep) -> dict[str, Any]:
-        if body.endpoint not in BATCH_ENDPOINTS:
-            raise Problem(INVALID_REQUEST, f"endpoint must be one of {sorted(BATCH_ENDPOINTS)}")
+        if body.endpoint not in batch_endpoints():
+            raise Problem(INVALID_REQUEST, f"endpoint must be one of {sorted(batch_endpoints())}")
         if body.completion_window not in COMPLETION_WINDOWS:
             raise Problem(INVALID_REQUEST, f"completion_window must be one of {sorted(COMPLETION_WINDOWS)}")
         source = await get_file(body.input_file_id, caller)
@@ -172,3 +164,20 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
         return view
 
     return router
+
+
+class BatchJobs:
+    """The batch jobs API as one part of the gateway: its store, its runner, its routes."""
+
+    def __init__(self, settings: Settings, service: Service):
+        self.store = BatchStore(settings.batch_dir)
+        self.runner = BatchRunner(service, self.store, concurrency=settings.batch_concurrency)
+        self.router = batch_router(settings, self.store, self.runner)
+
+    async def start(self) -> None:
+        # Unfinished jobs pick up where they stopped; their lines wait for the engine.
+        await self.runner.resume_all()
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        self.store.close()

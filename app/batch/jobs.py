@@ -17,18 +17,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.batch.store import ACTIVE_STATUSES, Batch, BatchStore
 from app.batch.journal import Journal, recover
+from app.batch.store import ACTIVE_STATUSES, Batch, BatchStore
 from app.problems import DUPLICATE_ID, ENGINE_UNAVAILABLE, INTERNAL, INVALID_LINE, NOT_READY, Problem, unexpected
+from app.tasks.calls import BATCH_PRIORITY, call_json, endpoints
 from app.tasks.service import Service
-from app.tasks.calls import BATCH_PRIORITY, TASK_TYPES, call_json
 
 # Times one line is retried after the engine lost it before it goes to the error file.
 ENGINE_UNAVAILABLE_RETRIES = 3
 log = logging.getLogger("medlora.batch")
 
-# Public endpoint paths a batch can target -> task_calls endpoint names.
-BATCH_ENDPOINTS = {f"/v1/{endpoint}": endpoint for endpoint in TASK_TYPES}
+
+def batch_endpoints() -> dict[str, str]:
+    """Public endpoint paths a batch can target -> task endpoint names (every task type's)."""
+    return {f"/v1/{endpoint}": endpoint for endpoint in endpoints()}
+
+
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 _COUNT_EVERY_S = 1.0
 
@@ -139,7 +143,7 @@ class BatchRunner:
     async def _work(self, batch: Batch) -> None:
         """Run every line not yet in the output or error journal."""
         folder = self.store.batch_dir(batch.id)
-        endpoint = BATCH_ENDPOINTS[batch.endpoint]
+        endpoint = batch_endpoints()[batch.endpoint]
         input_path = self.store.file_path(batch.input_file_id)
         with Journal(folder / "output.jsonl") as out, Journal(folder / "errors.jsonl") as err:
             written, rejected = out.open(), err.open()

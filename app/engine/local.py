@@ -61,12 +61,22 @@ class VllmEngine:
     async def start(self) -> None:
         # vLLM's CPU backend reads its KV cache size from the environment.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.cpu_kvcache_gib))
-        from vllm.v1.engine.async_llm import AsyncLLM
-
+        # The engine core runs in a spawned process: it must not inherit (fork) this one's state.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         started = time.perf_counter()
-        self._llm = AsyncLLM.from_engine_args(self.engine_args())
+        # Building AsyncLLM (config, model load, engine-core process start) takes tens of
+        # seconds of blocking work: in a thread, so the event loop keeps answering /livez.
+        # Built there, it starts its output handlers lazily; the first call on the loop does.
+        llm = await asyncio.to_thread(self._build)
+        await llm.is_sleeping()  # a utility round trip: the engine core answers, handlers run on this loop
+        self._llm = llm
         self.start_seconds = time.perf_counter() - started
         log.info("engine started", extra={"seconds": round(self.start_seconds, 1)})
+
+    def _build(self) -> AsyncLLM:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(self.engine_args())
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -16,28 +16,18 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from app.api import models as m
+from app.problems import INVALID_REQUEST, NOT_FOUND, TIMEOUT, Problem
 from app.tasks.adapters import AdapterChoice, AdapterUse
-from app.tasks.grounding import Span
-from app.tasks.manifests import Task
-from app.problems import INVALID_REQUEST, TIMEOUT, Problem
+from app.tasks.protocol import ModelInfo, TaskRequest
 from app.tasks.service import Service
-from app.tasks.runner import Document, QaItem
+from app.tasks.types import task_types
+from app.tasks.types.base import Task, TaskType
 
 log = logging.getLogger("medlora.calls")
 
 # Interactive requests go first in the engine's queue; batch work fills the gaps.
 INTERACTIVE_PRIORITY = 0
 BATCH_PRIORITY = 10
-
-REQUEST_MODELS: dict[str, type[m.NerRequest | m.QaRequest | m.ClassifyRequest]] = {
-    "ner": m.NerRequest,
-    "qa": m.QaRequest,
-    "classify": m.ClassifyRequest,
-}
-TASK_TYPES = {"ner": "ner", "qa": "qa", "classify": "classification"}  # endpoint -> task type
-ENDPOINT_OF = {task_type: endpoint for endpoint, task_type in TASK_TYPES.items()}
-ITEMS_KEY = {"ner": "documents", "qa": "items", "classify": "documents"}  # endpoint -> list of inputs
 
 
 class Abandoned(Exception):
@@ -46,17 +36,29 @@ class Abandoned(Exception):
 
 @dataclass(frozen=True)
 class TaskCall:
-    endpoint: str  # "ner" | "qa" | "classify"
+    endpoint: str  # the task type's endpoint: "ner", "qa", "classify", ...
     task: Task
     sizes: list[tuple[str, int]]  # (item id, characters) for the input limits
     choice: AdapterChoice
     run: Callable[[AdapterUse, int], Awaitable[BaseModel]]  # (adapter, priority) -> response
 
 
-def parse_body(endpoint: str, body: Any) -> m.NerRequest | m.QaRequest | m.ClassifyRequest:
+def endpoints() -> dict[str, TaskType[Any]]:
+    """Task types by endpoint name (POST /v1/<endpoint>)."""
+    return {kind.endpoint: kind for kind in task_types().values()}
+
+
+def endpoint_type(endpoint: str) -> TaskType[Any]:
+    kind = endpoints().get(endpoint)
+    if kind is None:
+        raise Problem(NOT_FOUND, f"no task endpoint {endpoint!r}", {"endpoints": sorted(endpoints())})
+    return kind
+
+
+def parse_body(kind: TaskType[Any], body: Any) -> TaskRequest:
     """Validate a raw JSON body as the endpoint's request model (problem on failure, no input echo)."""
     try:
-        return REQUEST_MODELS[endpoint].model_validate(body)
+        return kind.request_model.model_validate(body)
     except ValidationError as exc:
         raise Problem(INVALID_REQUEST, "request body failed validation", {"errors": validation_errors(exc)}) from None
 
@@ -73,67 +75,18 @@ def validation_errors(exc: _HasErrors) -> list[dict[str, Any]]:
     ]
 
 
-def _span_entity(span: Span) -> m.EntityOut:
-    return m.EntityOut(start=span.start, end=span.end, text=span.text, label=span.label, attributes=span.attributes)
+def prepare(service: Service, kind: TaskType[Any], body: TaskRequest) -> TaskCall:
+    """Resolve the task (of this endpoint's type) and bind the work, without running it."""
+    task = service.task(body.task, kind.name)
+    items = kind.inputs(body)
+    sizes = [(item.id, sum(len(value) for value in item.payload.values())) for item in items]
 
+    async def run(adapter: AdapterUse, priority: int) -> BaseModel:
+        results = await service.runner.run(task, adapter, items, priority=priority)
+        model = ModelInfo(base=service.model.display_name, adapter=adapter.name, adapter_version=adapter.version)
+        return kind.respond(task, model, items, results)
 
-def prepare(service: Service, endpoint: str, body: m.NerRequest | m.QaRequest | m.ClassifyRequest) -> TaskCall:
-    task = service.task(body.task, TASK_TYPES[endpoint])
-    runner = service.runner
-
-    def model_info(adapter: AdapterUse) -> m.ModelInfo:
-        return m.ModelInfo(base=service.model.display_name, adapter=adapter.name, adapter_version=adapter.version)
-
-    if isinstance(body, m.QaRequest):
-        items = [QaItem(i.id, i.context, i.question) for i in body.items]
-
-        async def run_qa(adapter: AdapterUse, priority: int) -> BaseModel:
-            results = await runner.qa(task, adapter, items, priority=priority)
-            return m.QaResponse(
-                task=task.name,
-                model=model_info(adapter),
-                items=[
-                    m.QaItemOut(
-                        id=r.id,
-                        answer=None
-                        if r.answer is None
-                        else m.AnswerOut(text=r.answer.text, start=r.answer.start, end=r.answer.end),
-                    )
-                    for r in results
-                ],
-            )
-
-        sizes = [(i.id, len(i.context) + len(i.question)) for i in items]
-        return TaskCall(endpoint, task, sizes, body.adapter_choice(), run_qa)
-
-    docs = [Document(d.id, d.text) for d in body.documents]
-    sizes = [(d.id, len(d.text)) for d in docs]
-    if isinstance(body, m.NerRequest):
-
-        async def run_ner(adapter: AdapterUse, priority: int) -> BaseModel:
-            results = await runner.ner(task, adapter, docs, priority=priority)
-            return m.NerResponse(
-                task=task.name,
-                model=model_info(adapter),
-                documents=[
-                    m.NerDocumentOut(
-                        id=r.id, entities=[_span_entity(s) for s in r.entities], entity_limit_reached=r.limit_reached
-                    )
-                    for r in results
-                ],
-            )
-
-        return TaskCall(endpoint, task, sizes, body.adapter_choice(), run_ner)
-
-    async def run_classify(adapter: AdapterUse, priority: int) -> BaseModel:
-        results = await runner.classify(task, adapter, docs, priority=priority)
-        return m.ClassifyResponse(
-            task=task.name,
-            model=model_info(adapter),
-            documents=[m.ClassifyDocumentOut(id=r.id, labels=r.labels) for r in results],
-        )
-
-    return TaskCall(endpoint, task, sizes, body.adapter_choice(), run_classify)
+    return TaskCall(kind.endpoint, task, sizes, body.adapter_choice(), run)
 
 
 async def execute(
@@ -213,6 +166,7 @@ async def call_json(
     client: str | None = None,
 ) -> dict[str, Any]:
     """Raw JSON body in, response JSON out (problems raised): the in-process twin of an HTTP POST."""
-    call = prepare(service, endpoint, parse_body(endpoint, body))
+    kind = endpoint_type(endpoint)
+    call = prepare(service, kind, parse_body(kind, body))
     response = await execute(service, call, request_id=request_id, origin=origin, priority=priority, client=client)
     return response.model_dump(mode="json")

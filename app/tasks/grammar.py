@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.tasks.schema import GROUNDED
+from app.tasks.schema import GROUNDED, unique_enum_tail
 
 # Pieces are words, whitespace runs or single other characters: a span can start or end
 # at any word boundary but never inside a word or inside a JSON escape. Runs are capped
@@ -73,17 +73,7 @@ class _Compiler:
             self.rules.append(f"{name}: " + " ".join(parts))
             return name
         if kind == "array":
-            item = self.value(node["items"])
-            lo, hi = node.get("minItems", 0), node["maxItems"]
-            if hi == 0:
-                return lark_literal("[]")
-            # llguidance rejects an empty repetition range such as {0,0}.
-            tail = f' ("," {item}){{{max(lo - 1, 0)},{hi - 1}}}' if hi > 1 else ""
-            body = f"{item}{tail}"
-            inner = body if lo > 0 else f"({body})?"
-            name = self.fresh("arr")
-            self.rules.append(f'{name}: "[" {inner} "]"')
-            return name
+            return self.tuple_array(node) if "prefixItems" in node else self.list_array(node)
         if kind == "string":
             lo, hi = max(node.get("minLength", 0), 0), node["maxLength"]
             if node.get(GROUNDED):
@@ -96,6 +86,39 @@ class _Compiler:
         if kind == "null":
             return '"null"'
         raise ValueError(f"unsupported schema type {kind!r}")
+
+    def list_array(self, node: dict[str, Any]) -> str:
+        lo, hi = node.get("minItems", 0), node["maxItems"]
+        if hi == 0:
+            return lark_literal("[]")
+        item = self.value(node["items"])
+        # llguidance rejects an empty repetition range such as {0,0}.
+        tail = f' ("," {item}){{{max(lo - 1, 0)},{hi - 1}}}' if hi > 1 else ""
+        body = f"{item}{tail}"
+        inner = body if lo > 0 else f"({body})?"
+        name = self.fresh("arr")
+        self.rules.append(f'{name}: "[" {inner} "]"')
+        return name
+
+    def tuple_array(self, node: dict[str, Any]) -> str:
+        """Every prefix item in order, then up to maxItems - len(prefix) extra items: for a
+        unique enum (flags), each value at most once and in declared order."""
+        prefix = node["prefixItems"]
+        parts = [self.value(prefix[0])]
+        for sub in prefix[1:]:
+            parts += ['","', self.value(sub)]
+        room = node["maxItems"] - len(prefix)
+        flags = unique_enum_tail(node)
+        if room > 0 and flags is not None:
+            options = [f'("," {lark_literal(json.dumps(v, ensure_ascii=False))})?' for v in flags]
+            if room < len(options):
+                raise ValueError("a flag tail must admit every flag (maxItems >= prefix + flags)")
+            parts += options
+        elif room > 0 and isinstance(node.get("items"), dict):
+            parts.append(f'("," {self.value(node["items"])}){{0,{room}}}')
+        name = self.fresh("tup")
+        self.rules.append(f'{name}: "[" {" ".join(parts)} "]"')
+        return name
 
     def span_terminal(self, lo: int, hi: int) -> str:
         key = (lo, hi)

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.tasks.manifests import Task
 from app.settings import ConfigurationError
+from app.tasks.types.base import Task
 
 Message = dict[str, str]
 
@@ -23,6 +23,9 @@ def canonical(value: Any, schema: dict[str, Any]) -> Any:
         ordered = {k: canonical(value[k], props[k]) for k in props if k in value}
         ordered.update({k: v for k, v in value.items() if k not in props})
         return ordered
+    if isinstance(value, list) and "prefixItems" in schema:
+        prefix = schema["prefixItems"]
+        return [canonical(v, prefix[i]) if i < len(prefix) else v for i, v in enumerate(value)]
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [canonical(v, schema["items"]) for v in value]
     for alternative in schema.get("anyOf", []):
@@ -31,40 +34,24 @@ def canonical(value: Any, schema: dict[str, Any]) -> Any:
     return value
 
 
-def serialize_output(task: Task, output: dict[str, Any]) -> str:
+def serialize_output(schema: dict[str, Any], output: dict[str, Any]) -> str:
     """Canonical model output: compact JSON, keys in schema order, UTF-8 characters kept."""
-    return json.dumps(canonical(output, task.schema), ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(canonical(output, schema), ensure_ascii=False, separators=(",", ":"))
 
 
-def system_prompt(task: Task) -> str:
-    m = task.manifest
-    lines = [m.instructions.strip()]
-    if m.labels:
-        lines.append("")
-        lines.append("Labels:")
-        lines += [f"- {label.name}: {label.description}".rstrip(": ") for label in m.labels]
-    if m.attributes:
-        lines.append("")
-        lines.append("Attributes (true or false for each entity):")
-        lines += [f"- {attr.name}: {attr.description}".rstrip(": ") for attr in m.attributes]
-    lines.append("")
-    lines.append("Answer with one JSON object only.")
+def system_prompt(task: Task, part: str = "") -> str:
+    lines = [task.manifest.instructions.strip(), *task.kind.format_lines(task, part)]
     return "\n".join(lines)
 
 
-def user_prompt(task: Task, payload: dict[str, str]) -> str:
-    if task.type == "qa":
-        return f"Context:\n{payload['context']}\n\nQuestion: {payload['question']}"
-    return f"Text:\n{payload['text']}"
-
-
-def build_messages(task: Task, payload: dict[str, str]) -> list[Message]:
+def build_messages(task: Task, payload: dict[str, str], part: str = "") -> list[Message]:
     """Chat messages for one input: instructions, few-shot examples, then the input."""
-    messages: list[Message] = [{"role": "system", "content": system_prompt(task)}]
+    kind = task.kind
+    messages: list[Message] = [{"role": "system", "content": system_prompt(task, part)}]
     for example in task.manifest.examples:
-        messages.append({"role": "user", "content": user_prompt(task, example.input)})
-        messages.append({"role": "assistant", "content": serialize_output(task, example.output)})
-    messages.append({"role": "user", "content": user_prompt(task, payload)})
+        messages.append({"role": "user", "content": kind.user_prompt(example.input)})
+        messages.append({"role": "assistant", "content": serialize_output(task.schema, example.output)})
+    messages.append({"role": "user", "content": kind.user_prompt(payload)})
     return messages
 
 

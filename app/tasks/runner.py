@@ -1,7 +1,8 @@
-"""Run one task over a batch of inputs: chunk, prompt, constrain, generate, validate, ground.
+"""Run one task over a batch of inputs: chunk, prompt, constrain, generate, validate, then
+hand the answers to the task's type to ground and merge.
 
-Every generation is constrained by a grammar compiled from the task's schema (grounded
-fields restricted to the request's source text) with max_tokens at the schema's worst case,
+Every generation is constrained by a grammar compiled from the ask's schema (grounded
+fields restricted to the chunk's source text) with max_tokens at the schema's worst case,
 so a result either validates and grounds, or the request fails with a problem: a broken
 or unvalidated result is never returned.
 """
@@ -12,58 +13,26 @@ import asyncio
 import json
 import logging
 import uuid
-from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Coroutine
+from functools import partial
+from typing import Any, TypeVar
 
-from app.tasks.adapters import AdapterUse
-from app.tasks.chunking import Chunk, merge_spans, shift, split_text
 from app.engine.base import Engine, EngineError, EngineUnavailable, GenerationRequest
-from app.tasks.grammar import compile_grammar, json_escape
-from app.tasks.grounding import GroundingResult, Span, ground_answer, ground_spans
-from app.tasks.manifests import Task
-from app.tasks.metrics import Metrics
-from app.tasks.schema import worst_case_bytes
 from app.problems import ENGINE_UNAVAILABLE, GENERATION_FAILED, Problem
+from app.tasks.adapters import AdapterUse
+from app.tasks.chunking import Chunk, split_text
+from app.tasks.grammar import compile_grammar, json_escape
+from app.tasks.metrics import Metrics
 from app.tasks.prompts import PromptRenderer, build_messages
+from app.tasks.schema import worst_case_bytes
+from app.tasks.types.base import Ask, Tally, Task, TaskInput
 
 log = logging.getLogger("medlora.tasks")
 
+T = TypeVar("T")
+
 # Below this a chunk is not split further to fit the context; the request fails instead.
 _MIN_CHUNK_CHARS = 64
-
-
-@dataclass(frozen=True)
-class Document:
-    id: str
-    text: str
-
-
-@dataclass(frozen=True)
-class QaItem:
-    id: str
-    context: str
-    question: str
-
-
-@dataclass
-class NerResult:
-    id: str
-    entities: list[Span]
-    # Some chunk returned the schema's maxItems entities: there may be more than were listed.
-    limit_reached: bool = False
-
-
-@dataclass
-class QaResult:
-    id: str
-    answer: Span | None
-
-
-@dataclass
-class ClassifyResult:
-    id: str
-    labels: list[str]
 
 
 class _PromptTooLong(Exception):
@@ -71,38 +40,41 @@ class _PromptTooLong(Exception):
 
 
 class TaskRunner:
-    def __init__(self, engine: Engine, renderer: PromptRenderer, metrics: Metrics, *, max_model_len: int):
+    def __init__(self, engine: Engine, metrics: Metrics, *, max_model_len: int, renderer: PromptRenderer | None = None):
         self.engine = engine
-        self.renderer = renderer
         self.metrics = metrics
         self.max_model_len = max_model_len
+        self.renderer = renderer  # set once the model's tokenizer is loaded (service start)
 
     # -- one generation ----------------------------------------------------------------
-    def budget(self, task: Task, payload: dict[str, str], source: str) -> tuple[list[int], int]:
+    def budget(self, task: Task, ask: Ask) -> tuple[list[int], int]:
         """Prompt token ids and max_tokens (the schema's worst case for this source)."""
-        prompt = self.renderer.render(build_messages(task, payload))
+        if self.renderer is None:
+            raise RuntimeError("the tokenizer is not loaded yet")
+        prompt = self.renderer.render(build_messages(task, ask.payload, ask.part))
         prompt_ids: list[int] = self.renderer.tokenizer.encode(prompt, add_special_tokens=False)
         # +1 leaves room for the end-of-sequence token after the last byte.
-        return prompt_ids, worst_case_bytes(task.schema, len(json_escape(source).encode())) + 1
+        return prompt_ids, worst_case_bytes(ask.schema, json_escape(ask.source)) + 1
 
     def full_chunk_fits(self, task: Task) -> tuple[bool, int]:
         """Whether a chunk of max_chunk_chars (plain prose) fits the context with its worst case."""
-        source = ("lorem ipsum " * task.manifest.generation.max_chunk_chars)[: task.manifest.generation.max_chunk_chars]
-        payload = {"context": source, "question": "?"} if task.type == "qa" else {"text": source}
-        ids, max_tokens = self.budget(task, payload, source)
-        return len(ids) + max_tokens <= self.max_model_len, len(ids) + max_tokens
+        size = task.manifest.generation.max_chunk_chars
+        source = ("lorem ipsum " * size)[:size]
+        payload = {name: "?" for name in task.kind.input_fields} | {task.kind.source_field: source}
+        needed = max(
+            len(ids) + max_tokens for ids, max_tokens in map(partial(self.budget, task), task.kind.asks(task, payload))
+        )
+        return needed <= self.max_model_len, needed
 
-    async def _generate(
-        self, task: Task, adapter: AdapterUse, payload: dict[str, str], source: str, priority: int
-    ) -> dict[str, Any]:
+    async def _generate(self, task: Task, adapter: AdapterUse, ask: Ask, priority: int) -> dict[str, Any]:
         labels = (task.name, adapter.key)
-        prompt_ids, max_tokens = self.budget(task, payload, source)
+        prompt_ids, max_tokens = self.budget(task, ask)
         if len(prompt_ids) + max_tokens > self.max_model_len:
             raise _PromptTooLong
         request = GenerationRequest(
             request_id=f"medlora-{uuid.uuid4().hex}",
             prompt_token_ids=prompt_ids,
-            grammar=compile_grammar(task.schema, source),
+            grammar=compile_grammar(ask.schema, ask.source),
             max_tokens=max_tokens,
             temperature=task.manifest.generation.temperature,
             adapter=adapter.handle,
@@ -130,24 +102,26 @@ class TaskRunner:
         except json.JSONDecodeError as exc:
             self.metrics.invalid_outputs.labels(*labels, "unparsable").inc()
             raise Problem(GENERATION_FAILED, "model output is not valid JSON") from exc
-        error = next(iter(task.validator.iter_errors(output)), None)
+        error = next(iter(ask.validator.iter_errors(output)), None)
         if error is not None:
             self.metrics.invalid_outputs.labels(*labels, "schema").inc()
             raise Problem(GENERATION_FAILED, f"model output violates the task schema at {list(error.path)}")
         return dict(output)
 
     async def _over_chunks(
-        self, task: Task, adapter: AdapterUse, text: str, make_payload: Any, priority: int
-    ) -> list[tuple[Chunk, dict[str, Any]]]:
-        """Generate once per chunk of `text`, re-splitting any chunk the context cannot hold."""
+        self, task: Task, adapter: AdapterUse, item: TaskInput, priority: int
+    ) -> list[tuple[Chunk, list[dict[str, Any]]]]:
+        """Answer every ask of every chunk of the item's source, re-splitting any chunk the
+        context cannot hold; (chunk, answers) in document order."""
         gen = task.manifest.generation
-        pending = split_text(text, gen.max_chunk_chars, gen.chunk_overlap_chars)
-        done: list[tuple[Chunk, dict[str, Any]]] = []
+        kind = task.kind
+        done: list[tuple[Chunk, list[dict[str, Any]]]] = []
 
         async def one(chunk: Chunk) -> None:
             try:
-                output = await self._generate(task, adapter, make_payload(chunk.text), chunk.text, priority)
-                done.append((chunk, output))
+                asks = kind.asks(task, item.with_source(chunk.text))
+                answers = await gather_first_error([self._generate(task, adapter, ask, priority) for ask in asks])
+                done.append((chunk, answers))
             except _PromptTooLong:
                 if len(chunk.text) <= _MIN_CHUNK_CHARS:
                     raise Problem(
@@ -157,81 +131,47 @@ class TaskRunner:
                 parts = split_text(chunk.text, half, min(gen.chunk_overlap_chars, half // 4))
                 await gather_first_error([one(Chunk(chunk.start + p.start, p.text)) for p in parts])
 
-        await gather_first_error([one(chunk) for chunk in pending])
+        await gather_first_error(
+            [one(chunk) for chunk in split_text(item.source, gen.max_chunk_chars, gen.chunk_overlap_chars)]
+        )
         if len(done) > 1:
             self.metrics.chunks.labels(task.name, adapter.key).inc(len(done))
-        return sorted(done, key=lambda item: item[0].start)
+        return sorted(done, key=lambda pair: pair[0].start)
 
-    def _count_grounding(self, task: Task, adapter: AdapterUse, result: GroundingResult) -> None:
-        for reason, n in result.dropped.items():
-            self.metrics.spans_dropped.labels(task.name, adapter.key, reason).inc(n)
+    async def run(self, task: Task, adapter: AdapterUse, items: list[TaskInput], *, priority: int = 0) -> list[Any]:
+        """One result per item, in order (the type's result objects)."""
+        kind = task.kind
 
-    # -- task types ---------------------------------------------------------------------
-    async def ner(self, task: Task, adapter: AdapterUse, docs: list[Document], *, priority: int = 0) -> list[NerResult]:
-        async def one(doc: Document) -> NerResult:
-            if not doc.text.strip():
-                return NerResult(doc.id, [])
-            outputs = await self._over_chunks(task, adapter, doc.text, lambda t: {"text": t}, priority)
-            per_chunk: list[list[Span]] = []
-            limit = task.schema["properties"]["entities"]["maxItems"]
-            limit_reached = any(len(output.get("entities", [])) >= limit for _, output in outputs)
-            if limit_reached:
-                self.metrics.entity_limit_reached.labels(task.name, adapter.key).inc()
-            for chunk, output in outputs:
-                candidates = [(e["text"], e["label"], e.get("attributes", {})) for e in output.get("entities", [])]
-                grounded = ground_spans(chunk.text, candidates)
-                self._count_grounding(task, adapter, grounded)
-                per_chunk.append([shift(s, chunk.start) for s in grounded.spans])
-            entities = merge_spans(per_chunk)
-            self.metrics.spans_returned.labels(task.name, adapter.key).inc(len(entities))
-            return NerResult(doc.id, entities, limit_reached)
+        async def one(item: TaskInput) -> Any:
+            blank = kind.blank(task, item)
+            if blank is not None:
+                return blank
+            tally = Tally()
+            parts = [
+                kind.read(task, item, chunk, answers, tally)
+                for chunk, answers in await self._over_chunks(task, adapter, item, priority)
+            ]
+            result = kind.merge(task, item, parts, tally)
+            self._publish(task, adapter, tally)
+            return result
 
-        return await gather_first_error([one(d) for d in docs])
+        return await gather_first_error([one(item) for item in items])
 
-    async def qa(self, task: Task, adapter: AdapterUse, items: list[QaItem], *, priority: int = 0) -> list[QaResult]:
-        async def one(item: QaItem) -> QaResult:
-            if not item.context.strip():
-                return QaResult(item.id, None)
-            outputs = await self._over_chunks(
-                task, adapter, item.context, lambda t: {"context": t, "question": item.question}, priority
-            )
-            # Chunks are in document order: the first chunk that answers wins.
-            for chunk, output in outputs:
-                span, grounded = ground_answer(chunk.text, output.get("answer"))
-                self._count_grounding(task, adapter, grounded)
-                if span is not None:
-                    self.metrics.spans_returned.labels(task.name, adapter.key).inc()
-                    return QaResult(item.id, shift(span, chunk.start))
-            return QaResult(item.id, None)
-
-        return await gather_first_error([one(i) for i in items])
-
-    async def classify(
-        self, task: Task, adapter: AdapterUse, docs: list[Document], *, priority: int = 0
-    ) -> list[ClassifyResult]:
-        order = {name: i for i, name in enumerate(task.label_names)}
-
-        async def one(doc: Document) -> ClassifyResult:
-            outputs = await self._over_chunks(task, adapter, doc.text, lambda t: {"text": t}, priority)
-            votes: Counter[str] = Counter()
-            for _, output in outputs:
-                votes.update(dict.fromkeys(output["labels"], 1))
-            if task.manifest.multi_label:
-                labels = sorted(votes, key=order.__getitem__)
-            else:
-                # Long notes: majority over chunks, ties to the task's label order.
-                labels = [min(votes, key=lambda name: (-votes[name], order[name]))]
-            return ClassifyResult(doc.id, labels)
-
-        return await gather_first_error([one(d) for d in docs])
+    def _publish(self, task: Task, adapter: AdapterUse, tally: Tally) -> None:
+        labels = (task.name, adapter.key)
+        for reason, n in tally.dropped.items():
+            self.metrics.spans_dropped.labels(*labels, reason).inc(n)
+        self.metrics.spans_returned.labels(*labels).inc(tally.returned)
+        if tally.limit_reached:
+            self.metrics.entity_limit_reached.labels(*labels).inc()
 
 
-async def gather_first_error(coros: list[Any]) -> list[Any]:
+async def gather_first_error(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     """Run concurrently (the engine batches them); the first failure cancels the rest.
 
     Re-raises that first failure itself, not an ExceptionGroup, so callers see a Problem.
     """
-    tasks: list[asyncio.Task[Any]] = []
+    tasks: list[asyncio.Task[T]] = []
     try:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(c) for c in coros]

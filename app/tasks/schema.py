@@ -7,6 +7,7 @@ The supported subset is what the grammar compiler turns into a decoding constrai
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -19,7 +20,6 @@ GROUNDED = "x-medlora-grounded"
 # A JSON string unit is either one raw character (at most 4 UTF-8 bytes) or an escape;
 # `\uXXXX` is the longest escape.
 MAX_BYTES_PER_STRING_UNIT = 6
-MAX_BYTES_PER_GROUNDED_UNIT = 4
 # The longest escaped source piece (see grammar.source_pieces): a grounded field must be
 # able to hold at least one piece, or its grammar can dead-end.
 MIN_GROUNDED_MAX_LENGTH = 48
@@ -49,8 +49,8 @@ def _check(node: Any, path: str, out: list[str]) -> None:
         for i, sub in enumerate(node["anyOf"]):
             _check(sub, f"{path}/anyOf/{i}", out)
         return
-    if "enum" in node or "const" in node:
-        values = node.get("enum", [node.get("const")])
+    values = enum_values(node)
+    if values is not None:
         if not all(isinstance(v, (str, bool)) or v is None for v in values):
             out.append(f"{path}: enum/const values must be strings, booleans or null")
         return
@@ -65,12 +65,7 @@ def _check(node: Any, path: str, out: list[str]) -> None:
         for name, sub in props.items():
             _check(sub, f"{path}/properties/{name}", out)
     elif kind == "array":
-        if not isinstance(node.get("maxItems"), int):
-            out.append(f"{path}: array needs 'maxItems'")
-        if "items" not in node:
-            out.append(f"{path}: array needs 'items'")
-        else:
-            _check(node["items"], f"{path}/items", out)
+        _check_array(node, path, out)
     elif kind == "string":
         if not isinstance(node.get("maxLength"), int):
             out.append(f"{path}: string needs 'maxLength'")
@@ -86,6 +81,51 @@ def _check(node: Any, path: str, out: list[str]) -> None:
         out.append(f"{path}: unsupported or missing 'type' ({kind!r})")
 
 
+def _check_array(node: dict[str, Any], path: str, out: list[str]) -> None:
+    """Arrays: a list of one item schema, or a tuple (`prefixItems`, then optional `items`)."""
+    max_items = node.get("maxItems")
+    if not isinstance(max_items, int):
+        out.append(f"{path}: array needs 'maxItems'")
+    prefix = node.get("prefixItems")
+    if prefix is not None:
+        if not isinstance(prefix, list) or not prefix:
+            out.append(f"{path}: 'prefixItems' must be a non-empty list")
+            return
+        # The grammar always writes every prefix item: the schema must require them all.
+        if node.get("minItems") != len(prefix):
+            out.append(f"{path}: a tuple array needs minItems == len(prefixItems) ({len(prefix)})")
+        for i, sub in enumerate(prefix):
+            _check(sub, f"{path}/prefixItems/{i}", out)
+        flags = unique_enum_tail(node)
+        if flags is not None and isinstance(max_items, int) and max_items < len(prefix) + len(flags):
+            out.append(f"{path}: maxItems must leave room for every flag ({len(prefix) + len(flags)})")
+        if "items" in node and node["items"] is not False:
+            _check(node["items"], f"{path}/items", out)
+        return
+    if "items" not in node:
+        out.append(f"{path}: array needs 'items'")
+    else:
+        _check(node["items"], f"{path}/items", out)
+
+
+def enum_values(node: dict[str, Any]) -> list[Any] | None:
+    """The values of an enum or const node, None for any other node."""
+    if "enum" in node:
+        return list(node["enum"])
+    if "const" in node:
+        return [node["const"]]
+    return None
+
+
+def unique_enum_tail(node: dict[str, Any]) -> list[Any] | None:
+    """For a tuple array whose extra items are distinct values of an enum (flags such as an
+    entity's attributes that hold): those values, in declared order. None otherwise."""
+    items = node.get("items")
+    if "prefixItems" in node and node.get("uniqueItems") and isinstance(items, dict):
+        return enum_values(items)
+    return None
+
+
 def grounded_paths(schema: dict[str, Any], path: str = "#") -> list[str]:
     """JSON pointers of the grounded string fields (used to check task manifests)."""
     found: list[str] = []
@@ -95,40 +135,75 @@ def grounded_paths(schema: dict[str, Any], path: str = "#") -> list[str]:
         found += grounded_paths(sub, f"{path}/anyOf/{i}")
     for name, sub in schema.get("properties", {}).items():
         found += grounded_paths(sub, f"{path}/properties/{name}")
+    for i, sub in enumerate(schema.get("prefixItems", [])):
+        found += grounded_paths(sub, f"{path}/prefixItems/{i}")
     if isinstance(schema.get("items"), dict):
         found += grounded_paths(schema["items"], f"{path}/items")
     return found
 
 
-def worst_case_bytes(schema: dict[str, Any], source_bytes: int) -> int:
+class SpanBytes:
+    """The most UTF-8 bytes a grounded span of at most `n` escaped characters can take in one
+    source. A span is a run of the source's escaped pieces, so a substring of the escaped
+    source: the bound is its heaviest window of `n` characters, not 4 bytes a character."""
+
+    def __init__(self, escaped_source: str):
+        sizes = [len(ch.encode()) for ch in escaped_source]
+        self._prefix = [0, *itertools.accumulate(sizes)]
+        self._cache: dict[int, int] = {}
+
+    def __call__(self, n: int) -> int:
+        if n not in self._cache:
+            p, width = self._prefix, min(n, len(self._prefix) - 1)
+            self._cache[n] = max((p[i + width] - p[i] for i in range(len(p) - width)), default=0)
+        return self._cache[n]
+
+
+def worst_case_bytes(schema: dict[str, Any], source: str | SpanBytes) -> int:
     """Upper bound on the UTF-8 size of the compact JSON the grammar for `schema` admits.
 
     Byte-level BPE tokens are at least one byte long, so this also bounds the number of
     generated tokens: max_tokens set from it can never cut a valid answer short.
-    `source_bytes` is the JSON-escaped size of the grounding source.
+    `source` is the JSON-escaped grounding source (or its SpanBytes).
     """
+    span_bytes = source if isinstance(source, SpanBytes) else SpanBytes(source)
     if "anyOf" in schema:
-        return max(worst_case_bytes(s, source_bytes) for s in schema["anyOf"])
-    if "enum" in schema or "const" in schema:
-        values = schema.get("enum", [schema.get("const")])
+        return max(worst_case_bytes(s, span_bytes) for s in schema["anyOf"])
+    values = enum_values(schema)
+    if values is not None:
         return max(len(json.dumps(v, ensure_ascii=False).encode()) for v in values)
     kind = schema["type"]
     if kind == "object":
         total = 2 + max(0, len(schema["properties"]) - 1)
         for name, sub in schema["properties"].items():
             total += len(json.dumps(name, ensure_ascii=False).encode()) + 1
-            total += worst_case_bytes(sub, source_bytes)
+            total += worst_case_bytes(sub, span_bytes)
         return total
     if kind == "array":
-        n = int(schema["maxItems"])
-        return 2 + n * worst_case_bytes(schema["items"], source_bytes) + max(0, n - 1)
+        return _array_worst_case(schema, span_bytes)
     if kind == "string":
         length = int(schema["maxLength"])
         if schema.get(GROUNDED):
-            return 2 + min(MAX_BYTES_PER_GROUNDED_UNIT * length, source_bytes)
+            return 2 + span_bytes(length)
         return 2 + MAX_BYTES_PER_STRING_UNIT * length
     if kind == "boolean":
         return 5
     if kind == "null":
         return 4
     raise SchemaBoundsError(f"unsupported type {kind!r}")
+
+
+def _array_worst_case(schema: dict[str, Any], source_bytes: SpanBytes) -> int:
+    n = int(schema["maxItems"])
+    prefix = schema.get("prefixItems")
+    if prefix is None:
+        return 2 + n * worst_case_bytes(schema["items"], source_bytes) + max(0, n - 1)
+    sizes = [worst_case_bytes(sub, source_bytes) for sub in prefix]
+    tail_room = max(0, n - len(prefix))
+    flags = unique_enum_tail(schema)
+    if flags is not None:
+        # Each flag at most once: the largest `tail_room` of them.
+        sizes += sorted((len(json.dumps(v, ensure_ascii=False).encode()) for v in flags), reverse=True)[:tail_room]
+    elif isinstance(schema.get("items"), dict) and tail_room:
+        sizes += [worst_case_bytes(schema["items"], source_bytes)] * tail_room
+    return 2 + sum(sizes) + max(0, len(sizes) - 1)

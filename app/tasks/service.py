@@ -1,26 +1,23 @@
-"""Composition root: the loaded tasks, the engine, the adapter registry and the runner.
+"""The running task service: loaded tasks, the engine, the adapter registry and the runner.
 
 Startup order: manifests are checked before the server starts (a bad one refuses to
-start); the engine starts in the background while /livez already answers; each task's
-adapter is then validated, loaded and bound, and only then is the service ready.
+start). Everything slow happens in `start`, in the background while the HTTP server already
+answers /livez: the model's tokenizer loads and the engine starts off the event loop, then
+each task's adapter is validated, loaded and bound, and only then is the service ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from app.tasks.adapters import AdapterRegistry
 from app.engine.base import Engine
-from app.tasks.manifests import Task, load_tasks
-from app.tasks.metrics import Metrics
+from app.engine.factory import build_engine
+from app.engine.models import ResolvedModel, resolve_model
 from app.problems import (
     DUPLICATE_ID,
     ENGINE_UNAVAILABLE,
@@ -30,58 +27,37 @@ from app.problems import (
     WRONG_TASK_TYPE,
     Problem,
 )
-from app.tasks.prompts import PromptRenderer, load_renderer
 from app.settings import Settings
+from app.tasks.adapters import AdapterRegistry
+from app.tasks.manifests import load_tasks
+from app.tasks.metrics import Metrics
+from app.tasks.prompts import PromptRenderer, load_renderer
 from app.tasks.runner import TaskRunner
+from app.tasks.types.base import Task
 
 log = logging.getLogger("medlora.service")
 
-# Bump when the tiny model's recipe changes, so that cached builds are not reused.
-EMBEDDED_CACHE_NAME = "embedded-v2"
 
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """Where the served base model and adapter folders really are."""
-
-    display_name: str  # what responses report as model.base
-    path: str  # what the engine and tokenizer load
-    adapters_root: Path
-
-
-def resolve_model(settings: Settings, tasks: dict[str, Task]) -> ResolvedModel:
-    """Build the embedded tiny model if it is selected; otherwise use the settings as given."""
-    if settings.embedded and settings.embedded_adapters == "demo":
-        from app.training.demo import DEMO_CACHE_NAME, ensure_demo
-
-        root = ensure_demo(settings.cache_dir / DEMO_CACHE_NAME, tasks)
-        return ResolvedModel("embedded-tiny-qwen3-demo", str((root / "base").resolve()), root / "adapters")
-    if settings.embedded:
-        from app.training.tiny_model import ensure_embedded_default
-
-        # One tiny adapter per distinct manifest adapter path, each with its own seed, so
-        # that different tasks really run different adapters.
-        seeds = {t.manifest.adapter.path: zlib.crc32(t.manifest.adapter.path.encode()) % 10_000 for t in tasks.values()}
-        root = ensure_embedded_default(settings.cache_dir / EMBEDDED_CACHE_NAME, seeds)
-        return ResolvedModel("embedded-tiny-qwen3", str(root / "base"), root / "adapters")
-    adapters_root = settings.adapters_dir or settings.tasks_dir
-    return ResolvedModel(settings.model, settings.model, adapters_root)
-
-
-@dataclass
 class Service:
-    settings: Settings
-    tasks: dict[str, Task]
-    model: ResolvedModel
-    engine: Engine
-    renderer: PromptRenderer
-    metrics_registry: CollectorRegistry = field(default_factory=lambda: REGISTRY)
-    startup_error: str | None = None
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tasks: dict[str, Task],
+        model: ResolvedModel,
+        engine: Engine,
+        *,
+        renderer: PromptRenderer | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+    ):
+        self.settings = settings
+        self.tasks = tasks
+        self.model = model
+        self.engine = engine
+        self.metrics_registry = metrics_registry or REGISTRY
         self.metrics = Metrics(self.metrics_registry)
-        self.registry = AdapterRegistry(self.engine, max_rank=self.settings.max_lora_rank, base_model=self.model.path)
-        self.runner = TaskRunner(self.engine, self.renderer, self.metrics, max_model_len=self.settings.max_model_len)
+        self.registry = AdapterRegistry(engine, max_rank=settings.max_lora_rank, base_model=model.path)
+        self.runner = TaskRunner(engine, self.metrics, max_model_len=settings.max_model_len, renderer=renderer)
+        self.startup_error: str | None = None
         self._adapters_loaded = False
 
     @property
@@ -93,7 +69,10 @@ class Service:
         return candidate if candidate.is_absolute() else self.model.adapters_root / candidate
 
     async def start(self) -> None:
-        """Start the engine, then load and bind every task's adapter."""
+        """Load the tokenizer, start the engine, then load and bind every task's adapter."""
+        if self.runner.renderer is None:
+            # Reading a 150k-token tokenizer takes seconds: never on the event loop.
+            self.runner.renderer = await asyncio.to_thread(load_renderer, self.model.path)
         for task in self.tasks.values():
             fits, needed = self.runner.full_chunk_fits(task)
             if not fits:
@@ -120,6 +99,16 @@ class Service:
         self.metrics.engine_ready.set(1)
         log.info("service ready", extra={"tasks": len(self.tasks)})
 
+    async def run_startup(self) -> None:
+        """`start` in the background: a failure is recorded (/readyz and /livez say why) and logged."""
+        try:
+            await self.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.startup_error = str(exc)
+            log.error("startup failed", extra={"error": str(exc)})
+
     async def bind(self, task: str, name: str, version: str) -> str | None:
         previous, record = await self.registry.bind(task, name, version)
         if previous and previous != record.key:
@@ -134,12 +123,12 @@ class Service:
         self.metrics.engine_ready.set(0)
         await self.engine.shutdown()
 
-    def task(self, name: str, kind: str) -> Task:
+    def task(self, name: str, type_name: str) -> Task:
         task = self.tasks.get(name)
         if task is None:
             raise Problem(UNKNOWN_TASK, f"no task named {name!r}", {"tasks": sorted(self.tasks)})
-        if task.type != kind:
-            raise Problem(WRONG_TASK_TYPE, f"task {name!r} is a {task.type} task, not {kind}")
+        if task.type != type_name:
+            raise Problem(WRONG_TASK_TYPE, f"task {name!r} is a {task.type} task, not {type_name}")
         return task
 
     def check_inputs(self, sizes: Sequence[tuple[str, int]]) -> None:
@@ -175,37 +164,13 @@ def build_service(
     renderer: PromptRenderer | None = None,
     metrics_registry: CollectorRegistry | None = None,
 ) -> Service:
-    """Load and check manifests, resolve the model, and assemble the service (engine not started)."""
+    """Load and check manifests and assemble the service. Fast: nothing is loaded or started
+    (the tokenizer and the engine come with `start`)."""
     tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
-    model = resolve_model(settings, tasks)
+    model = resolve_model(settings)
     metrics_registry = metrics_registry or REGISTRY
-    if engine is None and settings.engine == "remote":
-        from app.engine.remote import RemoteEngine
-
-        engine = RemoteEngine(settings, registry=metrics_registry)
-    elif engine is None:
-        from app.engine.local import VllmEngine
-
-        engine = VllmEngine(settings, model.path)
-    return Service(
-        settings=settings,
-        tasks=tasks,
-        model=model,
-        engine=engine,
-        renderer=renderer or load_renderer(model.path),
-        metrics_registry=metrics_registry,
-    )
-
-
-async def run_startup(service: Service) -> None:
-    """Background startup; a failure is recorded (readyz says why) and logged."""
-    try:
-        await service.start()
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        service.startup_error = str(exc)
-        log.error("startup failed", extra={"error": str(exc)})
+    engine = engine or build_engine(settings, model.path, metrics_registry)
+    return Service(settings, tasks, model, engine, renderer=renderer, metrics_registry=metrics_registry)
 
 
 def settings_for(model: str | None, adapters: str | Path | None) -> Settings:
@@ -219,13 +184,3 @@ def settings_for(model: str | None, adapters: str | Path | None) -> Settings:
         if any(Path(adapters).glob("*.yaml")):
             overrides["tasks_dir"] = Path(adapters)
     return Settings(**overrides)  # type: ignore[arg-type]
-
-
-def make_local_service(settings: Settings) -> Service:
-    """The in-process service (vLLM engine) for CLI commands, as `medlora serve` builds it."""
-    from app.logs import configure_logging
-
-    configure_logging(settings.log_level)
-    # vLLM's engine core runs in a spawned process; it must not re-import this CLI's state.
-    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    return build_service(settings)

@@ -25,21 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.api.models import ID_PATTERN
 from app.tasks.chunking import Chunk, split_text
-from app.tasks.grounding import piece_boundaries
-from app.tasks.manifests import Task
+from app.tasks.gold import string_field
+from app.tasks.protocol import ID_PATTERN
+from app.tasks.types.base import Ask, BadRecord, Task, TaskInput
 
 MAX_LISTED_ERRORS = 20
 _ID = re.compile(ID_PATTERN)
-_QUESTION_MAX_CHARS = 2000  # as app.api.models.QaItemIn.question
 
 
 @dataclass(frozen=True)
 class Record:
     line: int  # 1-based line number in the file
     id: str
-    payload: dict[str, str]  # prompt input: {"text": ...} or {"context": ..., "question": ...}
+    payload: dict[str, str]  # prompt input fields, e.g. {"text": ...} or {"context": ..., "question": ...}
     gold: dict[str, Any]  # API-shaped gold annotations
 
 
@@ -56,18 +55,6 @@ class DataError(ValueError):
         if len(errors) > MAX_LISTED_ERRORS:
             listed.append(f"  ... and {len(errors) - MAX_LISTED_ERRORS} more")
         super().__init__("\n".join([f"{path}: {summary}", *listed]))
-
-
-class _Bad(Exception):
-    """One reason a line is refused (collected, never raised to the caller)."""
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _is_int(value: Any) -> bool:
-    # bool is an int subclass; `true` as an offset is a data bug, not offset 1.
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _has_surrogate(value: Any) -> bool:
@@ -88,156 +75,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _string(obj: dict[str, Any], key: str, where: str = "") -> str:
-    if key not in obj:
-        raise _Bad(f"{where}{key}: missing")
-    value = obj[key]
-    if not isinstance(value, str):
-        raise _Bad(f"{where}{key}: must be a string, not {type(value).__name__}")
-    return value
-
-
-def _list(obj: dict[str, Any], key: str) -> list[Any]:
-    if key not in obj:
-        raise _Bad(f"{key}: missing")
-    value = obj[key]
-    if not isinstance(value, list):
-        raise _Bad(f"{key}: must be a list")
-    return value
-
-
-def _max_length(schema: dict[str, Any]) -> int:
-    if "anyOf" in schema:
-        return max(int(alt["maxLength"]) for alt in schema["anyOf"] if alt.get("type") == "string")
-    return int(schema["maxLength"])
-
-
-def _check_span(
-    source: str, bounds: set[int], obj: Any, where: str, max_chars: int, allowed: set[str]
-) -> tuple[int, int]:
-    """Offsets of one span object; raises _Bad naming the first thing wrong with it."""
-    if not isinstance(obj, dict):
-        raise _Bad(f"{where}: must be an object")
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise _Bad(f"{where}: unknown field(s) {unknown}")
-    for key in ("start", "end"):
-        if key not in obj:
-            raise _Bad(f"{where}.{key}: missing")
-        if not _is_int(obj[key]):
-            raise _Bad(f"{where}.{key}: must be an integer")
-    start, end = obj["start"], obj["end"]
-    if not 0 <= start < end <= len(source):
-        raise _Bad(f"{where}: offsets [{start}, {end}) out of range (need 0 <= start < end <= {len(source)})")
-    if "text" in obj:
-        if not isinstance(obj["text"], str):
-            raise _Bad(f"{where}.text: must be a string")
-        if source[start:end] != obj["text"]:
-            raise _Bad(f"{where}: text does not match the source at [{start}, {end}) (inconsistent offsets)")
-    span = source[start:end]
-    if span != span.strip():
-        raise _Bad(f"{where}: span [{start}, {end}) has leading or trailing whitespace")
-    if start not in bounds or end not in bounds:
-        raise _Bad(f"{where}: span [{start}, {end}) starts or ends inside a word")
-    if end - start > max_chars:
-        raise _Bad(f"{where}: span of {end - start} characters exceeds the schema's maxLength {max_chars}")
-    return start, end
-
-
-# ------------------------------------------------------------------------- per task type
-
-
-def _parse_ner(task: Task, obj: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    text = _string(obj, "text")
-    entities = _list(obj, "entities")
-    item_schema = task.schema["properties"]["entities"]["items"]
-    max_chars = _max_length(item_schema["properties"]["text"])
-    labels, attribute_names = set(task.label_names), task.attribute_names
-    bounds = piece_boundaries(text)
-    gold: list[dict[str, Any]] = []
-    seen: set[tuple[int, int, str]] = set()
-    for i, entity in enumerate(entities):
-        where = f"entities[{i}]"
-        start, end = _check_span(
-            text, bounds, entity, where, max_chars, {"start", "end", "text", "label", "attributes"}
-        )
-        label = entity.get("label")
-        if label is None:
-            raise _Bad(f"{where}.label: missing")
-        if not isinstance(label, str) or label not in labels:
-            raise _Bad(f"{where}.label: unknown label {label!r} (task labels: {task.label_names})")
-        raw_attributes = entity.get("attributes", {})
-        if not isinstance(raw_attributes, dict):
-            raise _Bad(f"{where}.attributes: must be an object")
-        unknown = sorted(set(raw_attributes) - set(attribute_names))
-        if unknown:
-            raise _Bad(f"{where}.attributes: unknown attribute(s) {unknown} (task attributes: {attribute_names})")
-        for name, value in raw_attributes.items():
-            if not isinstance(value, bool):
-                raise _Bad(f"{where}.attributes.{name}: must be true or false")
-        if (start, end, label) in seen:
-            raise _Bad(f"{where}: duplicate entity [{start}, {end}) {label}")
-        seen.add((start, end, label))
-        attributes = {name: bool(raw_attributes.get(name, False)) for name in attribute_names}
-        gold.append({"start": start, "end": end, "text": text[start:end], "label": label, "attributes": attributes})
-    gold.sort(key=lambda e: (e["start"], e["end"], task.label_names.index(e["label"])))
-    return {"text": text}, {"entities": gold}
-
-
-def _parse_qa(task: Task, obj: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    context = _string(obj, "context")
-    question = _string(obj, "question")
-    if not question.strip():
-        raise _Bad("question: must not be empty")
-    if len(question) > _QUESTION_MAX_CHARS:
-        raise _Bad(f"question: longer than {_QUESTION_MAX_CHARS} characters")
-    if "answer" not in obj:
-        raise _Bad("answer: missing (use null for unanswerable)")
-    answer = obj["answer"]
-    if answer is None:
-        return {"context": context, "question": question}, {"answer": None}
-    max_chars = _max_length(task.schema["properties"]["answer"])
-    start, end = _check_span(context, piece_boundaries(context), answer, "answer", max_chars, {"start", "end", "text"})
-    gold = {"start": start, "end": end, "text": context[start:end]}
-    return {"context": context, "question": question}, {"answer": gold}
-
-
-def _parse_classification(task: Task, obj: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    text = _string(obj, "text")
-    labels = _list(obj, "labels")
-    if not labels:
-        raise _Bad("labels: at least one label is required")
-    for i, label in enumerate(labels):
-        if not isinstance(label, str) or label not in task.label_names:
-            raise _Bad(f"labels[{i}]: unknown label {label!r} (task labels: {task.label_names})")
-    if len(set(labels)) != len(labels):
-        raise _Bad("labels: repeated label")
-    if not task.manifest.multi_label and len(labels) > 1:
-        raise _Bad(f"labels: {len(labels)} labels, but task {task.name} is single-label")
-    ordered = [name for name in task.label_names if name in labels]
-    return {"text": text}, {"labels": ordered}
-
-
-_PARSERS = {"ner": _parse_ner, "qa": _parse_qa, "classification": _parse_classification}
-
-
 def _parse_line(task: Task, raw: bytes) -> tuple[str, dict[str, str], dict[str, Any]]:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Bad(f"invalid UTF-8 at byte {exc.start}") from None
+        raise BadRecord(f"invalid UTF-8 at byte {exc.start}") from None
     try:
         obj = json.loads(line, parse_constant=_reject_constant)
     except ValueError as exc:
-        raise _Bad(f"invalid JSON: {getattr(exc, 'msg', str(exc))}") from None
+        raise BadRecord(f"invalid JSON: {getattr(exc, 'msg', str(exc))}") from None
     if not isinstance(obj, dict):
-        raise _Bad(f"must be a JSON object, not {type(obj).__name__}")
+        raise BadRecord(f"must be a JSON object, not {type(obj).__name__}")
     if _has_surrogate(obj):
-        raise _Bad("contains an unpaired UTF-16 surrogate (\\ud800-\\udfff escape)")
-    record_id = _string(obj, "id")
+        raise BadRecord("contains an unpaired UTF-16 surrogate (\\ud800-\\udfff escape)")
+    record_id = string_field(obj, "id")
     if not _ID.match(record_id):
-        raise _Bad("id: must be 1-256 characters without control characters")
-    payload, gold = _PARSERS[task.type](task, obj)
+        raise BadRecord("id: must be 1-256 characters without control characters")
+    payload, gold = task.kind.parse_gold(task, obj)
     return record_id, payload, gold
 
 
@@ -255,7 +109,7 @@ def load_records(task: Task, path: Path) -> list[Record]:
             continue
         try:
             record_id, payload, gold = _parse_line(task, raw)
-        except _Bad as exc:
+        except BadRecord as exc:
             errors.append((number, str(exc)))
             continue
         if record_id in first_line:
@@ -277,44 +131,27 @@ def chunks_of(task: Task, record: Record) -> list[Chunk]:
 
 
 def source_of(task: Task, record: Record) -> str:
-    return record.payload["context"] if task.type == "qa" else record.payload["text"]
+    return record.payload[task.kind.source_field]
 
 
-def model_outputs(task: Task, record: Record) -> list[tuple[dict[str, str], dict[str, Any]]]:
-    """(prompt input, model output) per chunk: what the model must answer for serving to return the gold.
-
-    NER: the entities lying fully inside each chunk, in start order, capped at the schema's
-    `entities.maxItems`. QA: the answer text in every chunk that holds the whole answer span,
-    null elsewhere. Classification: the gold labels (task order) in every chunk. A blank NER
-    or QA source gives no pairs: serving answers it without calling the model.
+def model_outputs(task: Task, record: Record) -> list[tuple[Ask, dict[str, Any]]]:
+    """(ask, model answer) for every generation serving makes for this record: what the model
+    must answer for serving to return the gold. The type says what each chunk's answers are;
+    an input serving answers without the model (a blank note) gives none.
     """
-    source = source_of(task, record)
-    if task.type != "classification" and not source.strip():
+    kind = task.kind
+    probe = TaskInput(record.id, dict(record.payload), kind.source_field)
+    if kind.blank(task, probe) is not None:
         return []
-    pairs: list[tuple[dict[str, str], dict[str, Any]]] = []
+    pairs: list[tuple[Ask, dict[str, Any]]] = []
     for chunk in chunks_of(task, record):
-        output: dict[str, Any]
-        if task.type == "ner":
-            limit = int(task.schema["properties"]["entities"]["maxItems"])
-            inside = [e for e in record.gold["entities"] if chunk.start <= e["start"] and e["end"] <= chunk.end]
-            entities = [
-                {"text": e["text"], "label": e["label"], "attributes": dict(e["attributes"])} for e in inside[:limit]
-            ]
-            output = {"entities": entities}
-            payload = {"text": chunk.text}
-        elif task.type == "qa":
-            answer = record.gold["answer"]
-            holds = answer is not None and chunk.start <= answer["start"] and answer["end"] <= chunk.end
-            output = {"answer": answer["text"] if holds else None}
-            payload = {"context": chunk.text, "question": record.payload["question"]}
-        else:
-            output = {"labels": list(record.gold["labels"])}
-            payload = {"text": chunk.text}
-        error = next(iter(task.validator.iter_errors(output)), None)
-        if error is not None:
-            raise AssertionError(
-                f"record {record.id!r} (line {record.line}): output for the chunk at {chunk.start} "
-                f"violates the schema of {task.name} at {list(error.path)}"
-            )
-        pairs.append((payload, output))
+        asks = kind.asks(task, probe.with_source(chunk.text))
+        for ask, output in zip(asks, kind.targets(task, record.gold, chunk), strict=True):
+            error = next(iter(ask.validator.iter_errors(output)), None)
+            if error is not None:
+                raise AssertionError(
+                    f"record {record.id!r} (line {record.line}): output for the chunk at {chunk.start} "
+                    f"violates the schema of {task.name} at {list(error.path)}"
+                )
+            pairs.append((ask, output))
     return pairs

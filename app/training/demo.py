@@ -1,56 +1,59 @@
-"""The embedded demo: a tiny Qwen3 that answers sensibly on synthetic clinical notes.
+"""The embedded demo: a tiny Qwen3 that answers sensibly on synthetic clinical notes, shipped.
 
-Recipe, all local and deterministic, cached after the first run:
+`medlora demo build` makes it, all local and deterministic, with `medlora train`'s own code:
 1. a random-weight tiny Qwen3 (`tiny_model.build_tiny_base`, 4 layers x 128, 4 heads of 64),
    with word-level tokens learnt from the pretraining text (a word copied from a note into
    a JSON string keeps its token ids);
 2. pretrained as a causal LM on synthetic notes, each in a chat turn answered by a JSON
    "span warm-up": runs of that note's words (random runs, or for half the NER notes the
-   note's clinical terms), copied in document order into the NER and QA output shapes with
+   note's clinical terms), copied in document order into the NER and QA answer formats with
    random labels and attributes (never the gold labels, and never a classification label,
    so the base alone still cannot do the tasks: it plays the role of a general base model
    that knows JSON, medical terms and how to copy), plus the tasks' prompt heads;
-3. one LoRA adapter per shipped task, trained by `train.train_adapter` (the code behind
-   `medlora train`) on synthetic annotated notes.
-Held-out synthetic test sets are written beside them for `medlora eval`.
+3. one LoRA adapter per shipped task, trained by `train.train_adapter` on synthetic
+   annotated notes;
+4. measured: every task on held-out synthetic notes, with its adapter and with the same base
+   alone, through the serving path (in-process vLLM).
+The output (base, adapters, `recipe.json` with the recipe, seeds, data sizes and figures) is
+committed as package data (app/data/demo, a few MB), so `medlora serve` starts in seconds.
 A tiny model learning templated synthetic notes is a demo of the pipeline, not a claim
 about real clinical text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import random
 import re
 import shutil
 import tempfile
 import time
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.training.datasets import load_records
-from app.tasks.manifests import Task
-from app.tasks.prompts import build_messages
-from app.synthetic import NER_ATTRIBUTES, NER_LABELS, examples_for_task, write_jsonl
-from app.training.tiny_model import (
-    CHAT_TEMPLATE,
-    IM_END,
-    TMP_PREFIX,
-    TinyShape,
-    build_tiny_adapter,
-    build_tiny_base,
-    is_complete_base,
-    publish_dir,
-    sweep_stale_tmp,
-)
+from app.settings import DEMO_DIR, Settings
+from app.tasks.adapters import AdapterChoice
+from app.tasks.prompts import build_messages, serialize_output
+from app.tasks.service import build_service
+from app.tasks.types.base import Task
+from app.training.datasets import Record, load_records
+from app.training.evaluate import predict_in_process, score
+from app.training.synthetic import examples_for_task, write_jsonl
+from app.training.tiny_model import CHAT_TEMPLATE, IM_END, TinyShape, build_tiny_base, train_word_tokenizer
 
 log = logging.getLogger("medlora.demo")
 
-DEMO_CACHE_NAME = "embedded-demo-v5"
+# Bump with every change to the recipe or to a task's answer format: the shipped demo is
+# rebuilt (`medlora demo build`) and its figures re-measured. 6: token-lean NER answers.
+RECIPE_VERSION = 6
 TRAIN_SEED, TEST_SEED, PRETRAIN_SEED = 1, 99, 7
+# The base's folder; adapters name it as their base model (compared by final path component).
+BASE_NAME = "tiny-qwen3-demo"
+RECIPE_FILE = "recipe.json"
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,6 @@ class DemoRecipe:
     max_steps: int | None = None  # tests cap training to prove the pipeline, not quality
 
 
-def _complete_adapter(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file() and (path / "registration.json").is_file()
-
-
 _WORD = re.compile(r"\w+")
 
 
@@ -127,29 +126,34 @@ def _random_spans(note: str, rng: random.Random, count: int) -> list[str]:
 
 
 def span_warmup(
-    note: str, lang: str, rng: random.Random, mentions: list[str] | None = None, mention_share: float = 0.0
-) -> tuple[str, str]:
-    """(task name, JSON answer) in the exact serialisation of the NER or QA adapters (compact,
-    keys in schema order, as `serialize_output`), whose strings are copied from the note in
-    order and whose labels and attributes are random. With probability `mention_share` the
-    strings are the note's clinical terms (`mentions`), otherwise random word runs: the base
-    learns to copy terms into JSON and where terms sit, but no prior on any task's labels."""
+    note: str,
+    tasks: dict[str, Task],
+    lang: str,
+    rng: random.Random,
+    mentions: list[str] | None = None,
+    mention_share: float = 0.0,
+) -> tuple[str, str] | None:
+    """(task name, JSON answer) in the exact answer format of the NER or QA adapters
+    (`serialize_output`), whose strings are copied from the note in order and whose labels
+    and attributes are random. With probability `mention_share` the strings are the note's
+    clinical terms (`mentions`), otherwise random word runs: the base learns to copy terms
+    into the answer format and where terms sit, but no prior on any task's labels. None
+    when `tasks` lacks the task of the format drawn (a demo built for some tasks only)."""
     if lang == "it" and rng.random() < 0.5:
         spans = _random_spans(note, rng, 1)
         answer = spans[0] if spans and rng.random() < 0.8 else None
-        return "qa-it-clinical", json.dumps({"answer": answer}, ensure_ascii=False, separators=(",", ":"))
-    attributes = NER_ATTRIBUTES["it" if lang == "it" else "en"]
-    entities = [
-        {
-            "text": text,
-            "label": rng.choice(NER_LABELS),
-            "attributes": {name: rng.random() < 0.15 for name in attributes},
-        }
-        for text in (
-            mentions if mentions and rng.random() < mention_share else _random_spans(note, rng, rng.randint(1, 12))
-        )
-    ]
-    return f"ner-{lang}-clinical", json.dumps({"entities": entities}, ensure_ascii=False, separators=(",", ":"))
+        qa = tasks.get("qa-it-clinical")
+        return None if qa is None else (qa.name, serialize_output(qa.schema, {"answer": answer}))
+    ner = tasks.get(f"ner-{lang}-clinical")
+    if ner is None:
+        return None
+    texts = mentions if mentions and rng.random() < mention_share else _random_spans(note, rng, rng.randint(1, 12))
+    entities = []
+    for text in texts:
+        label = rng.choice(ner.label_names)
+        flags = [name for name in ner.attribute_names if rng.random() < 0.15]
+        entities.append([text, label, *flags])
+    return ner.name, serialize_output(ner.schema, {"entities": entities})
 
 
 def render_chat(messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
@@ -182,11 +186,14 @@ def pretrain_texts(recipe: DemoRecipe, tasks: dict[str, Task]) -> list[str]:
     rng = random.Random(PRETRAIN_SEED)
     texts: list[str] = []
     for task_name in recipe.train_records:
-        lang = "en" if task_name.startswith("ner-en") else "it"
-        for row in examples_for_task(task_name, recipe.pretrain_notes_per_task, PRETRAIN_SEED):
+        lang = tasks[task_name].manifest.languages[0]
+        for row in examples_for_task(tasks[task_name], recipe.pretrain_notes_per_task, PRETRAIN_SEED):
             note = row.get("text") or row["context"]
             mentions = [e["text"] for e in row.get("entities", [])]
-            shape, answer = span_warmup(note, lang, rng, mentions, recipe.mention_share)
+            warmup = span_warmup(note, tasks, lang, rng, mentions, recipe.mention_share)
+            if warmup is None:
+                continue
+            shape, answer = warmup
             task = tasks.get(shape)
             if task is not None and task.type == "ner" and rng.random() < recipe.head_share:
                 messages = build_messages(task, {"text": note})
@@ -198,8 +205,9 @@ def pretrain_texts(recipe: DemoRecipe, tasks: dict[str, Task]) -> list[str]:
     return texts
 
 
-def pretrain_base(random_base: Path, out_dir: Path, texts: list[str], *, epochs: int, lr: float) -> None:
-    """Full-parameter causal-LM training of the tiny base on the texts (whole sequences)."""
+def pretrain_base(random_base: Path, out_dir: Path, texts: list[str], *, epochs: int, lr: float) -> list[float]:
+    """Full-parameter causal-LM training of the tiny base on the texts (whole sequences);
+    returns the mean loss of each epoch."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,6 +223,7 @@ def pretrain_base(random_base: Path, out_dir: Path, texts: list[str], *, epochs:
     by_length = sorted(range(len(encoded)), key=lambda k: len(encoded[k]))
     batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
     order = random.Random(PRETRAIN_SEED)
+    epoch_losses: list[float] = []
     for epoch in range(epochs):
         total = 0.0
         order.shuffle(batches)
@@ -231,97 +240,160 @@ def pretrain_base(random_base: Path, out_dir: Path, texts: list[str], *, epochs:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             total += loss.item()
-        log.info(
-            "demo base pretraining",
-            extra={"epoch": epoch, "loss": round(total / max(1, len(batches)), 4)},
-        )
+        epoch_losses.append(round(total / max(1, len(batches)), 4))
+        log.info("demo base pretraining", extra={"epoch": epoch, "loss": epoch_losses[-1]})
     # Saved in bf16 like the random base: vLLM's CPU backend serves it as such.
     model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     for extra in ("generation_config.json",):
         if (random_base / extra).is_file() and not (out_dir / extra).is_file():
             shutil.copy(random_base / extra, out_dir / extra)
+    return epoch_losses
 
 
-def ensure_demo(cache_dir: Path, tasks: dict[str, Task], recipe: DemoRecipe | None = None) -> Path:
-    """Build (once) the pretrained tiny base and one trained adapter per task; return the root.
+def build_demo(
+    out_dir: Path, tasks: dict[str, Task], recipe: DemoRecipe | None = None, *, measure_records: int | None = None
+) -> dict[str, Any]:
+    """Build the demo into out_dir (base, adapters/<manifest adapter path>, recipe.json) from
+    scratch, replacing what is there; return the recipe record. Every task of `tasks` must be
+    one the recipe trains (and the synthetic generator writes).
 
-    Layout: base/, adapters/<manifest adapter path>/, data/<task>-{train,test}.jsonl.
-    A task the synthetic generator does not know gets a random adapter (and a warning).
-    """
+    `measure_records` held-out notes per task are then scored with the adapter and with the
+    base alone (0: not measured; default: the recipe's test_records)."""
+    recipe = recipe or DemoRecipe()
+    missing = sorted(set(tasks) - set(recipe.train_records))
+    if missing:
+        raise ValueError(f"the demo recipe has no training data for {missing}")
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".demo-build-", dir=out_dir.parent) as tmp:
+        work = Path(tmp)
+        staged = work / "demo"
+        base = staged / BASE_NAME
+        texts = pretrain_texts(recipe, tasks)
+        # Merges from exactly the pretraining text: every token the tasks use gets trained.
+        tokenizer = train_word_tokenizer(texts, recipe.vocab_size)
+        random_base = build_tiny_base(work / "random-base", tokenizer=tokenizer, shape=recipe.shape)
+        losses = pretrain_base(random_base, base, texts, epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr)
+        timings = {"pretrain_s": round(time.perf_counter() - started, 1)}
+        for task in tasks.values():
+            timings[f"{task.name}_s"] = _train_demo_adapter(task, base, staged / "adapters", work / "data", recipe)
+        record = {**_record(recipe, tasks, timings), "pretrain_loss": losses}
+        (staged / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        shutil.move(staged, out_dir)
+    n = recipe.test_records if measure_records is None else measure_records
+    if n:
+        record["figures"] = asyncio.run(measure(out_dir, tasks, n))
+    record["build_seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    log.info("demo built", extra={"seconds": record["build_seconds"], "out": str(out_dir)})
+    return record
+
+
+def _train_demo_adapter(task: Task, base: Path, adapters: Path, data: Path, recipe: DemoRecipe) -> float:
     from app.training.train import TrainConfig, train_adapter
 
-    recipe = recipe or DemoRecipe()
-    root = Path(cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    base = (root / "base").resolve()
-    if not is_complete_base(base):
-        started = time.perf_counter()
-        sweep_stale_tmp(root)
-        random_base = root / "random-base"
-        texts = pretrain_texts(recipe, tasks)
-        if not is_complete_base(random_base):
-            # Merges from exactly the pretraining text: every token the tasks use gets trained.
-            build_tiny_base(random_base, shape=recipe.shape, tokenizer_corpus=texts, vocab_size=recipe.vocab_size)
-        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "base-", dir=root))
-        try:
-            pretrain_base(random_base, tmp, texts, epochs=recipe.pretrain_epochs, lr=recipe.pretrain_lr)
-            publish_dir(tmp, base, is_complete_base)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("demo base ready", extra={"seconds": round(time.perf_counter() - started, 1)})
+    started = time.perf_counter()
+    data.mkdir(parents=True, exist_ok=True)
+    train_path = data / f"{task.name}-train.jsonl"
+    write_jsonl(train_path, examples_for_task(task, recipe.train_records[task.name], TRAIN_SEED))
+    target = adapters / task.manifest.adapter.path
+    train_adapter(
+        task,
+        str(base),
+        load_records(task, train_path),
+        target,
+        config=TrainConfig(
+            rank=recipe.rank,
+            alpha=2 * recipe.rank,
+            dropout=recipe.dropout,
+            learning_rate=recipe.task_learning_rates.get(task.name, recipe.learning_rate),
+            epochs=recipe.task_epochs.get(task.name, recipe.epochs),
+            max_steps=recipe.max_steps,
+            save_every=10**9,
+        ),
+        adapter_name=task.manifest.adapter.name,
+        adapter_version=task.manifest.adapter.version,
+        progress=False,
+    )
+    # Shipped files only: the weights, their config naming the shipped base, the training
+    # summary. registration.json and PEFT's model card would hold this machine's paths.
+    shutil.rmtree(target / "checkpoint", ignore_errors=True)
+    (target / "registration.json").unlink(missing_ok=True)
+    (target / "README.md").unlink(missing_ok=True)
+    config_path = target / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = BASE_NAME
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    summary_path = target / "training.json"
+    summary = json.loads(summary_path.read_text())
+    summary["out_dir"] = task.manifest.adapter.path
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    seconds = round(time.perf_counter() - started, 1)
+    log.info("demo adapter trained", extra={"task": task.name, "seconds": seconds})
+    return seconds
 
-    data = root / "data"
-    data.mkdir(exist_ok=True)
-    for task in tasks.values():
-        target = root / "adapters" / task.manifest.adapter.path
-        if _complete_adapter(target):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
-        try:
-            n_train = recipe.train_records.get(task.name)
-            if n_train is None:
-                log.warning("no synthetic data for task; using a random adapter", extra={"task": task.name})
-                build_tiny_adapter(base, tmp, seed=zlib.crc32(task.name.encode()) % 10_000)
-                (tmp / "registration.json").write_text("{}\n")
-            else:
-                train_path = data / f"{task.name}-train.jsonl"
-                write_jsonl(train_path, examples_for_task(task.name, n_train, TRAIN_SEED))
-                write_jsonl(
-                    data / f"{task.name}-test.jsonl", examples_for_task(task.name, recipe.test_records, TEST_SEED)
-                )
-                started = time.perf_counter()
-                train_adapter(
-                    task,
-                    str(base),
-                    load_records(task, train_path),
-                    tmp,
-                    config=TrainConfig(
-                        rank=recipe.rank,
-                        alpha=2 * recipe.rank,
-                        dropout=recipe.dropout,
-                        learning_rate=recipe.task_learning_rates.get(task.name, recipe.learning_rate),
-                        epochs=recipe.task_epochs.get(task.name, recipe.epochs),
-                        max_steps=recipe.max_steps,
-                        save_every=10**9,
-                    ),
-                    adapter_name=task.manifest.adapter.name,
-                    adapter_version=task.manifest.adapter.version,
-                    progress=False,
-                )
-                shutil.rmtree(tmp / "checkpoint", ignore_errors=True)
-                log.info(
-                    "demo adapter trained",
-                    extra={"task": task.name, "seconds": round(time.perf_counter() - started, 1)},
-                )
-            publish_dir(tmp, target, _complete_adapter)
-            registration = target / "registration.json"
-            if registration.read_text().strip() != "{}":
-                # Training wrote the temp folder's path; point it at the published one.
-                info = json.loads(registration.read_text())
-                info["path"] = str(target.resolve())
-                registration.write_text(json.dumps(info, indent=2) + "\n")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+def _record(recipe: DemoRecipe, tasks: dict[str, Task], timings: dict[str, float]) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {
+        "recipe_version": RECIPE_VERSION,
+        "base": BASE_NAME,
+        "seeds": {"pretrain": PRETRAIN_SEED, "train": TRAIN_SEED, "test": TEST_SEED},
+        "data": {
+            "pretrain_notes_per_task": recipe.pretrain_notes_per_task,
+            "train_records": {name: recipe.train_records[name] for name in tasks},
+            "test_records": recipe.test_records,
+        },
+        "recipe": asdict(recipe),
+        "tasks": {
+            name: {"adapter": task.manifest.adapter.path, "schema": task.manifest.schema_file}
+            for name, task in tasks.items()
+        },
+        "built_with": {"torch": torch.__version__, "transformers": transformers.__version__, "cpus": os.cpu_count()},
+        "timings": timings,
+    }
+
+
+def test_records(task: Task, n: int) -> list[Record]:
+    """The held-out synthetic notes the demo's figures are measured on (seed TEST_SEED)."""
+    rows = examples_for_task(task, n, TEST_SEED)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "test.jsonl"
+        write_jsonl(path, rows)
+        return load_records(task, path)
+
+
+async def measure(demo_dir: Path, tasks: dict[str, Task], n: int) -> dict[str, Any]:
+    """Every task on `n` held-out notes through the serving path (one in-process engine): with
+    its demo adapter, and with the same base alone (`"adapter": "none"`, prompted with the
+    manifest's few-shot example)."""
+    demo_dir = Path(demo_dir)
+    settings = Settings(model=str(demo_dir / BASE_NAME), adapters_dir=demo_dir / "adapters")
+    service = build_service(settings)
+    service.tasks = {name: service.tasks[name] for name in tasks}
+    started = time.perf_counter()
+    await service.start()
+    figures: dict[str, Any] = {"engine_start_s": round(time.perf_counter() - started, 1), "tasks": {}}
+    try:
+        for task in service.tasks.values():
+            records = test_records(task, n)
+            runs: dict[str, Any] = {}
+            choices: tuple[tuple[str, AdapterChoice], ...] = (("adapter", None), ("base", "none"))
+            for run_name, choice in choices:
+                predictions = await predict_in_process(service, task, records, adapter=choice)
+                runs[run_name] = score(task, records, predictions)
+            figures["tasks"][task.name] = {"n": len(records), **runs}
+    finally:
+        await service.stop()
+    return figures
+
+
+def shipped_recipe(demo_dir: Path = DEMO_DIR) -> dict[str, Any] | None:
+    path = Path(demo_dir) / RECIPE_FILE
+    return dict(json.loads(path.read_text())) if path.is_file() else None

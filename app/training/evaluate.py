@@ -26,15 +26,18 @@ from typing import Any
 
 import httpx
 
-from app.tasks.adapters import AdapterChoice
-from app.training.datasets import DataError, Record, load_records, model_outputs
-from app.tasks.scoring import classification_scores, markdown_table, ner_scores, qa_scores
-from app.tasks.manifests import AdapterRef, Example, LabelSpec, ManifestError, Task, TaskManifest, load_tasks
-from app.problems import Problem
-from app.tasks.service import Service, make_local_service, settings_for
 from app.api.client import HTTP_TIMEOUT, ServiceError, auth_headers, fetch_tasks, wait_ready
-from app.tasks.calls import ENDPOINT_OF, INTERACTIVE_PRIORITY, ITEMS_KEY, call_json
+from app.problems import Problem
+from app.tasks.adapters import AdapterChoice
+from app.tasks.calls import INTERACTIVE_PRIORITY, call_json
+from app.tasks.manifests import ManifestError, load_tasks
 from app.tasks.runner import gather_first_error
+from app.tasks.scoring import markdown_table
+from app.tasks.service import Service, build_service, settings_for
+from app.tasks.spec import AdapterRef, Example, LabelSpec, TaskManifest
+from app.tasks.types import task_type
+from app.tasks.types.base import Task
+from app.training.datasets import DataError, Record, load_records, model_outputs
 
 # Problems that no retry or smaller batch can fix: the run is misconfigured, so it stops.
 _FATAL_STATUS = {400, 401, 403, 404, 409}
@@ -48,18 +51,10 @@ class _BatchFailed(Exception):
     """One request failed with a problem: its items get empty predictions (after a split retry)."""
 
 
-def empty_prediction(task: Task) -> dict[str, Any]:
-    if task.type == "ner":
-        return {"entities": []}
-    if task.type == "qa":
-        return {"answer": None}
-    return {"labels": []}
-
-
 def request_body(task: Task, batch: list[Record], adapter: AdapterChoice) -> dict[str, Any]:
     """The API request for a batch of records (the same body in process and over HTTP)."""
     items = [{"id": r.id, **r.payload} for r in batch]
-    body: dict[str, Any] = {"task": task.name, ITEMS_KEY[ENDPOINT_OF[task.type]]: items}
+    body: dict[str, Any] = {"task": task.name, task.kind.items_field: items}
     if adapter is not None:
         body["adapter"] = _adapter_field(adapter)
     return body
@@ -92,7 +87,7 @@ async def _predict(
                 results.update((r.id, p) for r, p in zip(batch, predictions, strict=True))
                 return
         if len(batch) == 1:
-            results[batch[0].id] = {**empty_prediction(task), "error": failure}
+            results[batch[0].id] = {**task.kind.empty_prediction(), "error": failure}
         else:
             # Find which items fail: a problem fails the whole request, not just its culprit.
             await gather_first_error([run([record]) for record in batch])
@@ -117,22 +112,11 @@ def _adapter_field(adapter: AdapterChoice) -> Any:
 
 
 def _from_response(task: Task, batch: list[Record], body: dict[str, Any]) -> list[dict[str, Any]]:
-    items = body.get(ITEMS_KEY[ENDPOINT_OF[task.type]]) or []
+    items = body.get(task.kind.items_field) or []
     by_id = {item["id"]: item for item in items}
     if sorted(by_id) != sorted(r.id for r in batch):
         raise EvalError(f"the server answered for other ids than were sent ({len(by_id)} of {len(batch)})")
-    out: list[dict[str, Any]] = []
-    for record in batch:
-        item = by_id[record.id]
-        if task.type == "ner":
-            keys = ("start", "end", "text", "label", "attributes")
-            out.append({"entities": [{k: e[k] for k in keys} for e in item["entities"]]})
-        elif task.type == "qa":
-            answer = item["answer"]
-            out.append({"answer": None if answer is None else {k: answer[k] for k in ("start", "end", "text")}})
-        else:
-            out.append({"labels": list(item["labels"])})
-    return out
+    return [task.kind.prediction(by_id[record.id]) for record in batch]
 
 
 async def predict_via_url(
@@ -149,7 +133,7 @@ async def predict_via_url(
 
     `transport` is for tests (an in-memory ASGI app); by default this is plain HTTP.
     """
-    endpoint = f"/v1/{ENDPOINT_OF[task.type]}"
+    endpoint = f"/v1/{task.kind.endpoint}"
     async with httpx.AsyncClient(
         base_url=url, timeout=HTTP_TIMEOUT, transport=transport, headers=auth_headers()
     ) as client:
@@ -196,7 +180,7 @@ async def predict_in_process(
         try:
             response = await call_json(
                 service,
-                ENDPOINT_OF[task.type],
+                task.kind.endpoint,
                 request_body(task, batch, adapter),
                 request_id=f"eval-{uuid.uuid4().hex}",
                 origin="eval",
@@ -218,29 +202,7 @@ def score(task: Task, records: list[Record], predictions: list[dict[str, Any]]) 
     """Metrics of predictions (API shapes, parallel to records) against the records' gold."""
     if len(records) != len(predictions):
         raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
-    if task.type == "ner":
-        ner = ner_scores([r.gold["entities"] for r in records], [p.get("entities", []) for p in predictions])
-        return {
-            "n": len(records),
-            "strict": ner.strict.to_dict(),
-            "lenient": ner.lenient.to_dict(),
-            "per_label_strict_f1": {label: round(prf.f1, 4) for label, prf in ner.per_label_strict.items()},
-        }
-    if task.type == "qa":
-        return qa_scores([r.gold["answer"] for r in records], [p.get("answer") for p in predictions]).to_dict()
-    cls = classification_scores(
-        [r.gold["labels"] for r in records], [p.get("labels", []) for p in predictions], labels=task.label_names
-    )
-    return {
-        "n": cls.n,
-        "accuracy": round(cls.accuracy, 4),
-        "macro_f1": round(cls.macro_f1, 4),
-        "micro_f1": round(cls.micro_f1, 4),
-        # Labels absent from both gold and predictions are left out (their F1 would be a vacuous 1.0).
-        "per_label_f1": {
-            label: round(prf.f1, 4) for label, prf in cls.per_label.items() if prf.tp + prf.fp + prf.fn > 0
-        },
-    }
+    return task.kind.score(task, [r.gold for r in records], predictions)
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
@@ -342,12 +304,11 @@ def few_shot_task(task: Task, shots: list[Record], k: int) -> Task:
             break
         pairs = model_outputs(task, record)
         if pairs:  # a blank text is answered without the model: nothing to show it
-            payload, output = pairs[0]
-            examples.append(Example(input=payload, output=output))
+            ask, output = pairs[0]
+            examples.append(Example(input=ask.payload, output=output))
     if len(examples) < k:
         raise EvalError(f"--few-shot {k}: the shots file has only {len(examples)} usable record(s)")
-    manifest = task.manifest.model_copy(update={"examples": examples})
-    return Task(manifest, task.schema, task.source)
+    return task.with_manifest(task.manifest.model_copy(update={"examples": examples}))
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -445,7 +406,10 @@ def _remote_task(description: dict[str, Any]) -> Task:
             ),
         }
     )
-    return Task(manifest, description["schema"], Path("-"))
+    kind = task_type(manifest.type)
+    if kind is None:
+        raise EvalError(f"task {manifest.name!r} is of a type this client does not know: {manifest.type}")
+    return Task(manifest, description["schema"], Path("-"), kind)
 
 
 async def _eval_url(
@@ -483,7 +447,7 @@ async def _eval_in_process(
         if overlap:
             print(f"medlora eval: warning: {len(overlap)} shot id(s) also in the test data", file=sys.stderr)
         task = few_shot_task(task, shots, args.few_shot)
-    service = make_local_service(settings)
+    service = build_service(settings)
     service.tasks[task.name] = task
     try:
         await service.start()

@@ -1,17 +1,14 @@
-"""Tiny random-weight Qwen3 model and LoRA adapters, built locally for tests.
+"""Tiny Qwen3 models and LoRA adapters, built locally: the demo's base, and the tests' models.
 
-No weights can be downloaded, so tests exercise vLLM's real HF loading path
-on a model small enough to build in seconds and run on two CPU cores.
+No weights can be downloaded, so the demo and the tests go through the loading path real
+checkpoints use (safetensors, tokenizer files, chat template, PEFT adapter folders) with
+models small enough to build in seconds and run on two CPU cores.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +24,6 @@ IM_END = "<|im_end|>"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
-_VOCAB_TARGET = 1536
 # vLLM and most kernels prefer an embedding size that is a multiple of 64;
 # the spare rows are simply never produced by the tokenizer.
 _VOCAB_MULTIPLE = 64
@@ -39,9 +35,6 @@ _LORA_B_SCALE = 4.0
 # keeps its token ids (with GPT-2 style pre-tokens the note has ` dolore` and the answer
 # `"dolore`, and the first token of every copied span must be translated).
 WORD_PRETOKENS = r"\w+|\s+|[^\w\s]+"
-TMP_PREFIX = ".tmp-tiny-"
-# A build takes seconds; a temp dir this old was left by a killed process.
-_STALE_TMP_S = 3600.0
 
 # Same text layout as Qwen3's template, minus tools and reasoning history,
 # which the tiny model never sees.
@@ -120,12 +113,10 @@ class TinyShape:
     num_key_value_heads: int = 1
 
 
-def _train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = _VOCAB_TARGET) -> PreTrainedTokenizerFast:
-    """Train the byte-level BPE and wrap it as a transformers fast tokenizer.
-
-    Without a corpus: GPT-2 style pre-tokens, merges from the small built-in corpus (the tests'
-    model). With one: `WORD_PRETOKENS` pre-tokens, merges from the built-in corpus plus it.
-    """
+def train_word_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with word-level pre-tokens (`WORD_PRETOKENS`), merges learnt from the
+    built-in corpus plus `corpus`, wrapped as a transformers fast tokenizer with Qwen3's
+    special tokens and chat layout (the demo base's tokenizer)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
     from transformers import PreTrainedTokenizerFast
@@ -133,15 +124,12 @@ def _train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = _VOC
     tok = Tokenizer(models.BPE())
     # Byte-level, with the full 256-byte alphabet seeded, so that any Unicode
     # input (emoji, CRLF, control chars) maps to tokens and never to <unk>.
-    if corpus is None:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(WORD_PRETOKENS), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(WORD_PRETOKENS), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = BpeTrainer(
         vocab_size=vocab_size,
@@ -150,7 +138,7 @@ def _train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = _VOC
         special_tokens=[PAD_TOKEN, IM_START, IM_END],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator([*_CORPUS, *(corpus or ())], trainer=trainer)
+    tok.train_from_iterator([*_CORPUS, *corpus], trainer=trainer)
     # Qwen3 registers the think markers as added but non-special tokens, so
     # skip_special_tokens keeps them and reasoning parsers can see them.
     tok.add_tokens(
@@ -174,30 +162,31 @@ def _train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = _VOC
 def build_tiny_base(
     out_dir: Path,
     *,
+    tokenizer: PreTrainedTokenizerFast,
     seed: int = 0,
     shape: TinyShape = TinyShape(),
-    tokenizer_corpus: Iterable[str] | None = None,
-    vocab_size: int = _VOCAB_TARGET,
+    vocab_size: int | None = None,
 ) -> Path:
-    """Write a tiny Qwen3ForCausalLM (safetensors) + tokenizer + chat template into out_dir; return out_dir.
+    """Write a random-weight tiny Qwen3ForCausalLM (safetensors) with `tokenizer` into out_dir,
+    as a real checkpoint is laid out (config, weights, tokenizer, chat template); return out_dir.
 
-    `tokenizer_corpus` (the demo's notes) switches to word-level pre-tokens learned from it;
-    special tokens, chat template and pad token are the same either way.
+    The embedding has `vocab_size` rows (default: the tokenizer's size rounded up to 64).
     """
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(tokenizer_corpus, vocab_size)
-    vocab_size = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
+    rows = vocab_size or -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
+    if rows < len(tokenizer):
+        raise ValueError(f"vocab_size {rows} is smaller than the tokenizer ({len(tokenizer)} tokens)")
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
     if not isinstance(pad_id, int) or not isinstance(eos_id, int):
-        raise RuntimeError("tiny tokenizer lost its special tokens")
+        raise RuntimeError("the tokenizer lacks Qwen3's special tokens")
 
     config = Qwen3Config(
-        vocab_size=vocab_size,
+        vocab_size=rows,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_hidden_layers,
@@ -267,77 +256,3 @@ def build_tiny_adapter(
     adapter_config["target_modules"] = sorted(adapter_config["target_modules"])
     config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True), encoding="utf-8")
     return out_dir
-
-
-def is_complete_base(path: Path) -> bool:
-    required = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-    return all((path / name).is_file() for name in required)
-
-
-def _is_complete_adapter(path: Path) -> bool:
-    required = ("adapter_config.json", "adapter_model.safetensors")
-    return all((path / name).is_file() for name in required)
-
-
-def sweep_stale_tmp(parent: Path) -> None:
-    now = time.time()
-    for tmp in parent.glob(TMP_PREFIX + "*"):
-        try:
-            if tmp.is_dir() and now - tmp.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except FileNotFoundError:
-            continue
-
-
-def publish_dir(tmp_dir: Path, target: Path, is_complete: Callable[[Path], bool]) -> None:
-    """Move a finished build into place, tolerating a concurrent builder."""
-    if target.exists() and not is_complete(target):
-        # Only a foreign, partial directory can be here (ours appear atomically).
-        shutil.rmtree(target)
-    try:
-        os.replace(tmp_dir, target)
-    except OSError:
-        # Another process published first; its copy is equally valid.
-        if not (target.exists() and is_complete(target)):
-            raise
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def ensure_embedded_default(cache_dir: Path, adapters: Mapping[str, int]) -> Path:
-    """Idempotently build cache_dir/'base' and cache_dir/'adapters'/<name> (seed = mapping value).
-
-    Skips anything already complete; each part is built in a temp dir then moved
-    in with os.replace, so an interrupted build never leaves a half model.
-    Returns cache_dir.
-    """
-    cache_dir = Path(cache_dir)
-    base_dir = cache_dir / "base"
-    adapters_dir = cache_dir / "adapters"
-    adapters_dir.mkdir(parents=True, exist_ok=True)
-
-    if not is_complete_base(base_dir):
-        # Temp dirs live next to the target so os.replace stays a same-filesystem rename.
-        sweep_stale_tmp(cache_dir)
-        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "base-", dir=cache_dir))
-        try:
-            build_tiny_base(tmp)
-            publish_dir(tmp, base_dir, is_complete_base)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    for name, seed in adapters.items():
-        rel = Path(name)
-        if rel.is_absolute() or not rel.parts or ".." in rel.parts:
-            raise ValueError(f"adapter name must be a relative path inside the cache: {name!r}")
-        target = adapters_dir / rel
-        if _is_complete_adapter(target):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale_tmp(target.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
-        try:
-            build_tiny_adapter(base_dir, tmp, seed=seed)
-            publish_dir(tmp, target, _is_complete_adapter)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return cache_dir

@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.training.datasets import Record, load_records, model_outputs
-from app.tasks.manifests import Task, load_tasks
-from app.tasks.prompts import PromptRenderer, build_messages, serialize_output
+from app.engine.models import resolve_model
 from app.settings import Settings
+from app.tasks.manifests import ManifestError, load_tasks
+from app.tasks.prompts import PromptRenderer, build_messages, serialize_output
+from app.tasks.types.base import Task
+from app.training.datasets import DataError, Record, load_records, model_outputs
 
 log = logging.getLogger("medlora.train")
 
@@ -87,12 +89,12 @@ def build_examples(
     examples: list[Example] = []
     too_long = 0
     for record in records:
-        for payload, output in model_outputs(task, record):
+        for ask, output in model_outputs(task, record):
             prompt_ids = renderer.tokenizer.encode(
-                renderer.render(build_messages(task, payload)), add_special_tokens=False
+                renderer.render(build_messages(task, ask.payload, ask.part)), add_special_tokens=False
             )
             completion_ids = renderer.tokenizer.encode(
-                serialize_output(task, output) + eos_token, add_special_tokens=False
+                serialize_output(ask.schema, output) + eos_token, add_special_tokens=False
             )
             if len(prompt_ids) + len(completion_ids) > max_seq_len:
                 too_long += 1
@@ -381,10 +383,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from app.training.datasets import DataError
-    from app.tasks.manifests import ManifestError
-    from app.tasks.service import resolve_model
-
     overrides: dict[str, Any] = {}
     if args.model:
         overrides["model"] = args.model
@@ -406,7 +404,7 @@ def train_main(args: argparse.Namespace) -> int:
     except DataError as exc:
         print(f"medlora train: {exc}", file=sys.stderr)
         return 2
-    base = resolve_model(settings, tasks).path
+    base = resolve_model(settings).path
     config = TrainConfig(
         rank=args.rank,
         alpha=args.alpha,

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.tasks.service import EMBEDDED_CACHE_NAME
 from app.settings import REPO_ROOT
+from app.tasks.service import EMBEDDED_CACHE_NAME
 
 STARTUP_TIMEOUT_S = 600
 

@@ -22,7 +22,8 @@ import pytest
 
 from app.batch.journal import recover
 from app.settings import REPO_ROOT
-from app.synthetic import examples_for_task, write_jsonl
+from app.training.synthetic import examples_for_task, write_jsonl
+from tests.conftest import shipped_task
 from tests.e2e.conftest import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +32,9 @@ LABELS = {"DISCHARGE_SUMMARY", "EMERGENCY_NOTE", "RADIOLOGY_REPORT", "LAB_REPORT
 
 
 def archive(path: Path, n: int, seed: int) -> list[str]:
-    rows = [{"id": f"note-{i:05d}", "text": r["text"]} for i, r in enumerate(examples_for_task(TASK, n, seed))]
+    rows = [
+        {"id": f"note-{i:05d}", "text": r["text"]} for i, r in enumerate(examples_for_task(shipped_task(TASK), n, seed))
+    ]
     write_jsonl(path, rows)
     return [r["id"] for r in rows]
 
@@ -110,7 +113,7 @@ def test_annotate_via_url_with_shards_and_merge(live_server: LiveServer, tmp_pat
 
 def test_openai_client_batch_job_against_the_real_service(live_server: LiveServer) -> None:
     client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="unused", timeout=120)
-    rows = examples_for_task(TASK, 8, seed=8)
+    rows = examples_for_task(shipped_task(TASK), 8, seed=8)
     lines = [
         {
             "custom_id": f"r{i}",

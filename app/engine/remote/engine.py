@@ -22,18 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
-import json
 import logging
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry
 
 from app.engine.base import AdapterHandle, EngineError, EngineUnavailable, GenerationRequest, GenerationResult
-from app.tasks.metrics import EngineMetrics
+from app.engine.remote.discovery import resolve_replicas
+from app.engine.remote.metrics import EngineMetrics
+from app.engine.remote.replicas import Replica, ReplicaPool
 from app.settings import ConfigurationError, Settings
 
 log = logging.getLogger("medlora.engine")
@@ -49,16 +48,6 @@ _KEEPALIVE_EXPIRY_S = 2.0
 def engine_name(adapter: AdapterHandle) -> str:
     """The adapter's name on the replicas: the same for every gateway, new for a new folder."""
     return f"{adapter.key}+{hashlib.sha256(adapter.path.encode()).hexdigest()[:12]}"
-
-
-@dataclass
-class Replica:
-    url: str
-    healthy: bool = False
-    outstanding: int = 0
-    served_model: str | None = None
-    reason: str = "not checked yet"  # why it is unhealthy (logged when it changes)
-    removed: bool = False  # gone from discovery; requests in flight finish
 
 
 @dataclass
@@ -78,22 +67,6 @@ class _AdapterRejected(Exception):
     """The replica tried to load the adapter and failed: the files are the problem."""
 
 
-@dataclass
-class _Pool:
-    replicas: dict[str, Replica] = field(default_factory=dict)
-    gone: dict[str, Replica] = field(default_factory=dict)  # removed, possibly still busy
-    order: itertools.count[int] = field(default_factory=itertools.count)
-
-    def pick(self, exclude: set[str]) -> Replica | None:
-        """Least outstanding requests among healthy replicas; ties rotate."""
-        candidates = [r for r in self.replicas.values() if r.healthy and r.url not in exclude]
-        if not candidates:
-            return None
-        least = min(r.outstanding for r in candidates)
-        tied = [r for r in candidates if r.outstanding == least]
-        return tied[next(self.order) % len(tied)]
-
-
 def _server_message(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -101,52 +74,6 @@ def _server_message(response: httpx.Response) -> str:
     except (ValueError, AttributeError):
         message = None
     return str(message or response.text or response.reason_phrase)[:_ERROR_CHARS]
-
-
-async def _resolve_one(url: str) -> list[str]:
-    parsed = httpx.URL(url)
-    port = parsed.port or 80
-    infos = await asyncio.get_running_loop().getaddrinfo(parsed.host, port, type=socket.SOCK_STREAM)
-    addresses = {str(info[4][0]) for info in infos}
-    # A dual-stack Service lists each pod once per family: keep one family.
-    v4 = {a for a in addresses if ":" not in a}
-    path = parsed.raw_path.decode().rstrip("/")
-    return [f"{parsed.scheme}://{f'[{a}]' if ':' in a else a}:{port}{path}" for a in sorted(v4 or addresses)]
-
-
-async def resolve_replicas(urls: list[str], discovery: str, known: list[str] | None = None) -> list[str]:
-    """Replica base URLs: the URLs themselves, or every address their host names resolve to.
-
-    A name that fails to resolve keeps the replicas it had (`known`, matched by port and
-    path), so a DNS hiccup does not empty the pool; the other names are still followed.
-    """
-    if discovery == "static":
-        return list(urls)
-    found: list[str] = []
-    for url in urls:
-        try:
-            found += await _resolve_one(url)
-        except OSError as exc:
-            log.warning("engine discovery failed", extra={"url": url, "error": str(exc)})
-            parsed = httpx.URL(url)
-            found += [k for k in known or [] if httpx.URL(k).port == (parsed.port or 80)]
-    return list(dict.fromkeys(found))
-
-
-def vllm_server_args(settings: Settings) -> list[str]:
-    """The vLLM OpenAI server flags this gateway relies on (the Helm chart passes the same; tested).
-
-    Also needed in the server's environment: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.
-    """
-    return [
-        "--enable-lora",
-        "--max-loras", str(settings.max_loras),
-        "--max-cpu-loras", str(settings.max_cpu_loras),
-        "--max-lora-rank", str(settings.max_lora_rank),
-        "--max-model-len", str(settings.max_model_len),
-        "--scheduling-policy", "priority",  # batch lines are sent at a lower priority
-        "--structured-outputs-config", json.dumps({"backend": settings.structured_outputs_backend}),
-    ]  # fmt: skip
 
 
 class RemoteEngine:
@@ -165,7 +92,7 @@ class RemoteEngine:
         self.settings = settings
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
-        self._pool = _Pool()
+        self._pool = ReplicaPool()
         self._adapters: dict[str, AdapterHandle] = {}  # engine name -> adapter every replica must have
         self._adapter_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None

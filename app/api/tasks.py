@@ -1,0 +1,76 @@
+"""Task routes: one `POST /v1/<endpoint>` per registered task type, with its own models."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app.api.auth import CallerDep
+from app.tasks.calls import Abandoned, endpoints, execute, prepare
+from app.tasks.protocol import TaskRequest
+from app.tasks.service import Service
+from app.tasks.types.base import TaskType
+
+T = TypeVar("T")
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`; if the client goes away first, cancel it (aborting engine requests)."""
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        watcher.cancel()
+    if job.cancelled():
+        raise Abandoned
+    return job.result()
+
+
+def task_router(service: Service) -> APIRouter:
+    router = APIRouter(tags=["tasks"])
+    for kind in endpoints().values():
+        _add_route(router, service, kind)
+    return router
+
+
+def _add_route(router: APIRouter, service: Service, kind: TaskType[Any]) -> None:
+    async def run_task(body: TaskRequest, request: Request, caller: CallerDep) -> Any:
+        call = prepare(service, kind, body)
+        try:
+            return await execute(
+                service,
+                call,
+                request_id=request.state.request_id,
+                watch=lambda work: cancel_on_disconnect(request, work),
+                client=caller.name,
+            )
+        except Abandoned:
+            return Response(status_code=499)
+
+    # FastAPI reads the body model from the annotation: each type's own request model.
+    run_task.__annotations__ = {**run_task.__annotations__, "body": kind.request_model}
+    router.add_api_route(
+        f"/v1/{kind.endpoint}",
+        run_task,
+        methods=["POST"],
+        response_model=kind.response_model,
+        summary=kind.summary,
+        name=f"task_{kind.name}",
+    )

@@ -1,0 +1,74 @@
+"""The public vocabulary every task endpoint shares (pydantic v2, validated at the edge).
+
+Each task type (app/tasks/types/) declares its own request and response models from these
+parts; the HTTP layer turns every registered type into one route.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.tasks.adapters import AdapterChoice
+
+ID_PATTERN = r"^[^\x00-\x1f]{1,256}$"
+
+
+class In(BaseModel):
+    """A request body part: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def no_surrogates(value: str) -> str:
+    # Lone surrogates (from JSON \ud800 escapes) are not Unicode text: they cannot be
+    # encoded, tokenized or returned, so they are rejected up front.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text contains an unpaired UTF-16 surrogate") from exc
+    return value
+
+
+class DocumentIn(In):
+    id: str = Field(pattern=ID_PATTERN, examples=["d1"])
+    text: str = Field(examples=["Paziente con febbre e tosse, in terapia con amoxicillina 1 g."])
+
+    _check_text = field_validator("text")(no_surrogates)
+
+
+class AdapterSelection(In):
+    name: str
+    version: str
+
+
+_ADAPTER_FIELD_DOC = (
+    "Optional: a registered adapter to use instead of the task's current one (evaluation, canaries), "
+    'or "none" for the base model alone (few-shot baselines).'
+)
+
+
+class TaskRequest(In):
+    task: str
+    adapter: AdapterSelection | Literal["none"] | None = Field(None, description=_ADAPTER_FIELD_DOC)
+
+    def adapter_choice(self) -> AdapterChoice:
+        if isinstance(self.adapter, AdapterSelection):
+            return (self.adapter.name, self.adapter.version)
+        return self.adapter
+
+
+class DocumentsRequest(TaskRequest):
+    """The common request shape: a list of documents with ids."""
+
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
+class ModelInfo(BaseModel):
+    base: str
+    adapter: str | None = Field(description="None when the base model ran without an adapter.")
+    adapter_version: str | None
+
+
+OffsetUnit = Literal["unicode_code_point"]

@@ -1,0 +1,78 @@
+"""Synthetic clinical notes with gold annotations, for training and evaluating demo adapters.
+
+Everything here is invented: names, values and sentences come from the templates and
+vocabularies in `vocab.py`, never from patients. `notes.py` writes one note with its
+entities, facts and document type tracked; each task type turns such notes into its own
+gold records (`TaskType.synthesize`), so `medlora synth` covers every type that does.
+Deterministic: the same (task, n, seed) gives byte-identical output on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from app.tasks.types.base import SyntheticNote, Task
+from app.training.synthetic.notes import compose_note
+from app.training.synthetic.vocab import NOTE_TYPES, QUESTIONS, VOCABS, Vocab
+
+
+class World:
+    """The note generator for one language (a `NoteWorld`)."""
+
+    note_kinds: tuple[str, ...] = NOTE_TYPES
+
+    def __init__(self, vocab: Vocab):
+        self.vocab = vocab
+        self.language: str = vocab.lang
+
+    def compose(self, rng: random.Random, kind: str) -> SyntheticNote:
+        if kind not in NOTE_TYPES:
+            raise ValueError(f"no {kind!r} notes: the generator writes {NOTE_TYPES}")
+        return compose_note(kind, self.vocab, rng)
+
+    def question_keys(self) -> list[str]:
+        """Every fact a question can ask about (answered in some notes, absent from others)."""
+        vocab = self.vocab
+        return [
+            *QUESTIONS,
+            *(f"lab:{lab.name}" for lab in vocab.labs),
+            *(f"family:{rel.word}" for rel in vocab.relatives),
+            *(f"dose:{drug.name}" for drug in vocab.drugs),
+        ]
+
+    def question(self, key: str, rng: random.Random) -> str:
+        """An Italian question about fact `key`."""
+        kind, _, arg = key.partition(":")
+        if kind == "lab":
+            return next(lab.question for lab in self.vocab.labs if lab.name == arg)
+        if kind == "family":
+            return next(rel.question for rel in self.vocab.relatives if rel.word == arg)
+        if kind == "dose":
+            return rng.choice((f"Qual è la posologia di {arg}?", f"Quale dose di {arg} è prescritta?"))
+        return rng.choice(QUESTIONS[key])
+
+
+def world_for(language: str) -> World:
+    vocab = VOCABS.get(language)  # type: ignore[call-overload]
+    if vocab is None:
+        raise ValueError(f"no synthetic notes in {language!r} (languages: {sorted(VOCABS)})")
+    return World(vocab)
+
+
+def examples_for_task(task: Task, n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` invented annotated records for `task`, in its language (the manifest's first)."""
+    return task.kind.synthesize(task, world_for(task.manifest.languages[0]), n, seed)
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Write one JSON object per line (UTF-8, non-ASCII kept as is); return the row count."""
+    count = 0
+    with path.open("w", encoding="utf-8", newline="\n") as out:
+        for row in rows:
+            out.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
+            count += 1
+    return count
