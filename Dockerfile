@@ -34,7 +34,7 @@ WORKDIR /app
 
 # Dependencies first, so that a code change does not reinstall vLLM: the install needs only
 # the project metadata and the install script (the package is a stub until the code comes).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY scripts/install.sh scripts/install.sh
 RUN mkdir app && touch app/__init__.py
 

@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.synthetic import examples_for_task, write_jsonl
-
 from app.settings import REPO_ROOT, Settings
+from app.tasks.manifests import load_tasks
+from app.training.synthetic import examples_for_task, write_jsonl
+from bench.models import random_qwen3_settings
 
 _MARK = "BENCH_RESULT "
 
@@ -33,7 +34,7 @@ _MARK = "BENCH_RESULT "
 def _service(cache_dir: Path) -> Any:
     from app.tasks.service import build_service
 
-    return build_service(Settings(cache_dir=cache_dir, embedded_adapters="random"))
+    return build_service(random_qwen3_settings(cache_dir))
 
 
 def vllm_side(task_name: str, data: Path, cache_dir: Path) -> dict[str, Any]:
@@ -44,6 +45,7 @@ def vllm_side(task_name: str, data: Path, cache_dir: Path) -> dict[str, Any]:
     from vllm.sampling_params import SamplingParams, StructuredOutputsParams
 
     from app.tasks.grammar import compile_grammar
+    from app.tasks.prompts import load_renderer
 
     service = _service(cache_dir)
     task = service.tasks[task_name]
@@ -62,19 +64,18 @@ def vllm_side(task_name: str, data: Path, cache_dir: Path) -> dict[str, Any]:
     )
     ref = task.manifest.adapter
     lora = LoRARequest(ref.name + "@" + ref.version, 1, str(service.resolve_adapter_path(ref.path)))
+    service.runner.renderer = load_renderer(service.model.path)
     prompts, params = [], []
     for row in rows:
-        payload = (
-            {"text": row["text"]} if task.type != "qa" else {"context": row["context"], "question": row["question"]}
-        )
-        source = payload.get("text") or payload["context"]
-        ids, max_tokens = service.runner.budget(task, payload, source)
+        # Notes fit one chunk: exactly the asks the gateway sends.
+        (ask,) = task.kind.asks(task, {name: row[name] for name in task.kind.input_fields})
+        ids, max_tokens = service.runner.budget(task, ask)
         prompts.append(TokensPrompt(prompt_token_ids=ids))
         params.append(
             SamplingParams(
                 temperature=task.manifest.generation.temperature,
                 max_tokens=max_tokens,
-                structured_outputs=StructuredOutputsParams(grammar=compile_grammar(task.schema, source)),
+                structured_outputs=StructuredOutputsParams(grammar=compile_grammar(ask.schema, ask.source)),
             )
         )
     started = time.perf_counter()
@@ -142,8 +143,10 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "notes.jsonl"
-        rows = examples_for_task(args.task, args.notes, seed=11)
-        keys = ("context", "question") if "qa" in args.task else ("text",)
+        settings = Settings()
+        task = load_tasks(settings.tasks_dir, settings.schemas_dir)[args.task]
+        rows = examples_for_task(task, args.notes, seed=11)
+        keys = task.kind.input_fields
         write_jsonl(data, [{"id": f"n{i}", **{k: r[k] for k in keys}} for i, r in enumerate(rows)])
         report: dict[str, Any] = {"task": args.task, "notes": args.notes, "concurrency": args.concurrency}
         report["vllm_offline"] = run_side("vllm", args, data)

@@ -1,11 +1,12 @@
 """Demo adapters vs. the same tiny base without them, on held-out synthetic notes.
 
-Builds the embedded demo if needed (pretrained tiny base + one trained adapter per task,
-cached), starts one in-process engine, and evaluates every shipped task twice through the
-serving path: with its demo adapter, and with the base model alone (`"adapter": "none"`,
-prompted with the manifest's few-shot example). Prints one JSON report and a markdown table.
+Loads a built demo (the shipped one by default: app/data/demo), starts one in-process
+engine, and evaluates every shipped task twice through the serving path: with its demo
+adapter, and with the base model alone (`"adapter": "none"`, prompted with the manifest's
+few-shot example). Prints one JSON report and a markdown table. `medlora demo build`
+records the same measurement in the demo's recipe.json.
 
-    .venv/bin/python -m bench.demo_quality [--cache DIR] [--n 50]
+    .venv/bin/python -m bench.demo_quality [--demo DIR] [--n 50]
 """
 
 from __future__ import annotations
@@ -13,21 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
-from app.tasks.service import build_service
-from app.training.datasets import load_records
-from app.training.demo import DEMO_CACHE_NAME
-from app.training.evaluate import predict_in_process, score
-
-HEADLINE = {
-    "ner": ("strict.f1", "lenient.f1"),
-    "qa": ("exact_match", "token_f1"),
-    "classification": ("accuracy", "macro_f1"),
-}
+from app.settings import DEMO_DIR, Settings
+from app.tasks.manifests import load_tasks
+from app.training.demo import measure
 
 
 def _get(metrics: dict[str, Any], dotted: str) -> float:
@@ -37,34 +29,12 @@ def _get(metrics: dict[str, Any], dotted: str) -> float:
     return float(node)
 
 
-async def run(cache: Path, n: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    service = build_service(Settings(cache_dir=cache, embedded_adapters="demo"))
-    build_s = time.perf_counter() - started
-    await service.start()
-    data = cache / DEMO_CACHE_NAME / "data"
-    report: dict[str, Any] = {"demo_build_or_load_s": round(build_s, 1), "tasks": {}}
-    try:
-        for task in service.tasks.values():
-            records = load_records(task, data / f"{task.name}-test.jsonl")[:n]
-            runs: dict[str, Any] = {}
-            for run_name, choice in (("adapter", None), ("base", "none")):
-                predictions = await predict_in_process(service, task, records, adapter=choice)
-                runs[run_name] = score(task, records, predictions)
-            report["tasks"][task.name] = {"n": len(records), **runs}
-    finally:
-        await service.stop()
-    return report
-
-
 def table(report: dict[str, Any]) -> str:
-    from app.settings import REPO_ROOT
-    from app.tasks.manifests import load_tasks
-
-    tasks = load_tasks(REPO_ROOT / "adapters", REPO_ROOT / "schemas")
+    settings = Settings()
+    tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
     lines = ["| task | metric | base alone | with demo adapter |", "| --- | --- | ---: | ---: |"]
     for name, result in report["tasks"].items():
-        for metric in HEADLINE[tasks[name].type]:
+        for metric in tasks[name].kind.headline:
             base, adapter = _get(result["base"], metric), _get(result["adapter"], metric)
             lines.append(f"| {name} | {metric} | {base:.3f} | {adapter:.3f} |")
     return "\n".join(lines)
@@ -72,11 +42,12 @@ def table(report: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=Settings().cache_dir)
+    parser.add_argument("--demo", type=Path, default=DEMO_DIR, help="a built demo folder")
     parser.add_argument("--n", type=int, default=50, help="held-out records per task")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
-    report = asyncio.run(run(args.cache, args.n))
+    settings = Settings()
+    report = asyncio.run(measure(args.demo, load_tasks(settings.tasks_dir, settings.schemas_dir), args.n))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

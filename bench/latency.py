@@ -1,6 +1,6 @@
 """Per-request latency of the gateway vs. vLLM alone, same prompts, grammars and adapters.
 
-Phase 1 starts `medlora serve` (embedded tiny model unless --model is given) and times
+Phase 1 starts `medlora serve` (a random-weight tiny Qwen3 with the real Qwen3 tokenizer) and times
 engine start, then sends each task's requests over HTTP, one at a time and then
 concurrently. Phase 2 (after the server stopped, so both phases own the machine) starts an
 AsyncLLM in this process and sends the identical engine requests directly. Greedy decoding
@@ -30,7 +30,8 @@ from typing import Any
 
 import httpx
 
-from app.settings import REPO_ROOT, Settings
+from app.settings import REPO_ROOT
+from bench.models import random_qwen3_env, random_qwen3_settings
 
 NOTE_IT = (
     "Paziente di 72 anni, ricoverato per polmonite basale destra. Riferisce febbre (38,5 °C) e tosse "
@@ -108,7 +109,7 @@ async def engine_phase(n: int, concurrency: int, cache_dir: Path, engine_url: st
     from app.tasks.service import build_service
 
     remote: dict[str, Any] = {"engine": "remote", "engine_urls": [engine_url]} if engine_url else {}
-    service = build_service(Settings(cache_dir=cache_dir, embedded_adapters="random", **remote))
+    service = build_service(random_qwen3_settings(cache_dir, **remote))
     started = time.perf_counter()
     await service.start()
     start_s = time.perf_counter() - started
@@ -119,16 +120,15 @@ async def engine_phase(n: int, concurrency: int, cache_dir: Path, engine_url: st
         assert adapter is not None
         requests = []
         for i, body in enumerate(bodies):
-            item = (body.get("documents") or body["items"])[0]
-            source = item.get("text") or item["context"]
-            payload = {"text": source} if task.type != "qa" else {"context": source, "question": item["question"]}
-            # The gateway's own prompt and token budget, so both phases send identical requests.
-            ids, max_tokens = service.runner.budget(task, payload, source)
+            item = body[task.kind.items_field][0]
+            # The gateway's own ask, prompt and token budget, so both phases send identical requests.
+            (ask,) = task.kind.asks(task, {name: item[name] for name in task.kind.input_fields})
+            ids, max_tokens = service.runner.budget(task, ask)
             requests.append(
                 GenerationRequest(
                     request_id=f"bench-{task_name}-{i}-{time.monotonic_ns()}",
                     prompt_token_ids=ids,
-                    grammar=compile_grammar(task.schema, source),
+                    grammar=compile_grammar(ask.schema, ask.source),
                     max_tokens=max_tokens,
                     adapter=adapter.handle,
                 )
@@ -171,13 +171,7 @@ def wait_up(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
 def start_server(
     cache_dir: Path, port: int, log_path: Path, extra_env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], float]:
-    env = {
-        **os.environ,
-        "MEDLORA_CACHE_DIR": str(cache_dir),
-        "MEDLORA_PORT": str(port),
-        "MEDLORA_EMBEDDED_ADAPTERS": "random",
-        **(extra_env or {}),
-    }
+    env = {**os.environ, **random_qwen3_env(cache_dir), "MEDLORA_PORT": str(port), **(extra_env or {})}
     started = time.perf_counter()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -188,13 +182,10 @@ def start_server(
 
 
 def start_vllm_server(cache_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """A vLLM OpenAI server for the embedded tiny model, with the flags the gateway relies on."""
-    from app.engine.remote import vllm_server_args
-    from app.tasks.manifests import load_tasks
-    from app.tasks.service import resolve_model
+    """A vLLM OpenAI server for the benchmark model, with the flags the gateway relies on."""
+    from app.engine.remote.server_args import vllm_server_args
 
-    settings = Settings(cache_dir=cache_dir, embedded_adapters="random")
-    model = resolve_model(settings, load_tasks(settings.tasks_dir, settings.schemas_dir))
+    settings = random_qwen3_settings(cache_dir)
     env = {
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
@@ -203,7 +194,7 @@ def start_vllm_server(cache_dir: Path, port: int, log_path: Path) -> subprocess.
         "VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kvcache_gib),
     }
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model.path,
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", settings.model,
         *vllm_server_args(settings), "--host", "127.0.0.1", "--port", str(port), "--seed", "0",
     ]  # fmt: skip
     with log_path.open("wb") as log:

@@ -25,13 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.synthetic import examples_for_task, write_jsonl
-
 from app.settings import Settings
 from app.tasks.manifests import load_tasks
 from app.tasks.prompts import PromptRenderer, serialize_output
+from app.tasks.runner import TaskRunner
+from app.tasks.service import build_service
+from app.tasks.types.base import TaskInput
 from app.training.datasets import load_records, model_outputs
-from tests.support.qwen3 import build_random_qwen3, qwen3_tokenizer
+from app.training.synthetic import examples_for_task, write_jsonl
+from bench.models import random_qwen3_settings
+from tests.support.qwen3 import qwen3_tokenizer
 
 TASKS = ("ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type")
 
@@ -40,23 +43,20 @@ def answer_costs(n_notes: int, work: Path) -> dict[str, Any]:
     settings = Settings()
     tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
     tokenizer = qwen3_tokenizer()
-    renderer = PromptRenderer(tokenizer)
-    from app.tasks.runner import TaskRunner
-
-    runner = TaskRunner(engine=None, renderer=renderer, metrics=None, max_model_len=settings.max_model_len)  # type: ignore[arg-type]
+    # Only the prompt and budget arithmetic runs here: no engine, no metrics.
+    runner = TaskRunner(None, None, max_model_len=settings.max_model_len, renderer=PromptRenderer(tokenizer))  # type: ignore[arg-type]
     out: dict[str, Any] = {}
     for name in TASKS:
         task = tasks[name]
         path = work / f"{name}.jsonl"
-        write_jsonl(path, examples_for_task(name, n_notes, 0))
+        write_jsonl(path, examples_for_task(task, n_notes, 0))
         answers, tokens, entities, budgets = 0, 0, 0, []
         for record in load_records(task, path):
-            for payload, output in model_outputs(task, record):
-                tokens += len(tokenizer.encode(serialize_output(task, output), add_special_tokens=False))
+            for ask, output in model_outputs(task, record):
+                tokens += len(tokenizer.encode(serialize_output(ask.schema, output), add_special_tokens=False))
                 answers += 1
                 entities += len(output.get("entities", []))
-                source = payload.get("text") or payload["context"]
-                budgets.append(runner.budget(task, payload, source)[1])
+                budgets.append(runner.budget(task, ask)[1])
         row: dict[str, Any] = {
             "answers": answers,
             # + 1: the end-of-sequence token is decoded too.
@@ -72,36 +72,24 @@ def answer_costs(n_notes: int, work: Path) -> dict[str, Any]:
 
 
 async def ner_generation(n_notes: int, work: Path) -> dict[str, Any]:
-    from app.tasks.runner import Document
-    from app.tasks.service import build_service
-    from app.training.tiny_model import build_tiny_adapter
-
-    base = build_random_qwen3(work / "qwen3-random")
-    settings = Settings()
-    tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
-    adapters = work / "adapters"
-    for task in tasks.values():
-        target = adapters / task.manifest.adapter.path
-        if not (target / "adapter_config.json").is_file():
-            build_tiny_adapter(base, target, seed=17)
-    service = build_service(Settings(model=str(base), adapters_dir=adapters))  # type: ignore[call-arg]
+    service = build_service(random_qwen3_settings(work))
     await service.start()
     try:
-        rows = examples_for_task("ner-it-clinical", n_notes, 0)
-        docs = [Document(r["id"], r["text"]) for r in rows]
+        rows = examples_for_task(service.tasks["ner-it-clinical"], n_notes, 0)
+        docs = [TaskInput(r["id"], {"text": r["text"]}, "text") for r in rows]
         out: dict[str, Any] = {}
         for label, temperature in (("greedy", 0.0), ("sampled_t1", 1.0)):
             # Greedy is how the shipped task runs; sampling at temperature 1 walks much more of
             # the grammar (a random-weight model's greedy answer is often the empty list).
-            task = service.tasks["ner-it-clinical"]
-            generation = task.manifest.generation.model_copy(update={"temperature": temperature})
-            task.manifest = task.manifest.model_copy(update={"generation": generation})
+            shipped = service.tasks["ner-it-clinical"]
+            generation = shipped.manifest.generation.model_copy(update={"temperature": temperature})
+            task = shipped.with_manifest(shipped.manifest.model_copy(update={"generation": generation}))
             with service.registry.lease(task.name) as adapter:
                 # Warm-up (grammar compiler caches, first-request allocations), then the timed run.
-                await service.runner.ner(task, adapter, docs[:2])
+                await service.runner.run(task, adapter, docs[:2])
                 before = _completion_tokens(service)
                 started = time.perf_counter()
-                results = await service.runner.ner(task, adapter, docs)
+                results = await service.runner.run(task, adapter, docs)
                 seconds = time.perf_counter() - started
             decoded = _completion_tokens(service) - before
             entities = sum(len(r.entities) for r in results)

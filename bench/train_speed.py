@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.synthetic import examples_for_task, write_jsonl
-
 from app.settings import REPO_ROOT
 from app.tasks.manifests import load_tasks
 from app.training.datasets import load_records
 from app.training.demo import DemoRecipe
-from app.training.tiny_model import build_tiny_base
+from app.training.synthetic import examples_for_task, write_jsonl
+from app.training.tiny_model import build_tiny_base, train_word_tokenizer
 from app.training.train import TrainConfig, train_adapter
 
 DEFAULT_TASKS = ("ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type")
@@ -30,12 +29,14 @@ DEFAULT_TASKS = ("ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classi
 
 def measure(task_names: list[str], steps: int, records: int, work: Path) -> dict[str, Any]:
     tasks = load_tasks(REPO_ROOT / "adapters", REPO_ROOT / "schemas")
-    base = build_tiny_base(work / "base", shape=DemoRecipe().shape)
+    recipe = DemoRecipe()
+    corpus = [row["text"] for row in examples_for_task(tasks["ner-it-clinical"], 200, seed=0)]
+    base = build_tiny_base(work / "base", tokenizer=train_word_tokenizer(corpus, recipe.vocab_size), shape=recipe.shape)
     report: dict[str, Any] = {"steps": steps, "tasks": {}}
     for name in task_names:
         task = tasks[name]
         data = work / f"{name}.jsonl"
-        write_jsonl(data, examples_for_task(name, records, seed=1))
+        write_jsonl(data, examples_for_task(task, records, seed=1))
         rows = load_records(task, data)
         sides: dict[str, Any] = {}
         for side, budget in (("one_per_pass", 1), ("batched", TrainConfig().max_batch_tokens)):

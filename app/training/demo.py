@@ -360,7 +360,7 @@ def _record(recipe: DemoRecipe, tasks: dict[str, Task], timings: dict[str, float
     }
 
 
-def test_records(task: Task, n: int) -> list[Record]:
+def held_out_records(task: Task, n: int) -> list[Record]:
     """The held-out synthetic notes the demo's figures are measured on (seed TEST_SEED)."""
     rows = examples_for_task(task, n, TEST_SEED)
     with tempfile.TemporaryDirectory() as tmp:
@@ -382,12 +382,14 @@ async def measure(demo_dir: Path, tasks: dict[str, Task], n: int) -> dict[str, A
     figures: dict[str, Any] = {"engine_start_s": round(time.perf_counter() - started, 1), "tasks": {}}
     try:
         for task in service.tasks.values():
-            records = test_records(task, n)
+            records = held_out_records(task, n)
             runs: dict[str, Any] = {}
             choices: tuple[tuple[str, AdapterChoice], ...] = (("adapter", None), ("base", "none"))
             for run_name, choice in choices:
                 predictions = await predict_in_process(service, task, records, adapter=choice)
-                runs[run_name] = score(task, records, predictions)
+                # A failed request is scored as an empty prediction: say how many there were.
+                failed = sum("error" in p for p in predictions)
+                runs[run_name] = {**score(task, records, predictions), "failed": failed}
             figures["tasks"][task.name] = {"n": len(records), **runs}
     finally:
         await service.stop()

@@ -1,100 +1,255 @@
-"""One real `medlora serve` per test session: embedded tiny Qwen3, in-process vLLM (CPU build).
+"""End-to-end servers: real `medlora serve` processes on in-process vLLM (the CPU build).
 
-The server is the same command a user runs; tests talk to it over HTTP on loopback.
+- `live_server`: a random-weight tiny Qwen3 with the real Qwen3 tokenizer and embedding size
+  (151,936 rows) and a random LoRA per shipped task. Random weights are the worst case for
+  the decoding guarantees under test.
+- `demo_server`: what a newcomer runs. The wheel is built and installed into a folder of its
+  own, and the server starts from another directory with an empty HOME, serving the shipped
+  demo.
+
+Each runs once per test session and records what its probes answered while it started.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from app.settings import REPO_ROOT
-from app.tasks.service import EMBEDDED_CACHE_NAME
+from app.tasks.manifests import load_tasks
+from app.training.tiny_model import build_tiny_adapter
+from tests.conftest import SCHEMAS_DIR, TASKS_DIR
+from tests.support.qwen3 import build_random_qwen3
 
 STARTUP_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One round of polling during start-up (None: the connection was refused)."""
+
+    at_s: float  # since the process was spawned
+    livez: int | None
+    readyz: int | None
+    readyz_retry_after: str | None = None
+    task: int | None = None  # a task request sent while /readyz said 503
+    task_type: str | None = None
+    task_retry_after: str | None = None
 
 
 @dataclass
 class LiveServer:
     url: str
-    cache_dir: Path
+    base_dir: Path
+    adapters_dir: Path | None
     log_path: Path
     startup_s: float
+    probes: list[Probe] = field(default_factory=list)
 
     def client(self, timeout: float = 600) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
 
-    @property
-    def base_dir(self) -> Path:
-        return self.cache_dir / EMBEDDED_CACHE_NAME / "base"
+
+@dataclass(frozen=True)
+class RandomModel:
+    base_dir: Path
+    adapters_dir: Path  # one random adapter per shipped task, at its manifest's path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def skip_unless_e2e() -> None:
     if os.environ.get("MEDLORA_SKIP_E2E") == "1":
         pytest.skip("MEDLORA_SKIP_E2E=1: end-to-end tests against vLLM skipped on request")
     try:
         import vllm  # noqa: F401
     except ImportError:
         pytest.fail("end-to-end tests need the vLLM engine: run scripts/install.sh --dev")
-    work = tmp_path_factory.mktemp("live")
-    port = _free_port()
-    env = {
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory: pytest.TempPathFactory) -> RandomModel:
+    work = tmp_path_factory.mktemp("qwen3-random")
+    base = build_random_qwen3(work / "base")
+    adapters = work / "adapters"
+    for task in load_tasks(TASKS_DIR, SCHEMAS_DIR).values():
+        path = task.manifest.adapter.path
+        # Each task its own seed: different tasks really run different adapters.
+        build_tiny_adapter(base, adapters / path, seed=zlib.crc32(path.encode()) % 10_000)
+    return RandomModel(base, adapters)
+
+
+def _probe(url: str, started: float) -> Probe:
+    def get(path: str) -> httpx.Response | None:
+        try:
+            return httpx.get(f"{url}{path}", timeout=2)
+        except httpx.TransportError:
+            return None
+
+    at_s = time.monotonic() - started
+    livez, readyz = get("/livez"), get("/readyz")
+    task: httpx.Response | None = None
+    if readyz is not None and readyz.status_code == 503:
+        body = {"task": "ner-it-clinical", "documents": [{"id": "d", "text": "Febbre."}]}
+        try:
+            task = httpx.post(f"{url}/v1/ner", json=body, timeout=2)
+        except httpx.TransportError:
+            task = None
+    return Probe(
+        at_s,
+        livez.status_code if livez else None,
+        readyz.status_code if readyz else None,
+        readyz.headers.get("retry-after") if readyz else None,
+        task.status_code if task is not None else None,
+        task.json().get("type") if task is not None else None,
+        task.headers.get("retry-after") if task is not None else None,
+    )
+
+
+def start_server(
+    argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, port: int
+) -> tuple[subprocess.Popen[bytes], list[Probe], float]:
+    """Spawn `medlora serve` and poll it until /readyz says 200; the probes and seconds it took."""
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    probes: list[Probe] = []
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        probe = _probe(url, started)
+        probes.append(probe)
+        if probe.readyz == 200:
+            return proc, probes, time.monotonic() - started
+        if time.monotonic() - started > STARTUP_TIMEOUT_S:
+            proc.kill()
+            pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.25)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def server_env(work: Path, port: int) -> dict[str, str]:
+    return {
         **os.environ,
-        "MEDLORA_CACHE_DIR": str(work / "cache"),
         "MEDLORA_BATCH_DIR": str(work / "batches"),
-        # Random weights: the worst case for the decoding guarantees under test here.
-        "MEDLORA_EMBEDDED_ADAPTERS": "random",
         "MEDLORA_PORT": str(port),
         "MEDLORA_REQUEST_TIMEOUT_S": "300",
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+SAMPLED = "-sampled"
+
+
+def tasks_with_sampled_copies(folder: Path) -> Path:
+    """The shipped manifests, and a copy of each sampled at temperature 1 (`<name>-sampled`,
+    same schema and adapter). A random-weight model's greedy answer is often the shortest one
+    (an empty list); sampling walks far more of each grammar."""
+    folder.mkdir(parents=True)
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
+        shutil.copy(path, folder / path.name)
+        manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
+        manifest["name"] += SAMPLED
+        manifest["generation"] = {**manifest.get("generation", {}), "temperature": 1.0}
+        (folder / f"{path.stem}{SAMPLED}.yaml").write_text(yaml.safe_dump(manifest, allow_unicode=True))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def live_server(random_model: RandomModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    skip_unless_e2e()
+    work = tmp_path_factory.mktemp("live")
+    port = free_port()
+    env = {
+        **server_env(work, port),
+        "MEDLORA_MODEL": str(random_model.base_dir),
+        "MEDLORA_ADAPTERS_DIR": str(random_model.adapters_dir),
+        "MEDLORA_TASKS_DIR": str(tasks_with_sampled_copies(work / "tasks")),
+    }
     log_path = work / "server.log"
-    started = time.monotonic()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, probes, seconds = start_server([sys.executable, "-m", "app.cli", "serve"], env, REPO_ROOT, log_path, port)
+    print(f"\n[e2e] random-weight Qwen3-vocabulary server ready in {seconds:.1f}s")
     try:
-        deadline = started + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                r = httpx.get(f"{url}/readyz", timeout=5)
-                if r.status_code == 200:
-                    break
-                if r.json().get("status") == "failed":
-                    pytest.fail(f"server startup failed: {r.json()}\n{log_path.read_text()[-4000:]}")
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
-        server = LiveServer(url, work / "cache", log_path, time.monotonic() - started)
-        print(f"\n[e2e] medlora serve ready in {server.startup_s:.1f}s (model build + engine start + adapters)")
-        yield server
+        yield LiveServer(
+            f"http://127.0.0.1:{port}", random_model.base_dir, random_model.adapters_dir, log_path, seconds, probes
+        )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
+
+
+@dataclass(frozen=True)
+class WheelInstall:
+    site: Path  # the folder the wheel was installed into (on PYTHONPATH, nothing else of the checkout)
+    elsewhere: Path  # a working directory outside the checkout
+    home: Path  # an empty HOME: no cache of any kind
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.site), "HOME": str(self.home)}
+
+
+@pytest.fixture(scope="session")
+def wheel_install(tmp_path_factory: pytest.TempPathFactory) -> WheelInstall:
+    """`pip wheel .` then `pip install` of that wheel (no dependencies: they are this venv's)."""
+    work = tmp_path_factory.mktemp("wheel")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(REPO_ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = (work / "dist").glob("medlora-*.whl")
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(work / "site"), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    install = WheelInstall(work / "site", work / "elsewhere", work / "home")
+    install.elsewhere.mkdir()
+    install.home.mkdir()
+    return install
+
+
+@pytest.fixture(scope="session")
+def demo_server(wheel_install: WheelInstall, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The default `medlora serve` (the shipped demo), run from the installed wheel."""
+    skip_unless_e2e()
+    work = tmp_path_factory.mktemp("demo")
+    port = free_port()
+    env = {**server_env(work, port), **wheel_install.env()}
+    log_path = work / "server.log"
+    argv = [sys.executable, "-m", "app.cli", "serve"]
+    proc, probes, seconds = start_server(argv, env, wheel_install.elsewhere, log_path, port)
+    print(f"\n[e2e] shipped demo, installed from the wheel, ready in {seconds:.1f}s (empty HOME)")
+    try:
+        base = wheel_install.site / "app" / "data" / "demo" / "tiny-qwen3-demo"
+        yield LiveServer(f"http://127.0.0.1:{port}", base, None, log_path, seconds, probes)
+    finally:
+        stop(proc)

@@ -44,11 +44,11 @@ def annotate_cmd(*args: str) -> list[str]:
 
 
 def env_for(live: LiveServer) -> dict[str, str]:
-    # Reuse the tiny model the live server built; the in-process engine is a second one.
+    # The live server's model and adapters; the in-process engine is a second one.
     return {
         **os.environ,
-        "MEDLORA_CACHE_DIR": str(live.cache_dir),
-        "MEDLORA_EMBEDDED_ADAPTERS": "random",
+        "MEDLORA_MODEL": str(live.base_dir),
+        "MEDLORA_ADAPTERS_DIR": str(live.adapters_dir),
         "VLLM_CPU_KVCACHE_SPACE": "1",
     }
 

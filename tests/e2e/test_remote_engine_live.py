@@ -32,10 +32,8 @@ from app.engine.base import GenerationRequest
 from app.engine.remote.engine import RemoteEngine
 from app.engine.remote.server_args import vllm_server_args
 from app.settings import REPO_ROOT, Settings
-from app.tasks.manifests import load_tasks
-from app.tasks.service import resolve_model
 from app.training.tiny_model import build_tiny_adapter
-from tests.e2e.conftest import _free_port
+from tests.e2e.conftest import RandomModel, free_port, skip_unless_e2e
 
 pytestmark = pytest.mark.e2e
 
@@ -127,27 +125,25 @@ def wait_until(url: str, process: Process, *, ok: int = 200, timeout: float = ST
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if os.environ.get("MEDLORA_SKIP_E2E") == "1":
-        pytest.skip("MEDLORA_SKIP_E2E=1: end-to-end tests against vLLM skipped on request")
+def cluster(random_model: RandomModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    skip_unless_e2e()
     work = tmp_path_factory.mktemp("split")
-    settings = Settings(cache_dir=work / "cache", embedded_adapters="random")  # type: ignore[call-arg]
-    model = resolve_model(settings, load_tasks(settings.tasks_dir, settings.schemas_dir))
-    base_dir = Path(model.path)
-    ports = [_free_port(), _free_port()]
+    settings = Settings()
+    base_dir = random_model.base_dir
+    ports = [free_port(), free_port()]
     started = time.monotonic()
     replicas = [start_replica(base_dir, port, work / f"vllm-{i}.log") for i, port in enumerate(ports)]
     replica_urls = [f"http://127.0.0.1:{port}" for port in ports]
     (work / "api-keys").write_text(f"e2e-reader {hash_key(API_KEY)}\n")
     (work / "admin-keys").write_text(f"e2e-admin {hash_key(ADMIN_KEY)}\n")
-    gateway_port = _free_port()
+    gateway_port = free_port()
     env = {
         **os.environ,
         "MEDLORA_ENGINE": "remote",
         "MEDLORA_ENGINE_URLS": ",".join(replica_urls),
         "MEDLORA_ENGINE_HEALTH_INTERVAL_S": "1",
-        "MEDLORA_EMBEDDED_ADAPTERS": "random",
-        "MEDLORA_CACHE_DIR": str(work / "cache"),
+        "MEDLORA_MODEL": str(random_model.base_dir),
+        "MEDLORA_ADAPTERS_DIR": str(random_model.adapters_dir),
         "MEDLORA_BATCH_DIR": str(work / "batches"),
         "MEDLORA_API_KEYS_FILE": str(work / "api-keys"),
         "MEDLORA_ADMIN_KEYS_FILE": str(work / "admin-keys"),

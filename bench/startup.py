@@ -1,0 +1,126 @@
+"""Time to ready of `medlora serve` on a fresh machine: the README's first command after the install.
+
+The wheel is built and installed (no dependencies: they are this venv's) into an empty folder,
+and `medlora serve` (the embedded default: the shipped demo) starts from another directory
+with an empty HOME, so no cache of any kind helps. /livez and /readyz are polled every 0.25 s
+from the moment the process is spawned.
+
+    .venv/bin/python -m bench.startup [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.settings import REPO_ROOT
+
+
+def install_wheel(work: Path) -> Path:
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(REPO_ROOT)], check=True
+    )
+    (wheel,) = (work / "dist").glob("medlora-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(work / "site"), str(wheel)], check=True)
+    return work / "site"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def one_start(site: Path, work: Path) -> dict[str, Any]:
+    home, elsewhere = Path(tempfile.mkdtemp(dir=work)), Path(tempfile.mkdtemp(dir=work))
+    port = _port()
+    env = {**os.environ, "PYTHONPATH": str(site), "HOME": str(home), "MEDLORA_PORT": str(port)}
+    env["MEDLORA_BATCH_DIR"] = str(home / "batches")
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    log = (work / f"server-{port}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve"], cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    first_livez: float | None = None
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
+            try:
+                if first_livez is None and httpx.get(f"{url}/livez", timeout=2).status_code == 200:
+                    first_livez = time.monotonic() - started
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    ready = time.monotonic() - started
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        body = {"task": "ner-it-clinical", "documents": [{"id": "d", "text": "Paziente con febbre e tosse."}]}
+        answered = httpx.post(f"{url}/v1/ner", json=body, timeout=120).status_code
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {"livez_s": round(first_livez or ready, 1), "ready_s": round(ready, 1), "first_request_status": answered}
+
+
+_ENGINE_ALONE = """
+import time
+from app.engine.local import VllmEngine
+from app.engine.models import resolve_model
+from app.settings import Settings
+from vllm.v1.engine.async_llm import AsyncLLM
+
+if __name__ == "__main__":
+    settings = Settings()
+    started = time.monotonic()
+    llm = AsyncLLM.from_engine_args(VllmEngine(settings, resolve_model(settings).path).engine_args())
+    print("ENGINE_S", round(time.monotonic() - started, 1), flush=True)
+    llm.shutdown()
+"""
+
+
+def engine_alone(site: Path) -> float:
+    """The peer: vLLM's AsyncLLM built with the same engine arguments, nothing else (fresh process)."""
+    env = {**os.environ, "PYTHONPATH": str(site), "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    done = subprocess.run(
+        [sys.executable, "-c", _ENGINE_ALONE], env=env, capture_output=True, text=True, check=True, timeout=600
+    )
+    return float(next(line for line in done.stdout.splitlines() if line.startswith("ENGINE_S")).split()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        site = install_wheel(work)
+        runs = [one_start(site, work) for _ in range(args.runs)]
+        engine_s = [engine_alone(site) for _ in range(args.runs)]
+    ready = statistics.median(r["ready_s"] for r in runs)
+    report = {
+        "runs": runs,
+        "ready_s_median": ready,
+        "livez_s_median": statistics.median(r["livez_s"] for r in runs),
+        "vllm_engine_alone_s": engine_s,
+        "ready_over_engine_alone": round(ready / statistics.median(engine_s), 2),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
