@@ -27,7 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     from app.api.auth import KeyFileError
-    from app.engine.models import missing_model_folder
+    from app.engine.models import missing_model_folder, resolve_model
     from app.logs import configure_logging
     from app.main import build_app
     from app.tasks.manifests import ManifestError
@@ -37,7 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
     # message and exit code 2; loading the model and starting the engine come after.
     try:
         app = build_app(settings)  # checks the manifests and key files
-        if settings.engine == "local" and (reason := missing_model_folder(settings.model)):
+        # Either engine loads the tokenizer from the model folder (the embedded demo's included).
+        if reason := missing_model_folder(resolve_model(settings).path):
             raise ConfigurationError(reason)
     except ManifestError as exc:
         print(f"medlora: invalid task configuration: {exc}", file=sys.stderr)

@@ -25,6 +25,9 @@ SHIPPED_TASKS_DIR = shipped_dir("adapters")
 SHIPPED_SCHEMAS_DIR = shipped_dir("schemas")
 # The embedded demo: a tiny Qwen3 and one trained adapter per shipped task (`medlora demo build`).
 DEMO_DIR = PACKAGE_DIR / "data" / "demo"
+# The demo base's folder in DEMO_DIR; its adapters name it as their base model (the adapter
+# registry compares base models by final path component).
+DEMO_BASE_NAME = "tiny-qwen3-demo"
 
 
 class ConfigurationError(ValueError):
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
         None,
         description=(
             "Root that relative adapter paths in manifests resolve against "
-            "(default: the tasks folder; the embedded model uses its generated adapters)."
+            "(default: the tasks folder; the embedded model uses the shipped demo's adapters)."
         ),
     )
     schemas_dir: Path = Field(SHIPPED_SCHEMAS_DIR, description="Folder of output JSON schemas.")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from app.api import auth
 from app.api.auth import KeyFileError, hash_key, parse_key_file
@@ -343,3 +344,29 @@ def test_the_request_log_names_the_key_not_the_key_itself(
     assert [getattr(r, "client", None) for r in requests] == ["ward-7"]
     actions = [r for r in caplog.records if r.getMessage() == "admin action"]
     assert [(getattr(r, "client", None), getattr(r, "action", None)) for r in actions] == [("ops", "switch")]
+
+
+def test_behind_a_path_prefix_every_v1_route_still_needs_a_key(
+    make_fake_service: Any, key_files: tuple[Path, Path]
+) -> None:
+    """Served under a root path (a reverse proxy's prefix), the middleware's path test must not
+    let /v1 through unauthenticated, and a route never falls back to an open caller."""
+    api, admin = key_files
+    service, _ = make_fake_service(
+        lambda r: ner_output(("febbre", "SYMPTOM")), api_keys_file=api, admin_keys_file=admin
+    )
+    with TestClient(app_for(service), root_path="/medlora", raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # The proxy passes the prefix on: Starlette routes /medlora/v1/... to the /v1 routes.
+        for method, path in (
+            ("POST", "/medlora/v1/ner"),
+            ("GET", "/medlora/v1/tasks"),
+            ("DELETE", "/medlora/v1/adapters/x/1"),
+        ):
+            r = client.request(method, path, json=NER_BODY if method == "POST" else None)
+            assert r.status_code == 401, (method, path, r.text)
+        assert client.post("/medlora/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 200
+        assert client.delete("/medlora/v1/adapters/x/1", headers=bearer(READER_KEY)).status_code == 403

@@ -75,3 +75,21 @@ def test_span_warmup_copies_word_runs_or_the_notes_terms_in_the_served_format_wi
         texts = [e[0] for e in json.loads(answer)["entities"]]
         assert texts and all(t in note for t in texts)
         assert texts != mentions
+
+
+def test_the_shipped_demo_is_what_the_embedded_default_serves() -> None:
+    """The embedded default's base and adapters are the shipped files, and the registry
+    accepts each adapter for that base (the checks that run at startup)."""
+    from app.engine.models import resolve_model
+    from app.settings import Settings
+    from app.training.demo import shipped_recipe
+
+    model = resolve_model(Settings())
+    assert (Path(model.path) / "model.safetensors").is_file()
+    recipe = shipped_recipe()
+    assert recipe is not None and recipe["recipe_version"] == RECIPE_VERSION
+    for task in load_tasks(TASKS_DIR, SCHEMAS_DIR).values():
+        inspect_adapter(model.adapters_root / task.manifest.adapter.path, max_rank=16, base_model=model.path)
+        assert task.name in recipe["figures"]["tasks"]
+    shipped = sum(p.stat().st_size for p in Path(model.path).parent.rglob("*") if p.is_file())
+    assert shipped < 20 * 1024 * 1024

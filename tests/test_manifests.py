@@ -80,3 +80,16 @@ def test_duplicate_task_names_are_refused(copy_dirs: tuple[Path, Path]) -> None:
     shutil.copy(tasks / "qa-it-clinical.yaml", tasks / "qa-copy.yaml")
     with pytest.raises(ManifestError, match="already defined"):
         load_tasks(tasks, schemas)
+
+
+def test_few_shot_flags_are_shown_as_the_grammar_writes_them(copy_dirs: tuple[Path, Path]) -> None:
+    """An example may list an entity's attributes in any order: the prompt shows them as the
+    model can write them (each once, in the manifest's order), so it never learns the unwritable."""
+    from app.tasks.prompts import build_messages
+
+    tasks_dir, schemas_dir = copy_dirs
+    example = {"input": {"text": "Nega febbre."}, "output": {"entities": [["febbre", "SYMPTOM", "family", "negated"]]}}
+    edit(tasks_dir / "ner-it-clinical.yaml", {"examples": [example]})
+    task = load_tasks(tasks_dir, schemas_dir)["ner-it-clinical"]
+    shown = build_messages(task, {"text": "x"})[2]["content"]
+    assert shown == '{"entities":[["febbre","SYMPTOM","negated","family"]]}'

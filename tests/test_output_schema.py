@@ -80,7 +80,7 @@ def test_tuple_arrays_need_their_prefix_required_and_room_for_every_flag() -> No
     flags = {"enum": ["x", "y"]}
 
     def entities(**array: Any) -> dict[str, Any]:
-        item = {"type": "array", "prefixItems": [text, label], "items": flags, "uniqueItems": True, **array}
+        item = {"type": "array", "prefixItems": [text, label], "items": flags, **array}
         return obj(e={"type": "array", "maxItems": 4, "items": item})
 
     check_schema(entities(minItems=2, maxItems=4))

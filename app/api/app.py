@@ -57,6 +57,7 @@ def create_app(service: Service, auth: Authenticator, extensions: Sequence[Exten
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.auth = auth
     limit_for = body_limit_for(service.settings)
 
     @app.middleware("http")
@@ -78,7 +79,7 @@ def create_app(service: Service, auth: Authenticator, extensions: Sequence[Exten
     def authenticate(request: Request) -> Response | None:
         """The one place keys are checked, before any body is read: an anonymous caller cannot
         make the gateway buffer or parse a body. Routes read the caller from request.state."""
-        path = request.url.path
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
         if not (path == "/v1" or path.startswith("/v1/")):
             return None
         try:

@@ -72,5 +72,5 @@ def _add_route(router: APIRouter, service: Service, kind: TaskType[Any]) -> None
         methods=["POST"],
         response_model=kind.response_model,
         summary=kind.summary,
-        name=f"task_{kind.name}",
+        name=kind.endpoint,  # the operationId stays <endpoint>_v1_<endpoint>_post
     )

@@ -1,7 +1,7 @@
 """The engine interface the task layer talks to.
 
-Small on purpose: an in-process vLLM (`vllm_engine.py`) implements it today, and a remote
-engine (vLLM OpenAI servers over httpx) can implement it without touching the API layer.
+Small on purpose: in-process vLLM (`local.py`) and remote vLLM OpenAI servers over httpx
+(`remote/`) implement it; nothing above the engine layer knows which one runs.
 """
 
 from __future__ import annotations

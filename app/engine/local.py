@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -66,9 +67,22 @@ class VllmEngine:
         started = time.perf_counter()
         # Building AsyncLLM (config, model load, engine-core process start) takes tens of
         # seconds of blocking work: in a thread, so the event loop keeps answering /livez.
-        # Built there, it starts its output handlers lazily; the first call on the loop does.
-        llm = await asyncio.to_thread(self._build)
-        await llm.is_sleeping()  # a utility round trip: the engine core answers, handlers run on this loop
+        build = asyncio.ensure_future(asyncio.to_thread(self._build))
+        try:
+            llm = await asyncio.shield(build)
+        except asyncio.CancelledError:
+            # A thread cannot be interrupted: let the build finish, then stop what it started
+            # (its engine-core process) instead of leaving it to a finalizer.
+            with contextlib.suppress(Exception):
+                (await build).shutdown()
+            raise
+        try:
+            # Built off the loop, its client starts its queue task lazily; a utility round trip
+            # starts it here and proves the engine core answers.
+            await llm.is_sleeping()
+        except BaseException:
+            llm.shutdown()
+            raise
         self._llm = llm
         self.start_seconds = time.perf_counter() - started
         log.info("engine started", extra={"seconds": round(self.start_seconds, 1)})

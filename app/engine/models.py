@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.settings import DEMO_DIR, Settings
+from app.settings import DEMO_BASE_NAME, DEMO_DIR, Settings
 
 DEMO_DISPLAY_NAME = "embedded-tiny-qwen3-demo"
 
@@ -20,7 +20,7 @@ class ResolvedModel:
 def resolve_model(settings: Settings) -> ResolvedModel:
     """The shipped demo for the embedded default; otherwise the settings as given."""
     if settings.embedded:
-        return ResolvedModel(DEMO_DISPLAY_NAME, str(DEMO_DIR / "base"), DEMO_DIR / "adapters")
+        return ResolvedModel(DEMO_DISPLAY_NAME, str(DEMO_DIR / DEMO_BASE_NAME), DEMO_DIR / "adapters")
     return ResolvedModel(settings.model, settings.model, settings.adapters_dir or settings.tasks_dir)
 
 

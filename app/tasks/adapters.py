@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from app.engine.base import AdapterHandle, Engine, EngineError, EngineUnavailable
 from app.problems import (
@@ -77,19 +77,6 @@ class AdapterRecord:
     @property
     def use(self) -> AdapterUse:
         return AdapterUse(self.key, self.name, self.version, self.handle)
-
-    def describe(self, tasks: list[str]) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "path": str(self.path),
-            "resident": self.resident,
-            "rank": self.files.rank,
-            "target_modules": list(self.files.target_modules),
-            "base_model": self.files.base_model,
-            "tasks": tasks,
-            "in_flight": self.leases,
-        }
 
 
 def same_base_model(adapter_base: str, served: str) -> bool:

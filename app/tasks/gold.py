@@ -7,12 +7,12 @@ clinical text itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from app.tasks.types.base import BadRecord
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     # bool is an int subclass; `true` as an offset is a data bug, not offset 1.
     return isinstance(value, int) and not isinstance(value, bool)
 

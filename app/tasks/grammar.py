@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.tasks.schema import GROUNDED, unique_enum_tail
+from app.tasks.schema import GROUNDED, flag_tail
 
 # Pieces are words, whitespace runs or single other characters: a span can start or end
 # at any word boundary but never inside a word or inside a JSON escape. Runs are capped
@@ -101,14 +101,14 @@ class _Compiler:
         return name
 
     def tuple_array(self, node: dict[str, Any]) -> str:
-        """Every prefix item in order, then up to maxItems - len(prefix) extra items: for a
-        unique enum (flags), each value at most once and in declared order."""
+        """Every prefix item in order, then up to maxItems - len(prefix) extra items: for an
+        enum tail (flags), each value at most once and in declared order."""
         prefix = node["prefixItems"]
         parts = [self.value(prefix[0])]
         for sub in prefix[1:]:
             parts += ['","', self.value(sub)]
         room = node["maxItems"] - len(prefix)
-        flags = unique_enum_tail(node)
+        flags = flag_tail(node)
         if room > 0 and flags is not None:
             options = [f'("," {lark_literal(json.dumps(v, ensure_ascii=False))})?' for v in flags]
             if room < len(options):

@@ -7,10 +7,11 @@ that what an adapter learns is what it is asked (no train/serve skew).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Protocol
 
+from app.engine.models import missing_model_folder
 from app.settings import ConfigurationError
+from app.tasks.schema import flag_tail
 from app.tasks.types.base import Task
 
 Message = dict[str, str]
@@ -25,7 +26,13 @@ def canonical(value: Any, schema: dict[str, Any]) -> Any:
         return ordered
     if isinstance(value, list) and "prefixItems" in schema:
         prefix = schema["prefixItems"]
-        return [canonical(v, prefix[i]) if i < len(prefix) else v for i, v in enumerate(value)]
+        head = [canonical(v, sub) for v, sub in zip(value, prefix, strict=False)]
+        tail = value[len(prefix) :]
+        flags = flag_tail(schema)
+        if flags is not None:
+            # Flags as the grammar writes them: each once, in declared order.
+            tail = [f for f in flags if f in tail] + [v for v in tail if v not in flags]
+        return head + tail
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [canonical(v, schema["items"]) for v in value]
     for alternative in schema.get("anyOf", []):
@@ -74,15 +81,12 @@ class PromptRenderer:
         )
         return str(text)
 
-    def count_tokens(self, prompt: str) -> int:
-        return len(self.tokenizer.encode(prompt, add_special_tokens=False))
-
 
 def load_renderer(model_path: str) -> PromptRenderer:
     from transformers import AutoTokenizer
 
-    if model_path.startswith(("/", ".", "~")) and not Path(model_path).expanduser().is_dir():
-        raise ConfigurationError(f"model folder {model_path!r} does not exist (is the models volume mounted?)")
+    if reason := missing_model_folder(model_path):
+        raise ConfigurationError(reason)
     try:
         return PromptRenderer(AutoTokenizer.from_pretrained(model_path))
     except (OSError, ValueError) as exc:

@@ -161,7 +161,8 @@ class TaskRunner:
         labels = (task.name, adapter.key)
         for reason, n in tally.dropped.items():
             self.metrics.spans_dropped.labels(*labels, reason).inc(n)
-        self.metrics.spans_returned.labels(*labels).inc(tally.returned)
+        if tally.returned is not None:
+            self.metrics.spans_returned.labels(*labels).inc(tally.returned)
         if tally.limit_reached:
             self.metrics.entity_limit_reached.labels(*labels).inc()
 

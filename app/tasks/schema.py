@@ -96,7 +96,7 @@ def _check_array(node: dict[str, Any], path: str, out: list[str]) -> None:
             out.append(f"{path}: a tuple array needs minItems == len(prefixItems) ({len(prefix)})")
         for i, sub in enumerate(prefix):
             _check(sub, f"{path}/prefixItems/{i}", out)
-        flags = unique_enum_tail(node)
+        flags = flag_tail(node)
         if flags is not None and isinstance(max_items, int) and max_items < len(prefix) + len(flags):
             out.append(f"{path}: maxItems must leave room for every flag ({len(prefix) + len(flags)})")
         if "items" in node and node["items"] is not False:
@@ -117,29 +117,14 @@ def enum_values(node: dict[str, Any]) -> list[Any] | None:
     return None
 
 
-def unique_enum_tail(node: dict[str, Any]) -> list[Any] | None:
-    """For a tuple array whose extra items are distinct values of an enum (flags such as an
-    entity's attributes that hold): those values, in declared order. None otherwise."""
+def flag_tail(node: dict[str, Any]) -> list[Any] | None:
+    """For a tuple array whose extra items come from an enum: those values, in declared order.
+    Such a tail is a set of flags (an entity's attributes that hold): the grammar writes each
+    at most once and in this order, so the worst case counts each once. None otherwise."""
     items = node.get("items")
-    if "prefixItems" in node and node.get("uniqueItems") and isinstance(items, dict):
+    if "prefixItems" in node and isinstance(items, dict):
         return enum_values(items)
     return None
-
-
-def grounded_paths(schema: dict[str, Any], path: str = "#") -> list[str]:
-    """JSON pointers of the grounded string fields (used to check task manifests)."""
-    found: list[str] = []
-    if schema.get(GROUNDED):
-        found.append(path)
-    for i, sub in enumerate(schema.get("anyOf", [])):
-        found += grounded_paths(sub, f"{path}/anyOf/{i}")
-    for name, sub in schema.get("properties", {}).items():
-        found += grounded_paths(sub, f"{path}/properties/{name}")
-    for i, sub in enumerate(schema.get("prefixItems", [])):
-        found += grounded_paths(sub, f"{path}/prefixItems/{i}")
-    if isinstance(schema.get("items"), dict):
-        found += grounded_paths(schema["items"], f"{path}/items")
-    return found
 
 
 class SpanBytes:
@@ -200,7 +185,7 @@ def _array_worst_case(schema: dict[str, Any], source_bytes: SpanBytes) -> int:
         return 2 + n * worst_case_bytes(schema["items"], source_bytes) + max(0, n - 1)
     sizes = [worst_case_bytes(sub, source_bytes) for sub in prefix]
     tail_room = max(0, n - len(prefix))
-    flags = unique_enum_tail(schema)
+    flags = flag_tail(schema)
     if flags is not None:
         # Each flag at most once: the largest `tail_room` of them.
         sizes += sorted((len(json.dumps(v, ensure_ascii=False).encode()) for v in flags), reverse=True)[:tail_room]

@@ -160,13 +160,14 @@ class Service:
 def build_service(
     settings: Settings,
     *,
+    tasks: dict[str, Task] | None = None,
     engine: Engine | None = None,
     renderer: PromptRenderer | None = None,
     metrics_registry: CollectorRegistry | None = None,
 ) -> Service:
-    """Load and check manifests and assemble the service. Fast: nothing is loaded or started
-    (the tokenizer and the engine come with `start`)."""
-    tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
+    """Load and check the manifests (unless `tasks` are given) and assemble the service. Fast:
+    nothing is loaded or started (the tokenizer and the engine come with `start`)."""
+    tasks = tasks if tasks is not None else load_tasks(settings.tasks_dir, settings.schemas_dir)
     model = resolve_model(settings)
     metrics_registry = metrics_registry or REGISTRY
     engine = engine or build_engine(settings, model.path, metrics_registry)

@@ -96,7 +96,7 @@ class Tally:
     """What reading one item's answers did, for the per-task metrics."""
 
     dropped: Counter[str] = field(default_factory=Counter)  # grounded strings dropped, by reason
-    returned: int = 0  # grounded spans returned
+    returned: int | None = None  # grounded spans returned (None: the type returns no spans)
     limit_reached: bool = False  # some answer held the schema's maximum number of items
 
 

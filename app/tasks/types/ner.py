@@ -18,10 +18,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from app.tasks.chunking import Chunk, merge_spans, shift
-from app.tasks.gold import check_span, list_field, max_length, string_field
+from app.tasks.gold import check_span, is_int, list_field, max_length, string_field
 from app.tasks.grounding import Span, ground_spans, piece_boundaries
 from app.tasks.protocol import DocumentsRequest, ModelInfo, OffsetUnit
-from app.tasks.schema import GROUNDED, enum_values, unique_enum_tail
+from app.tasks.schema import GROUNDED, enum_values, flag_tail
 from app.tasks.scoring import PRF, check_parallel, rounded
 from app.tasks.types.base import (
     BadRecord,
@@ -98,9 +98,9 @@ class NerType(TaskType[NerResult]):
             return f"schema: entities.items.prefixItems[0] (the entity text) must be marked {GROUNDED}"
         if enum_values(prefix[1]) != task.label_names:
             return "labels: must equal the schema's label enum (entities.items.prefixItems[1])"
-        attributes = unique_enum_tail(item) if "items" in item else []
+        attributes = flag_tail(item) if "items" in item else []
         if attributes is None or attributes != task.attribute_names:
-            return "attributes: must equal the schema's attribute enum (entities.items.items, uniqueItems)"
+            return "attributes: must equal the schema's attribute enum (entities.items.items)"
         if not task.label_names:
             return "labels: at least one label is required"
         return None
@@ -130,7 +130,7 @@ class NerType(TaskType[NerResult]):
     def merge(self, task: Task, item: TaskInput, parts: list[NerResult], tally: Tally) -> NerResult:
         entities = merge_spans([part.entities for part in parts])
         limit_reached = any(part.limit_reached for part in parts)
-        tally.returned += len(entities)
+        tally.returned = (tally.returned or 0) + len(entities)
         tally.limit_reached = tally.limit_reached or limit_reached
         return NerResult(entities, limit_reached)
 
@@ -258,8 +258,7 @@ class NerScores:
 
 def _entity_span(entity: Mapping[str, object]) -> _Span:
     start, end, label = entity.get("start"), entity.get("end"), entity.get("label")
-    # bool is an int subclass; a True offset is a data bug, not offset 1.
-    if not isinstance(start, int) or isinstance(start, bool) or not isinstance(end, int) or isinstance(end, bool):
+    if not is_int(start) or not is_int(end):
         raise ValueError(f"entity offsets must be ints: {dict(entity)!r}")
     if not isinstance(label, str):
         raise ValueError(f"entity label must be a string: {dict(entity)!r}")

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -63,6 +63,7 @@ class QaResponse(BaseModel):
 @dataclass
 class QaResult:
     answer: Span | None
+    dropped: Counter[str] = field(default_factory=Counter)  # this chunk's ungroundable answers
 
 
 @register
@@ -98,13 +99,17 @@ class QaType(TaskType[QaResult]):
 
     def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[dict[str, Any]], tally: Tally) -> QaResult:
         span, grounded = ground_answer(chunk.text, answers[0].get("answer"))
-        tally.dropped.update(grounded.dropped)
-        return QaResult(None if span is None else shift(span, chunk.start))
+        return QaResult(None if span is None else shift(span, chunk.start), grounded.dropped)
 
     def merge(self, task: Task, item: TaskInput, parts: list[QaResult], tally: Tally) -> QaResult:
-        answer = next((part.answer for part in parts if part.answer is not None), None)
-        tally.returned += answer is not None
-        return QaResult(answer)
+        # Chunks are in document order: the first that answers wins, and the chunks after it
+        # are not looked at (nor are their ungroundable answers counted).
+        for part in parts:
+            tally.dropped.update(part.dropped)
+            if part.answer is not None:
+                tally.returned = 1
+                return QaResult(part.answer)
+        return QaResult(None)
 
     def respond(self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[QaResult]) -> QaResponse:
         return QaResponse(

@@ -36,6 +36,8 @@ class World:
 
     def question_keys(self) -> list[str]:
         """Every fact a question can ask about (answered in some notes, absent from others)."""
+        if self.language != "it":
+            raise ValueError(f"no synthetic questions in {self.language!r}: the generator asks them in Italian")
         vocab = self.vocab
         return [
             *QUESTIONS,
