@@ -78,6 +78,8 @@ def one_start(site: Path, work: Path) -> dict[str, Any]:
 
 _ENGINE_ALONE = """
 import time
+
+started = time.monotonic()  # vLLM's import included, as in a server's start
 from app.engine.local import VllmEngine
 from app.engine.models import resolve_model
 from app.settings import Settings
@@ -85,7 +87,6 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 if __name__ == "__main__":
     settings = Settings()
-    started = time.monotonic()
     llm = AsyncLLM.from_engine_args(VllmEngine(settings, resolve_model(settings).path).engine_args())
     print("ENGINE_S", round(time.monotonic() - started, 1), flush=True)
     llm.shutdown()
@@ -93,7 +94,8 @@ if __name__ == "__main__":
 
 
 def engine_alone(site: Path) -> float:
-    """The peer: vLLM's AsyncLLM built with the same engine arguments, nothing else (fresh process)."""
+    """The peer: vLLM's AsyncLLM built with the same engine arguments in a fresh Python process,
+    from its first import to the engine's return; no HTTP server, tokenizer or adapters."""
     env = {**os.environ, "PYTHONPATH": str(site), "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     done = subprocess.run(

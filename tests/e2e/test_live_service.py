@@ -53,6 +53,7 @@ LONG_NOTE = "\n\n".join([ITALIAN_NOTE] * 14)  # ~4,800 chars: several chunks wit
 
 STATS: dict[str, int] = {"requests": 0, "items": 0, "entities": 0, "answers": 0, "labels": 0}
 SHIPPED = ["ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type"]
+ENDPOINTS = {"ner": "ner", "qa": "qa", "classification": "classify"}
 EVERY_TASK = [*SHIPPED, *(f"{name}{SAMPLED}" for name in SHIPPED)]
 
 
@@ -239,7 +240,7 @@ def test_two_adapters_differ_and_hot_swap_under_load_fails_no_request(
 ) -> None:
     task = tasks["ner-en-clinical"]
     probes = [ENGLISH_NOTE, ITALIAN_NOTE, "Patient reports headache and nausea after taking ibuprofen 400 mg."]
-    v1 = post_ner(client, task, probes)
+    assert post_ner(client, task, probes)["model"]["adapter_version"] == "1"
     v2_path = build_tiny_adapter(live_server.base_dir, tmp_path / "ner-en-v2", seed=4242)
     r = client.post("/v1/adapters", json={"name": "ner-en-clinical", "version": "2", "path": str(v2_path)})
     assert r.status_code == 201, r.text
@@ -283,13 +284,43 @@ def test_two_adapters_differ_and_hot_swap_under_load_fails_no_request(
     assert after_switch and set(after_switch) == {"2"}, after_switch
     v2 = post_ner(client, task, probes)
     assert v2["model"]["adapter_version"] == "2"
-    # Same base, same prompts, greedy decoding: only the adapter differs.
-    assert [d["entities"] for d in v1["documents"]] != [d["entities"] for d in v2["documents"]]
+    # Same base, same prompts, greedy decoding: only the adapter differs, and so do the answers.
+    # (A random model's greedy NER answer is often the empty list, so every task looks: an
+    # adapter applies to any task's request, by name.)
+    assert adapter_answers(client, tasks, "1") != adapter_answers(client, tasks, "2")
 
+    # Its sampled copy still uses v1 (one registration serves both): v1 is in use until it moves too.
+    assert client.delete("/v1/adapters/ner-en-clinical/1").status_code == 409
+    moved = client.put(f"/v1/tasks/{task['name']}{SAMPLED}/adapter", json={"name": "ner-en-clinical", "version": "2"})
+    assert moved.status_code == 200, moved.text
     assert client.delete("/v1/adapters/ner-en-clinical/1").status_code == 204
     versions = {a["version"] for a in client.get("/v1/adapters").json()["adapters"] if a["name"] == "ner-en-clinical"}
     assert versions == {"2"}
     assert client.delete("/v1/adapters/ner-en-clinical/2").status_code == 409  # still bound
+
+
+def adapter_answers(client: httpx.Client, tasks: dict[str, Any], version: str) -> list[Any]:
+    """Every shipped task's answers to a few notes, all through ner-en-clinical@<version>."""
+    notes = [ENGLISH_NOTE, ITALIAN_NOTE, LONG_NOTE[:1200], AWKWARD[0], "Patient reports headache after ibuprofen."]
+    adapter = {"name": "ner-en-clinical", "version": version}
+    answers: list[Any] = []
+    for name in SHIPPED:
+        kind = tasks[name]["type"]
+        if kind == "qa":
+            items = [{"id": str(i), "context": n, "question": "Which drug?"} for i, n in enumerate(notes)]
+            body: dict[str, Any] = {"task": name, "items": items, "adapter": adapter}
+        else:
+            body = {"task": name, "documents": [{"id": str(i), "text": n} for i, n in enumerate(notes)]}
+            body["adapter"] = adapter
+        r = client.post(f"/v1/{'qa' if kind == 'qa' else 'ner' if kind == 'ner' else 'classify'}", json=body)
+        assert r.status_code == 200, r.text
+        answers.append(
+            [
+                {k: v for k, v in item.items() if k != "model"}
+                for item in r.json().get("documents", r.json().get("items"))
+            ]
+        )
+    return answers
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -377,3 +408,17 @@ def test_metrics_expose_gateway_and_engine_series(client: httpx.Client) -> None:
     assert stops > 0 and others == 0
     # The guarantees were tested on real answers, not only on empty ones.
     assert STATS["entities"] > 50 and STATS["answers"] > 5 and STATS["labels"] > 10, STATS
+
+
+def test_the_served_model_has_qwen3s_vocabulary(live_server: LiveServer) -> None:
+    """What these guarantees ran on: Qwen3-1.7B's tokenizer and embedding size, loaded from the
+    model folder as the service loads it."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tests.support.qwen3 import QWEN3_VOCAB_SIZE, package_encoder
+
+    assert AutoConfig.from_pretrained(live_server.base_dir).vocab_size == QWEN3_VOCAB_SIZE == 151_936
+    served = AutoTokenizer.from_pretrained(live_server.base_dir)
+    assert len(served) == 151_669
+    for text in (ITALIAN_NOTE, ENGLISH_NOTE, *AWKWARD):
+        assert served.encode(text, add_special_tokens=False) == package_encoder().encode(text)
