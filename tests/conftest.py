@@ -19,7 +19,7 @@ from app.tasks.manifests import load_tasks
 from app.tasks.prompts import PromptRenderer
 from app.tasks.service import Service, build_service
 from app.tasks.types.base import Task
-from tests.fakes import FAKE_BASE, FakeEngine, FakeTokenizer, Responder, write_fake_adapter
+from tests.fakes import FAKE_BASE, ByteLogprob, FakeEngine, FakeTokenizer, Responder, write_fake_adapter
 
 TASKS_DIR = REPO_ROOT / "adapters"
 SCHEMAS_DIR = REPO_ROOT / "schemas"
@@ -48,8 +48,10 @@ FakeServiceFactory = Callable[..., tuple[Service, FakeEngine]]
 
 @pytest.fixture
 def make_fake_service(fake_adapters_dir: Path) -> FakeServiceFactory:
-    def make(respond: Responder, *, delay_s: float = 0.0, **settings_overrides: object) -> tuple[Service, FakeEngine]:
-        engine = FakeEngine(respond, delay_s=delay_s)
+    def make(
+        respond: Responder, *, delay_s: float = 0.0, logprob: ByteLogprob | None = None, **settings_overrides: object
+    ) -> tuple[Service, FakeEngine]:
+        engine = FakeEngine(respond, delay_s=delay_s, logprob=logprob)
         settings = Settings(
             model=FAKE_BASE,
             tasks_dir=TASKS_DIR,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ FAKE_BASE = "fake-org/Fake-Base"
 
 
 class FakeTokenizer:
-    """Chat template and byte 'tokens': decoding a prompt back is exact."""
+    """Chat template and byte 'tokens' (id = byte value, written as byte-level BPE writes
+    bytes): decoding a prompt back is exact."""
+
+    all_special_ids: tuple[int, ...] = ()
 
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> str:
         body = "".join(f"<|{m['role']}|>{m['content']}\n" for m in conversation)
@@ -23,6 +27,15 @@ class FakeTokenizer:
 
     def encode(self, text: str, **kwargs: Any) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        from app.tasks.confidence import _byte_decoder
+
+        encoder = {b: ch for ch, b in _byte_decoder().items()}
+        return [encoder[i] for i in ids]
+
+    def decode(self, ids: list[int], **kwargs: Any) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
 
 
 def prompt_of(request: GenerationRequest) -> str:
@@ -41,10 +54,15 @@ def last_input(request: GenerationRequest) -> str:
 Responder = Callable[[GenerationRequest], "str | GenerationResult"]
 
 
+# The log-probability a fake engine gives each byte token of an answer: (answer, byte offset) -> logprob.
+ByteLogprob = Callable[[str, int], float]
+
+
 class FakeEngine:
-    def __init__(self, respond: Responder, *, delay_s: float = 0.0):
+    def __init__(self, respond: Responder, *, delay_s: float = 0.0, logprob: ByteLogprob | None = None):
         self.respond = respond
         self.delay_s = delay_s
+        self.logprob = logprob
         self.started = False
         self.calls: list[GenerationRequest] = []
         self.cancelled: list[str] = []
@@ -74,7 +92,11 @@ class FakeEngine:
         out = self.respond(request)
         if isinstance(out, GenerationResult):
             return out
-        return GenerationResult(out, "stop", len(request.prompt_token_ids), len(out.encode()))
+        tokens = tuple(out.encode())  # one token a byte, as FakeTokenizer has it
+        logprobs = None
+        if request.logprobs and self.logprob is not None:
+            logprobs = tuple(self.logprob(out, i) for i in range(len(tokens)))
+        return GenerationResult(out, "stop", len(request.prompt_token_ids), len(tokens), tokens, logprobs)
 
     async def load_adapter(self, adapter: AdapterHandle) -> None:
         self.loaded[adapter.key] = adapter
@@ -119,3 +141,17 @@ def sample(metrics_text: str, name: str, **labels: str) -> float | None:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
     return None
+
+
+def confidences_at(starts: Callable[[str], list[int]], confidences: dict[str, list[float]]) -> ByteLogprob:
+    """A fake engine's log-probabilities that give the k-th part of an answer (its k-th start
+    position, found by `starts`) the confidence `confidences[answer][k]`: all of it on the part's
+    first byte, every other byte certain."""
+
+    def logprob(answer: str, offset: int) -> float:
+        positions = starts(answer)
+        if offset in positions:
+            return math.log(confidences[answer][positions.index(offset)])
+        return 0.0
+
+    return logprob

@@ -11,7 +11,7 @@ import pytest
 from app.settings import REPO_ROOT
 from app.tasks.grounding import ground_answer
 from app.tasks.manifests import load_tasks
-from app.tasks.types.base import Ask, Tally, Task, TaskInput
+from app.tasks.types.base import Answer, Ask, Tally, Task, TaskInput
 from app.training.datasets import MAX_LISTED_ERRORS, DataError, Record, chunks_of, load_records, model_outputs
 from app.training.synthetic import examples_for_task, write_jsonl
 from tests.conftest import shipped_task
@@ -213,7 +213,8 @@ def serve_ner(task: Task, record: Record, pairs: list[tuple[Ask, dict[str, Any]]
     item = TaskInput(record.id, record.payload, "text")
     tally = Tally()
     parts = [
-        task.kind.read(task, item, chunk, [output], tally) for chunk, (_, output) in zip(chunks, pairs, strict=True)
+        task.kind.read(task, item, chunk, [Answer(output, json.dumps(output))], tally)
+        for chunk, (_, output) in zip(chunks, pairs, strict=True)
     ]
     assert not tally.dropped
     merged = task.kind.merge(task, item, parts, tally)

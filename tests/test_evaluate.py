@@ -34,7 +34,7 @@ from app.training.evaluate import (
     write_report,
 )
 from app.training.synthetic import write_jsonl
-from tests.fakes import FakeEngine, last_input, prompt_of
+from tests.fakes import FakeEngine, confidences_at, last_input, prompt_of
 
 ALL_FALSE = {"negated": False, "uncertain": False, "historical": False, "family": False}
 MakeService = Callable[..., tuple[Service, FakeEngine]]
@@ -97,8 +97,34 @@ NER_OUT = {
 }
 
 
+def tuple_starts(answer: str) -> list[int]:
+    """Where each entity tuple `["...` of a NER answer starts."""
+    return [i for i in range(len(answer) - 1) if answer[i : i + 2] == '["']
+
+
+def value_starts(key: str) -> Callable[[str], list[int]]:
+    """Where the string value of the answer's `key` starts (its opening quote), or for a list
+    its first string's."""
+
+    def starts(answer: str) -> list[int]:
+        i = answer.index(f'"{key}":') + len(key) + 3
+        while answer[i] in " [":
+            i += 1
+        return [i]
+
+    return starts
+
+
+# The confidence each answer's parts get from the fake engine, in the order the answer lists them.
+NER_CONFIDENCE = {
+    NER_OUT[D1]: [0.9, 0.6],  # febbre (right), tosse/DISORDER (wrong)
+    NER_OUT[D2]: [0.8, 0.3],  # amoxicillina (right), "1" (wrong)
+    NER_OUT[D3]: [0.65],  # dolore (wrong)
+}
+
+
 def test_ner_metrics_match_hand_computation(make_fake_service: MakeService, tmp_path: Path) -> None:
-    service, engine = make_fake_service(responder(NER_OUT))
+    service, engine = make_fake_service(responder(NER_OUT), logprob=confidences_at(tuple_starts, NER_CONFIDENCE))
     task = service.tasks["ner-it-clinical"]
     records = load(task, tmp_path, NER_ROWS)
     predictions = run_in_process(service, task, records)
@@ -107,7 +133,7 @@ def test_ner_metrics_match_hand_computation(make_fake_service: MakeService, tmp_
         [("amoxicillina", "DRUG"), ("1", "DOSAGE")],
         [("dolore", "SYMPTOM")],
     ]
-    dosage = {"start": 28, "end": 29, "text": "1", "label": "DOSAGE", "attributes": ALL_FALSE}
+    dosage = {"start": 28, "end": 29, "text": "1", "label": "DOSAGE", "attributes": ALL_FALSE, "confidence": 0.3}
     assert predictions[1]["entities"][1] == dosage
     assert len(engine.calls) == 3 and all(c.adapter is not None for c in engine.calls)
     metrics = score(task, records, predictions)
@@ -126,6 +152,18 @@ def test_ner_metrics_match_hand_computation(make_fake_service: MakeService, tmp_
     #   DISORDER: tp 0, fp 1 -> 0.0;  DRUG: tp 1 -> 1.0;  DOSAGE: tp 0, fp 1, fn 1 -> 0.0
     assert metrics["per_label_strict_f1"] == {"DISORDER": 0.0, "DOSAGE": 0.0, "DRUG": 1.0, "SYMPTOM": 0.4}
     assert metrics["n"] == 3
+    # Calibration, 10 bins: 0.9 right (bin 9); 0.8 right (bin 8); 0.6 and 0.65 wrong (bin 6, mean
+    # 0.625); 0.3 wrong (bin 3). ECE = (0.1 + 0.2 + 2 * 0.625 + 0.3) / 5 = 1.85 / 5 = 0.37
+    assert metrics["calibration"] == {
+        "n": 5,
+        "ece": 0.37,
+        "bins": [
+            {"range": [0.3, 0.4], "n": 1, "confidence": 0.3, "accuracy": 0.0},
+            {"range": [0.6, 0.7], "n": 2, "confidence": 0.625, "accuracy": 0.0},
+            {"range": [0.8, 0.9], "n": 1, "confidence": 0.8, "accuracy": 1.0},
+            {"range": [0.9, 1.0], "n": 1, "confidence": 0.9, "accuracy": 1.0},
+        ],
+    }
 
 
 # -------------------------------------------------------------------------------- QA
@@ -151,16 +189,19 @@ QA_OUT = {
 }
 
 
+QA_CONFIDENCE = {QA_OUT[C1]: [0.95], QA_OUT[C2]: [0.7], QA_OUT[C3]: [0.5], QA_OUT[C4]: [0.4]}
+
+
 def test_qa_metrics_match_hand_computation(make_fake_service: MakeService, tmp_path: Path) -> None:
-    service, _ = make_fake_service(responder(QA_OUT))
+    service, _ = make_fake_service(responder(QA_OUT), logprob=confidences_at(value_starts("answer"), QA_CONFIDENCE))
     task = service.tasks["qa-it-clinical"]
     records = load(task, tmp_path, QA_ROWS)
     predictions = run_in_process(service, task, records, batch_size=3)
     assert predictions == [
-        {"answer": {"start": 12, "end": 22, "text": "furosemide"}},
-        {"answer": {"start": 9, "end": 17, "text": "ramipril"}},
+        {"answer": {"start": 12, "end": 22, "text": "furosemide", "confidence": 0.95}},
+        {"answer": {"start": 9, "end": 17, "text": "ramipril", "confidence": 0.7}},
         {"answer": None},
-        {"answer": {"start": 0, "end": 6, "text": "Febbre"}},
+        {"answer": {"start": 0, "end": 6, "text": "Febbre", "confidence": 0.4}},
     ]
     # EM:       q1 1, q2 0, q3 1 (null = null), q4 0 (answer for null)           -> 2/4 = 0.5
     # token F1: q1 1; q2 gold [ramipril, 5, mg] vs pred [ramipril]: P 1, R 1/3,
@@ -175,6 +216,17 @@ def test_qa_metrics_match_hand_computation(make_fake_service: MakeService, tmp_p
         "has_answer_f1": 0.75,
         "n_no_answer": 2,
         "no_answer_accuracy": 0.5,
+        # The answers given: 0.95 right, 0.7 wrong ("ramipril" is not "ramipril 5 mg"), 0.4 wrong.
+        # ECE = (0.05 + 0.7 + 0.4) / 3 = 0.3833
+        "calibration": {
+            "n": 3,
+            "ece": 0.3833,
+            "bins": [
+                {"range": [0.4, 0.5], "n": 1, "confidence": 0.4, "accuracy": 0.0},
+                {"range": [0.7, 0.8], "n": 1, "confidence": 0.7, "accuracy": 0.0},
+                {"range": [0.9, 1.0], "n": 1, "confidence": 0.95, "accuracy": 1.0},
+            ],
+        },
     }
 
 
@@ -188,20 +240,24 @@ CLS_ROWS = [
 ]
 CLS_OUT = {
     T1: json.dumps({"labels": ["DISCHARGE_SUMMARY"]}),
-    T2: json.dumps({"labels": ["DISCHARGE_SUMMARY"]}),  # wrong
+    T2: json.dumps({"labels": ["DISCHARGE_SUMMARY"]}, separators=(",", ":")),  # wrong (written compact: its own key)
     T3: json.dumps({"labels": ["RADIOLOGY_REPORT"]}),
 }
 
 
+CLS_CONFIDENCE = {CLS_OUT[T1]: [0.85], CLS_OUT[T2]: [0.55], CLS_OUT[T3]: [0.95]}
+
+
 def test_classification_metrics_match_hand_computation(make_fake_service: MakeService, tmp_path: Path) -> None:
-    service, _ = make_fake_service(responder(CLS_OUT))
+    logprob = confidences_at(value_starts("labels"), CLS_CONFIDENCE)
+    service, _ = make_fake_service(responder(CLS_OUT), logprob=logprob)
     task = service.tasks["classify-it-note-type"]
     records = load(task, tmp_path, CLS_ROWS)
     predictions = run_in_process(service, task, records)
     assert predictions == [
-        {"labels": ["DISCHARGE_SUMMARY"]},
-        {"labels": ["DISCHARGE_SUMMARY"]},
-        {"labels": ["RADIOLOGY_REPORT"]},
+        {"labels": ["DISCHARGE_SUMMARY"], "scores": {"DISCHARGE_SUMMARY": 0.85}},
+        {"labels": ["DISCHARGE_SUMMARY"], "scores": {"DISCHARGE_SUMMARY": 0.55}},
+        {"labels": ["RADIOLOGY_REPORT"], "scores": {"RADIOLOGY_REPORT": 0.95}},
     ]
     # accuracy: c1 ✓, c2 ✗, c3 ✓ -> 2/3 = 0.6667
     # DISCHARGE_SUMMARY: tp 1 (c1), fp 1 (c2) -> P 1/2, R 1, F1 2/3 = 0.6667
@@ -215,6 +271,16 @@ def test_classification_metrics_match_hand_computation(make_fake_service: MakeSe
         "macro_f1": 0.5556,
         "micro_f1": 0.6667,
         "per_label_f1": {"DISCHARGE_SUMMARY": 0.6667, "EMERGENCY_NOTE": 0.0, "RADIOLOGY_REPORT": 1.0},
+        # 0.85 right, 0.55 wrong, 0.95 right: ECE = (0.15 + 0.55 + 0.05) / 3 = 0.25
+        "calibration": {
+            "n": 3,
+            "ece": 0.25,
+            "bins": [
+                {"range": [0.5, 0.6], "n": 1, "confidence": 0.55, "accuracy": 0.0},
+                {"range": [0.8, 0.9], "n": 1, "confidence": 0.85, "accuracy": 1.0},
+                {"range": [0.9, 1.0], "n": 1, "confidence": 0.95, "accuracy": 1.0},
+            ],
+        },
     }
 
 
@@ -275,9 +341,12 @@ def test_predict_via_url_goes_through_the_api(make_fake_service: MakeService, tm
 
     predictions = asyncio.run(go("none"))
     assert all(c.adapter is None for c in engine.calls)
-    assert predictions[0] == {"answer": {"start": 12, "end": 22, "text": "furosemide"}}
+    assert predictions[0] == {"answer": {"start": 12, "end": 22, "text": "furosemide", "confidence": None}}
     assert predictions[1]["answer"] is None and predictions[1]["error"].startswith("502 generation-failed:")
-    assert predictions[2:] == [{"answer": None}, {"answer": {"start": 0, "end": 6, "text": "Febbre"}}]
+    assert predictions[2:] == [
+        {"answer": None},
+        {"answer": {"start": 0, "end": 6, "text": "Febbre", "confidence": None}},
+    ]
     with pytest.raises(evaluate.EvalError, match="404 unknown-adapter"):
         asyncio.run(go(("nope", "9")))
 

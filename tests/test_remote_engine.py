@@ -10,7 +10,7 @@ import json
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +88,16 @@ class FakeReplica:
         if self.gate is not None:
             await self.gate.wait()
         self.completions += 1
+        text = self.answer or f'{{"from":"{self.name}"}}'
+        choice: dict[str, Any] = {"text": text, "finish_reason": "stop"}
+        if body.get("logprobs") is not None:
+            # As vLLM answers with return_tokens_as_token_ids: one entry a token (here a byte, as
+            # FakeTokenizer has it), ids spelled out.
+            tokens = [f"token_id:{b}" for b in text.encode()]
+            choice["logprobs"] = {"tokens": tokens, "token_logprobs": [-0.25] + [0.0] * (len(tokens) - 1)}
         return httpx.Response(
             200,
-            json={
-                "choices": [{"text": self.answer or f'{{"from":"{self.name}"}}', "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 5},
-            },
+            json={"choices": [choice], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 5}},
         )
 
 
@@ -150,6 +154,26 @@ def test_generation_request_carries_prompt_ids_grammar_adapter_and_priority() ->
         assert sent["structured_outputs"] == {"grammar": "start: x"}
         assert (sent["priority"], sent["max_tokens"], sent["temperature"]) == (10, 8, 0.0)
         assert base.text == '{"from":"a"}'
+
+    run(scenario)
+
+
+def test_log_probabilities_are_asked_for_as_token_ids_and_read_back() -> None:
+    cluster = FakeCluster("a")
+
+    async def scenario() -> None:
+        engine, _ = make_engine(cluster)
+        await engine.start()
+        plain = await engine.generate(request(adapter=None))
+        scored = await engine.generate(replace(request(adapter=None), logprobs=True))
+        await engine.shutdown()
+        without, with_logprobs = cluster.replicas["a"].bodies
+        assert "logprobs" not in without and plain.token_logprobs is None
+        # logprobs 0: the sampled token's only; tokens as ids, so that no byte of a split
+        # character is lost in decoding them one by one.
+        assert with_logprobs["logprobs"] == 0 and with_logprobs["return_tokens_as_token_ids"] is True
+        assert scored.token_ids == tuple(b'{"from":"a"}')
+        assert scored.token_logprobs == (-0.25, *[0.0] * (len(scored.token_ids) - 1))
 
     run(scenario)
 

@@ -23,7 +23,7 @@ from app.tasks.prompts import PromptRenderer
 from app.tasks.protocol import DocumentsRequest, ModelInfo
 from app.tasks.service import build_service
 from app.tasks.types import base, task_types
-from app.tasks.types.base import NoteWorld, Tally, Task, TaskInput, TaskType, register
+from app.tasks.types.base import Answer, NoteWorld, Tally, Task, TaskInput, TaskType, register
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR
 from tests.fakes import FAKE_BASE, FakeEngine, FakeTokenizer, write_fake_adapter
 
@@ -59,8 +59,8 @@ class PhrasesType(TaskType[list[Span]]):
     def format_lines(self, task: Task, part: str = "") -> list[str]:
         return ["", 'Answer with one JSON object only: {"phrases": [...]}.']
 
-    def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[dict[str, Any]], tally: Tally) -> Any:
-        grounded = ground_spans(chunk.text, [(p, "", {}) for p in answers[0]["phrases"]])
+    def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[Answer], tally: Tally) -> Any:
+        grounded = ground_spans(chunk.text, [(p, "", {}) for p in answers[0].output["phrases"]])
         tally.dropped.update(grounded.dropped)
         return [shift(s, chunk.start) for s in grounded.spans]
 

@@ -29,6 +29,9 @@ class GenerationRequest:
     adapter: AdapterHandle | None = None
     # Lower runs first (vLLM's priority scheduling): interactive 0, batch work after it.
     priority: int = 0
+    # Return each generated token's log-probability (under the grammar: vLLM masks the logits
+    # before the sampler computes them), from which answers get their confidence.
+    logprobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class GenerationResult:
     finish_reason: str  # "stop" | "length" | "abort" | ...
     prompt_tokens: int
     completion_tokens: int
+    token_ids: tuple[int, ...] = ()  # the generated tokens, end of sequence included
+    token_logprobs: tuple[float, ...] | None = None  # one per token id, when asked for
 
 
 class EngineError(RuntimeError):

@@ -112,6 +112,10 @@ class VllmEngine:
             temperature=request.temperature,
             max_tokens=request.max_tokens,
             structured_outputs=StructuredOutputsParams(grammar=request.grammar),
+            # 0: the sampled token's log-probability only (no alternatives to rank or return),
+            # kept flat: plain lists instead of an object per token (measurably cheaper on CPU).
+            logprobs=0 if request.logprobs else None,
+            flat_logprobs=request.logprobs,
         )
         lora = None
         if request.adapter is not None:
@@ -137,11 +141,19 @@ class VllmEngine:
         if final is None or not final.outputs:
             raise EngineError("engine returned no output")
         completion = final.outputs[0]
+        token_ids = tuple(completion.token_ids)
+        logprobs = None
+        if request.logprobs and completion.logprobs is not None:
+            logprobs = tuple(
+                float(step[token].logprob) for token, step in zip(token_ids, completion.logprobs, strict=True)
+            )
         return GenerationResult(
             text=completion.text,
             finish_reason=str(completion.finish_reason),
             prompt_tokens=len(final.prompt_token_ids or []),
-            completion_tokens=len(completion.token_ids),
+            completion_tokens=len(token_ids),
+            token_ids=token_ids,
+            token_logprobs=logprobs,
         )
 
     async def load_adapter(self, adapter: AdapterHandle) -> None:

@@ -69,14 +69,14 @@ def split_text(text: str, max_chars: int, overlap: int) -> list[Chunk]:
 
 
 def shift(span: Span, offset: int) -> Span:
-    return Span(span.start + offset, span.end + offset, span.text, span.label, span.attributes)
+    return Span(span.start + offset, span.end + offset, span.text, span.label, span.attributes, span.confidence)
 
 
 def merge_spans(per_chunk: list[list[Span]]) -> list[Span]:
     """Union of chunk spans (already shifted), without duplicates from overlaps.
 
     A span strictly inside a same-label span found in another chunk is the cut-off copy
-    of that span and is dropped.
+    of that span and is dropped. A span found in two chunks keeps its higher confidence.
     """
     tagged = [(i, s) for i, spans in enumerate(per_chunk) for s in spans]
     kept: dict[tuple[int, int, str], Span] = {}
@@ -89,6 +89,7 @@ def merge_spans(per_chunk: list[list[Span]]) -> list[Span]:
             and (other.end - other.start) > (span.end - span.start)
             for j, other in tagged
         )
-        if not covered:
-            kept.setdefault((span.start, span.end, span.label), span)
+        key = (span.start, span.end, span.label)
+        if not covered and (key not in kept or (span.confidence or 0.0) > (kept[key].confidence or 0.0)):
+            kept[key] = span
     return sorted(kept.values(), key=lambda s: (s.start, s.end, s.label))

@@ -25,6 +25,7 @@ class Span:
     text: str
     label: str = ""
     attributes: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    confidence: float | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -60,13 +61,16 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def ground_spans(text: str, candidates: list[tuple[str, str, dict[str, Any]]]) -> GroundingResult:
-    """Ground (span_text, label, attributes) triples emitted by the model against `text`."""
+def ground_spans(
+    text: str, candidates: list[tuple[str, str, dict[str, Any]]], confidences: list[float | None] | None = None
+) -> GroundingResult:
+    """Ground (span_text, label, attributes) triples emitted by the model against `text`;
+    `confidences`, parallel to them, travel with the spans."""
     result = GroundingResult()
     bounds = piece_boundaries(text)
     seen_count: Counter[tuple[str, str]] = Counter()
     placed: set[tuple[int, int, str]] = set()
-    for span_text, label, attributes in candidates:
+    for i, (span_text, label, attributes) in enumerate(candidates):
         if not span_text.strip():
             result.dropped["empty"] += 1
             continue
@@ -84,14 +88,17 @@ def ground_spans(text: str, candidates: list[tuple[str, str, dict[str, Any]]]) -
             result.dropped["duplicate"] += 1
             continue
         placed.add((start, end, label))
-        result.spans.append(Span(start, end, text[start:end], label, dict(attributes)))
+        confidence = confidences[i] if confidences is not None else None
+        result.spans.append(Span(start, end, text[start:end], label, dict(attributes), confidence))
     result.spans.sort(key=lambda s: (s.start, s.end, s.label))
     return result
 
 
-def ground_answer(context: str, answer: str | None) -> tuple[Span | None, GroundingResult]:
+def ground_answer(
+    context: str, answer: str | None, confidence: float | None = None
+) -> tuple[Span | None, GroundingResult]:
     """Ground a QA answer: its first aligned occurrence in the context, or None."""
     if answer is None:
         return None, GroundingResult()
-    result = ground_spans(context, [(answer, "", {})])
+    result = ground_spans(context, [(answer, "", {})], [confidence])
     return (result.spans[0] if result.spans else None), result

@@ -63,9 +63,18 @@ def build_messages(task: Task, payload: dict[str, str], part: str = "") -> list[
 
 
 class ChatTokenizer(Protocol):
+    """What the gateway needs of the served model's tokenizer: prompts in, answers' tokens back."""
+
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
 
     def encode(self, text: str, **kwargs: Any) -> list[int]: ...
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
+
+    def decode(self, ids: list[int], **kwargs: Any) -> str: ...
+
+    @property
+    def all_special_ids(self) -> list[int]: ...
 
 
 class PromptRenderer:

@@ -52,6 +52,12 @@ _ADAPTER_FIELD_DOC = (
 class TaskRequest(In):
     task: str
     adapter: AdapterSelection | Literal["none"] | None = Field(None, description=_ADAPTER_FIELD_DOC)
+    min_confidence: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Optional: leave out entities, answers and labels whose confidence is below this.",
+    )
 
     def adapter_choice(self) -> AdapterChoice:
         if isinstance(self.adapter, AdapterSelection):

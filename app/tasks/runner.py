@@ -21,11 +21,12 @@ from app.engine.base import Engine, EngineError, EngineUnavailable, GenerationRe
 from app.problems import ENGINE_UNAVAILABLE, GENERATION_FAILED, Problem
 from app.tasks.adapters import AdapterUse
 from app.tasks.chunking import Chunk, split_text
+from app.tasks.confidence import TokenConfidences
 from app.tasks.grammar import compile_grammar, json_escape
 from app.tasks.metrics import Metrics
 from app.tasks.prompts import PromptRenderer, build_messages
 from app.tasks.schema import worst_case_bytes
-from app.tasks.types.base import Ask, Tally, Task, TaskInput
+from app.tasks.types.base import Answer, Ask, Tally, Task, TaskInput
 
 log = logging.getLogger("medlora.tasks")
 
@@ -66,7 +67,7 @@ class TaskRunner:
         )
         return needed <= self.max_model_len, needed
 
-    async def _generate(self, task: Task, adapter: AdapterUse, ask: Ask, priority: int) -> dict[str, Any]:
+    async def _generate(self, task: Task, adapter: AdapterUse, ask: Ask, priority: int) -> Answer:
         labels = (task.name, adapter.key)
         prompt_ids, max_tokens = self.budget(task, ask)
         if len(prompt_ids) + max_tokens > self.max_model_len:
@@ -79,6 +80,7 @@ class TaskRunner:
             temperature=task.manifest.generation.temperature,
             adapter=adapter.handle,
             priority=priority,
+            logprobs=True,
         )
         try:
             result = await self.engine.generate(request)
@@ -106,16 +108,19 @@ class TaskRunner:
         if error is not None:
             self.metrics.invalid_outputs.labels(*labels, "schema").inc()
             raise Problem(GENERATION_FAILED, f"model output violates the task schema at {list(error.path)}")
-        return dict(output)
+        assert self.renderer is not None  # budget() needed it
+        tokenizer = self.renderer.tokenizer
+        confidences = TokenConfidences.build(tokenizer, result.text, result.token_ids, result.token_logprobs)
+        return Answer(dict(output), result.text, confidences)
 
     async def _over_chunks(
         self, task: Task, adapter: AdapterUse, item: TaskInput, priority: int
-    ) -> list[tuple[Chunk, list[dict[str, Any]]]]:
+    ) -> list[tuple[Chunk, list[Answer]]]:
         """Answer every ask of every chunk of the item's source, re-splitting any chunk the
         context cannot hold; (chunk, answers) in document order."""
         gen = task.manifest.generation
         kind = task.kind
-        done: list[tuple[Chunk, list[dict[str, Any]]]] = []
+        done: list[tuple[Chunk, list[Answer]]] = []
 
         async def one(chunk: Chunk) -> None:
             try:

@@ -15,11 +15,11 @@ Conventions (shared by every function here):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["PRF", "check_parallel", "markdown_table", "mean", "rounded"]
+__all__ = ["PRF", "calibration", "check_parallel", "markdown_table", "mean", "rounded"]
 
 _ROUND = 4
 
@@ -90,3 +90,30 @@ def markdown_table(runs: Mapping[str, Mapping[str, float | None]]) -> str:
             cells.append("–" if value is None else f"{value:.3f}")
         lines.append("| " + " | ".join([_cell(metric), *cells]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def calibration(pairs: Iterable[tuple[float, bool]], bins: int = 10) -> dict[str, Any]:
+    """How well confidences match how often they are right: expected calibration error and a
+    reliability table over `bins` equal-width bins of [0, 1].
+
+    ECE = sum over bins of (n_bin / n) * |mean confidence - accuracy| (0 is perfect). Only
+    non-empty bins are listed; with no pairs at all ECE is None.
+    """
+    rows: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
+    n = 0
+    for confidence, correct in pairs:
+        rows[min(int(confidence * bins), bins - 1)].append((confidence, correct))
+        n += 1
+    table: list[dict[str, Any]] = []
+    ece = 0.0
+    for b, row in enumerate(rows):
+        if not row:
+            continue
+        mean_confidence = mean([c for c, _ in row])
+        accuracy = mean([float(ok) for _, ok in row])
+        ece += len(row) / n * abs(mean_confidence - accuracy)
+        table.append(
+            {"range": [b / bins, (b + 1) / bins], "n": len(row), "confidence": mean_confidence, "accuracy": accuracy}
+        )
+    result: dict[str, Any] = rounded({"n": n, "ece": ece if n else None, "bins": table})
+    return result

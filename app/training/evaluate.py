@@ -264,6 +264,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         markdown_table({report["run"]: report_rows(report)}),
     ]
+    calibration = report["metrics"].get("calibration")
+    if calibration and calibration["bins"]:
+        lines += [
+            "",
+            f"Reliability of the confidences ({calibration['n']} scored, ECE {calibration['ece']:.3f}):",
+            "",
+            "| confidence | n | mean confidence | right |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {b['range'][0]:.1f}-{b['range'][1]:.1f} | {b['n']} | {b['confidence']:.3f} | {b['accuracy']:.3f} |"
+                for b in calibration["bins"]
+            ),
+        ]
     return "\n".join(lines)
 
 

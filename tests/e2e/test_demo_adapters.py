@@ -90,6 +90,10 @@ def test_demo_adapters_beat_the_base_model_on_held_out_notes(demo_server: LiveSe
     for name, result in figures.items():
         print(f"\n[demo] {name}: {json.dumps(result)[:300]}")
         print(f"[demo] recorded at build: {json.dumps(recorded.get(name))[:300]}")
+    for name, result in figures.items():
+        # Every task's answers come with confidences, measured against how often they are right.
+        calibration = result["adapter"]["calibration"]
+        assert calibration["n"] > 0 and 0.0 <= calibration["ece"] <= 1.0, (name, calibration)
     cls = figures["classify-it-note-type"]
     assert cls["adapter"]["accuracy"] >= 0.75
     assert cls["adapter"]["accuracy"] >= cls["base"]["accuracy"] + 0.5

@@ -80,6 +80,8 @@ def check_ner(task: dict[str, Any], docs: list[dict[str, str]], body: dict[str, 
             assert e["label"] in task["labels"]
             assert set(e["attributes"]) == set(task["attributes"])
             assert all(isinstance(v, bool) for v in e["attributes"].values())
+            # From vLLM's log-probabilities of the constrained decode: always there, a probability.
+            assert isinstance(e["confidence"], float) and 0.0 <= e["confidence"] <= 1.0, e
             STATS["entities"] += 1
     STATS["requests"] += 1
     STATS["items"] += len(docs)
@@ -135,6 +137,7 @@ def check_qa(task: dict[str, Any], items: list[dict[str, str]], body: dict[str, 
         if answer is not None:
             assert item["context"][answer["start"] : answer["end"]] == answer["text"] != ""
             assert answer["text"].strip() == answer["text"] and len(answer["text"]) <= max_len
+            assert isinstance(answer["confidence"], float) and 0.0 <= answer["confidence"] <= 1.0, answer
             STATS["answers"] += 1
     STATS["requests"] += 1
     STATS["items"] += len(items)
@@ -146,6 +149,7 @@ def check_classify(task: dict[str, Any], docs: list[dict[str, str]], body: dict[
     for d in body["documents"]:
         assert d["labels"] and set(d["labels"]) <= set(task["labels"])
         assert validator.is_valid({"labels": d["labels"]})
+        assert set(d["scores"]) == set(d["labels"]) and all(0.0 <= v <= 1.0 for v in d["scores"].values()), d
         STATS["labels"] += len(d["labels"])
     STATS["requests"] += 1
     STATS["items"] += len(docs)

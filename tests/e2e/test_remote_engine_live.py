@@ -197,6 +197,8 @@ def check_ner(documents: list[dict[str, str]], body: dict[str, Any]) -> None:
     for doc in body["documents"]:
         for entity in doc["entities"]:
             assert texts[doc["id"]][entity["start"] : entity["end"]] == entity["text"]
+            # The replicas' log-probabilities reach the gateway: every entity has its confidence.
+            assert isinstance(entity["confidence"], float) and 0.0 <= entity["confidence"] <= 1.0
 
 
 def test_every_task_is_served_through_the_replicas_with_their_adapters(cluster: Cluster) -> None:
@@ -214,6 +216,9 @@ def test_every_task_is_served_through_the_replicas_with_their_adapters(cluster: 
         cls = client.post("/v1/classify", json={"task": "classify-it-note-type", "documents": docs})
         assert cls.status_code == 200, cls.text
         assert all(set(d["labels"]) <= labels and d["labels"] for d in cls.json()["documents"])
+        # Confidence through the remote engine: the replicas' log-probabilities, as token ids.
+        assert all(set(d["scores"]) == set(d["labels"]) for d in cls.json()["documents"]), cls.json()
+        assert all(0.0 < v <= 1.0 for d in cls.json()["documents"] for v in d["scores"].values())
         items = [{"id": "q", "context": NOTES[0], "question": "Che sintomi riferisce?"}]
         qa = client.post("/v1/qa", json={"task": "qa-it-clinical", "items": items})
         assert qa.status_code == 200, qa.text

@@ -67,6 +67,17 @@ class _AdapterRejected(Exception):
     """The replica tried to load the adapter and failed: the files are the problem."""
 
 
+def _token_logprobs(logprobs: Any) -> tuple[tuple[int, ...], tuple[float, ...] | None]:
+    """Token ids and log-probabilities from a completion's `logprobs` (tokens as "token_id:N")."""
+    if not logprobs:
+        return (), None
+    ids = tuple(int(str(token).removeprefix("token_id:")) for token in logprobs["tokens"])
+    values = tuple(float(value) for value in logprobs["token_logprobs"])
+    if len(ids) != len(values):
+        raise ValueError("tokens and token_logprobs differ in length")
+    return ids, values
+
+
 def _server_message(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -294,7 +305,7 @@ class RemoteEngine:
 
     # -- generation --------------------------------------------------------------------
     def _body(self, request: GenerationRequest, replica: Replica) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "model": engine_name(request.adapter) if request.adapter else replica.served_model,
             "prompt": request.prompt_token_ids,
             "max_tokens": request.max_tokens,
@@ -303,6 +314,11 @@ class RemoteEngine:
             "priority": request.priority,
             "request_id": request.request_id,
         }
+        if request.logprobs:
+            # The sampled tokens' log-probabilities, and the tokens as ids ("token_id:123"):
+            # decoded one by one, a token that splits a character would lose its bytes.
+            body |= {"logprobs": 0, "return_tokens_as_token_ids": True}
+        return body
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Send to the least busy healthy replica; on a failure that is safe to retry, try another.
@@ -378,6 +394,7 @@ class RemoteEngine:
             usage = body.get("usage") or {}
             text, finish_reason = choice["text"], choice.get("finish_reason")
             prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+            token_ids, token_logprobs = _token_logprobs(choice.get("logprobs"))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise EngineError(f"engine answered an unexpected body: {type(exc).__name__}") from exc
         if finish_reason == "abort":
@@ -386,5 +403,10 @@ class RemoteEngine:
         if not isinstance(text, str) or finish_reason not in ("stop", "length"):
             raise EngineError(f"engine answered an unexpected body: finish_reason={finish_reason!r}")
         return GenerationResult(
-            text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            text=text,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            token_ids=token_ids,
+            token_logprobs=token_logprobs,
         )

@@ -23,6 +23,8 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 
 from app.tasks.chunking import Chunk
+from app.tasks.confidence import Node, TokenConfidences, locate
+from app.tasks.grounding import Span
 from app.tasks.protocol import ModelInfo, TaskRequest
 from app.tasks.spec import TaskManifest
 
@@ -68,6 +70,7 @@ class TaskInput:
     id: str
     payload: dict[str, str]
     source_field: str  # the payload field answers are grounded in (and long notes are chunked by)
+    min_confidence: float | None = None  # parts of the answer below it are dropped (and counted)
 
     @property
     def source(self) -> str:
@@ -89,6 +92,29 @@ class Ask:
     validator: Draft202012Validator
     source: str
     part: str = ""
+
+
+class Answer:
+    """One generation's answer: the parsed, schema-valid output, the text it was decoded as,
+    and, when the engine returned them, its tokens' log-probabilities for confidence."""
+
+    def __init__(self, output: dict[str, Any], text: str, confidences: TokenConfidences | None = None):
+        self.output = output
+        self.text = text
+        self.confidences = confidences
+        self._tree: Node | None = None
+
+    def confidence(self, *path: str | int) -> float | None:
+        """The confidence of the value at `path` (object keys and array indices), e.g.
+        `("entities", 2)`; None without log-probabilities. See app/tasks/confidence.py."""
+        if self.confidences is None:
+            return None
+        if self._tree is None:
+            self._tree = locate(self.text)
+        node = self._tree
+        for step in path:
+            node = node.items[step] if isinstance(step, int) else node.members[step]
+        return round(self.confidences.of(node.start, node.end), 4)
 
 
 @dataclass
@@ -184,16 +210,19 @@ class TaskType(ABC, Generic[R]):
     # -- serving -------------------------------------------------------------------------
     def inputs(self, body: TaskRequest) -> list[TaskInput]:
         items: Sequence[Any] = getattr(body, self.items_field)
-        return [TaskInput(i.id, {f: getattr(i, f) for f in self.input_fields}, self.source_field) for i in items]
+        return [
+            TaskInput(i.id, {f: getattr(i, f) for f in self.input_fields}, self.source_field, body.min_confidence)
+            for i in items
+        ]
 
     def blank(self, task: Task, item: TaskInput) -> R | None:
         """The result for an input answered without the model (a blank source), or None."""
         return None
 
     @abstractmethod
-    def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[dict[str, Any]], tally: Tally) -> R:
-        """One chunk's schema-valid answers (one per ask) as a result with whole-note offsets;
-        strings that cannot be grounded are dropped and counted in `tally`."""
+    def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[Answer], tally: Tally) -> R:
+        """One chunk's schema-valid answers (one per ask) as a result with whole-note offsets
+        and confidences; strings that cannot be grounded are dropped and counted in `tally`."""
 
     @abstractmethod
     def merge(self, task: Task, item: TaskInput, parts: list[R], tally: Tally) -> R:
@@ -251,3 +280,13 @@ def listing(title: str, specs: Sequence[Any]) -> list[str]:
     if not specs:
         return []
     return ["", title, *(f"- {s.name}: {s.description}".rstrip(": ") for s in specs)]
+
+
+def keep_confident(spans: list[Span], threshold: float | None, tally: Tally) -> list[Span]:
+    """The spans at or above a request's min_confidence; the rest counted as dropped."""
+    if threshold is None:
+        return spans
+    kept = [s for s in spans if s.confidence is None or s.confidence >= threshold]
+    if len(kept) < len(spans):
+        tally.dropped["low_confidence"] += len(spans) - len(kept)
+    return kept

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -19,8 +19,18 @@ from app.tasks.chunking import Chunk
 from app.tasks.gold import list_field, string_field
 from app.tasks.protocol import DocumentsRequest, ModelInfo
 from app.tasks.schema import enum_values
-from app.tasks.scoring import PRF, check_parallel, mean, rounded
-from app.tasks.types.base import BadRecord, NoteWorld, Tally, Task, TaskInput, TaskType, listing, register
+from app.tasks.scoring import PRF, calibration, check_parallel, mean, rounded
+from app.tasks.types.base import (
+    Answer,
+    BadRecord,
+    NoteWorld,
+    Tally,
+    Task,
+    TaskInput,
+    TaskType,
+    listing,
+    register,
+)
 
 
 class ClassifyRequest(DocumentsRequest):
@@ -30,6 +40,9 @@ class ClassifyRequest(DocumentsRequest):
 class ClassifyDocumentOut(BaseModel):
     id: str
     labels: list[str]
+    scores: dict[str, float] = Field(
+        default_factory=dict, description="Each label's confidence (the model's probability for it), by label."
+    )
 
 
 class ClassifyResponse(BaseModel):
@@ -41,6 +54,7 @@ class ClassifyResponse(BaseModel):
 @dataclass
 class ClassifyResult:
     labels: list[str]
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 @register
@@ -71,10 +85,11 @@ class ClassificationType(TaskType[ClassifyResult]):
     def format_lines(self, task: Task, part: str = "") -> list[str]:
         return [*listing("Labels:", task.manifest.labels), "", "Answer with one JSON object only."]
 
-    def read(
-        self, task: Task, item: TaskInput, chunk: Chunk, answers: list[dict[str, Any]], tally: Tally
-    ) -> ClassifyResult:
-        return ClassifyResult(list(answers[0]["labels"]))
+    def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[Answer], tally: Tally) -> ClassifyResult:
+        answer = answers[0]
+        labels = list(answer.output["labels"])
+        scores = {label: answer.confidence("labels", i) for i, label in enumerate(labels)}
+        return ClassifyResult(labels, {label: score for label, score in scores.items() if score is not None})
 
     def merge(self, task: Task, item: TaskInput, parts: list[ClassifyResult], tally: Tally) -> ClassifyResult:
         order = {name: i for i, name in enumerate(task.label_names)}
@@ -82,9 +97,22 @@ class ClassificationType(TaskType[ClassifyResult]):
         for part in parts:
             votes.update(dict.fromkeys(part.labels, 1))
         if task.manifest.multi_label:
-            return ClassifyResult(sorted(votes, key=order.__getitem__))
-        # Long notes: majority over chunks, ties to the task's label order.
-        return ClassifyResult([min(votes, key=lambda name: (-votes[name], order[name]))])
+            labels = sorted(votes, key=order.__getitem__)
+        else:
+            # Long notes: majority over chunks, ties to the task's label order.
+            labels = [min(votes, key=lambda name: (-votes[name], order[name]))]
+        # A label's score over chunks: its mean confidence, counting 0 where a chunk did not choose it.
+        scores = {
+            label: round(sum(part.scores.get(label, 0.0) for part in parts) / len(parts), 4)
+            for label in labels
+            if any(label in part.scores for part in parts)
+        }
+        if item.min_confidence is not None:
+            low = [label for label in labels if label in scores and scores[label] < item.min_confidence]
+            tally.dropped["low_confidence"] += len(low)
+            labels = [label for label in labels if label not in low]
+            scores = {label: score for label, score in scores.items() if label in labels}
+        return ClassifyResult(labels, scores)
 
     def respond(
         self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[ClassifyResult]
@@ -93,7 +121,8 @@ class ClassificationType(TaskType[ClassifyResult]):
             task=task.name,
             model=model,
             documents=[
-                ClassifyDocumentOut(id=item.id, labels=r.labels) for item, r in zip(items, results, strict=True)
+                ClassifyDocumentOut(id=item.id, labels=r.labels, scores=r.scores)
+                for item, r in zip(items, results, strict=True)
             ],
         )
 
@@ -116,7 +145,7 @@ class ClassificationType(TaskType[ClassifyResult]):
         return [{"labels": list(gold["labels"])}]
 
     def prediction(self, item: dict[str, Any]) -> dict[str, Any]:
-        return {"labels": list(item["labels"])}
+        return {"labels": list(item["labels"]), "scores": dict(item.get("scores", {}))}
 
     def empty_prediction(self) -> dict[str, Any]:
         return {"labels": []}
@@ -125,7 +154,14 @@ class ClassificationType(TaskType[ClassifyResult]):
         cls = classification_scores(
             [g["labels"] for g in golds], [p.get("labels", []) for p in predictions], labels=task.label_names
         )
+        # Each label returned, with its score, against whether the gold has it.
+        pairs = [
+            (score, label in gold["labels"])
+            for gold, prediction in zip(golds, predictions, strict=True)
+            for label, score in prediction.get("scores", {}).items()
+        ]
         return {
+            "calibration": calibration(pairs),
             "n": cls.n,
             "accuracy": round(cls.accuracy, 4),
             "macro_f1": round(cls.macro_f1, 4),

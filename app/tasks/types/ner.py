@@ -22,14 +22,16 @@ from app.tasks.gold import check_span, is_int, list_field, max_length, string_fi
 from app.tasks.grounding import Span, ground_spans, piece_boundaries
 from app.tasks.protocol import DocumentsRequest, ModelInfo, OffsetUnit
 from app.tasks.schema import GROUNDED, enum_values, flag_tail
-from app.tasks.scoring import PRF, check_parallel, rounded
+from app.tasks.scoring import PRF, calibration, check_parallel, rounded
 from app.tasks.types.base import (
+    Answer,
     BadRecord,
     NoteWorld,
     Tally,
     Task,
     TaskInput,
     TaskType,
+    keep_confident,
     listing,
     register,
 )
@@ -48,6 +50,9 @@ class EntityOut(BaseModel):
     text: str
     label: str
     attributes: dict[str, Any] = Field(default_factory=dict)
+    confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="The model's probability for this entity (text, label and attributes)."
+    )
 
 
 class NerDocumentOut(BaseModel):
@@ -118,17 +123,19 @@ class NerType(TaskType[NerResult]):
     def blank(self, task: Task, item: TaskInput) -> NerResult | None:
         return NerResult([]) if not item.source.strip() else None
 
-    def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[dict[str, Any]], tally: Tally) -> NerResult:
-        entities = answers[0].get("entities", [])
+    def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[Answer], tally: Tally) -> NerResult:
+        answer = answers[0]
+        entities = answer.output.get("entities", [])
         names = task.attribute_names
         candidates = [(str(e[0]), str(e[1]), {n: n in e[2:] for n in names}) for e in entities]
-        grounded = ground_spans(chunk.text, candidates)
+        confidences = [answer.confidence("entities", i) for i in range(len(entities))]
+        grounded = ground_spans(chunk.text, candidates, confidences)
         tally.dropped.update(grounded.dropped)
         limit = int(task.schema["properties"]["entities"]["maxItems"])
         return NerResult([shift(s, chunk.start) for s in grounded.spans], len(entities) >= limit)
 
     def merge(self, task: Task, item: TaskInput, parts: list[NerResult], tally: Tally) -> NerResult:
-        entities = merge_spans([part.entities for part in parts])
+        entities = keep_confident(merge_spans([part.entities for part in parts]), item.min_confidence, tally)
         limit_reached = any(part.limit_reached for part in parts)
         tally.returned = (tally.returned or 0) + len(entities)
         tally.limit_reached = tally.limit_reached or limit_reached
@@ -142,7 +149,14 @@ class NerType(TaskType[NerResult]):
                 NerDocumentOut(
                     id=item.id,
                     entities=[
-                        EntityOut(start=s.start, end=s.end, text=s.text, label=s.label, attributes=s.attributes)
+                        EntityOut(
+                            start=s.start,
+                            end=s.end,
+                            text=s.text,
+                            label=s.label,
+                            attributes=s.attributes,
+                            confidence=s.confidence,
+                        )
                         for s in result.entities
                     ],
                     entity_limit_reached=result.limit_reached,
@@ -198,19 +212,29 @@ class NerType(TaskType[NerResult]):
         return [{"entities": entities}]
 
     def prediction(self, item: dict[str, Any]) -> dict[str, Any]:
-        keys = ("start", "end", "text", "label", "attributes")
-        return {"entities": [{k: e[k] for k in keys} for e in item["entities"]]}
+        keys = ("start", "end", "text", "label", "attributes", "confidence")
+        return {"entities": [{k: e.get(k) for k in keys} for e in item["entities"]]}
 
     def empty_prediction(self) -> dict[str, Any]:
         return {"entities": []}
 
     def score(self, task: Task, golds: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, Any]:
         ner = ner_scores([g["entities"] for g in golds], [p.get("entities", []) for p in predictions])
+        # Each returned entity's confidence against whether it is right (a strict match).
+        pairs: list[tuple[float, bool]] = []
+        for gold, prediction in zip(golds, predictions, strict=True):
+            right = {(g["start"], g["end"], g["label"]) for g in gold["entities"]}
+            pairs += [
+                (e["confidence"], (e["start"], e["end"], e["label"]) in right)
+                for e in prediction.get("entities", [])
+                if e.get("confidence") is not None
+            ]
         return {
             "n": len(golds),
             "strict": ner.strict.to_dict(),
             "lenient": ner.lenient.to_dict(),
             "per_label_strict_f1": {label: round(prf.f1, 4) for label, prf in ner.per_label_strict.items()},
+            "calibration": calibration(pairs),
         }
 
     def synthesize(self, task: Task, world: NoteWorld, n: int, seed: int) -> list[dict[str, Any]]:

@@ -21,8 +21,18 @@ from app.tasks.gold import check_span, max_length, string_field
 from app.tasks.grounding import Span, ground_answer, piece_boundaries
 from app.tasks.protocol import ID_PATTERN, In, ModelInfo, OffsetUnit, TaskRequest, no_surrogates
 from app.tasks.schema import GROUNDED
-from app.tasks.scoring import check_parallel, mean, rounded
-from app.tasks.types.base import BadRecord, NoteWorld, Tally, Task, TaskInput, TaskType, register
+from app.tasks.scoring import calibration, check_parallel, mean, rounded
+from app.tasks.types.base import (
+    Answer,
+    BadRecord,
+    NoteWorld,
+    Tally,
+    Task,
+    TaskInput,
+    TaskType,
+    keep_confident,
+    register,
+)
 
 QUESTION_MAX_CHARS = 2000
 # An exact share of the synthetic questions has no answer in its note.
@@ -46,6 +56,7 @@ class AnswerOut(BaseModel):
     text: str
     start: int
     end: int
+    confidence: float | None = Field(None, ge=0.0, le=1.0, description="The model's probability for this answer.")
 
 
 class QaItemOut(BaseModel):
@@ -97,8 +108,11 @@ class QaType(TaskType[QaResult]):
     def blank(self, task: Task, item: TaskInput) -> QaResult | None:
         return QaResult(None) if not item.source.strip() else None
 
-    def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[dict[str, Any]], tally: Tally) -> QaResult:
-        span, grounded = ground_answer(chunk.text, answers[0].get("answer"))
+    def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[Answer], tally: Tally) -> QaResult:
+        answer = answers[0]
+        text = answer.output.get("answer")
+        confidence = answer.confidence("answer") if text is not None else None
+        span, grounded = ground_answer(chunk.text, text, confidence)
         return QaResult(None if span is None else shift(span, chunk.start), grounded.dropped)
 
     def merge(self, task: Task, item: TaskInput, parts: list[QaResult], tally: Tally) -> QaResult:
@@ -107,8 +121,9 @@ class QaType(TaskType[QaResult]):
         for part in parts:
             tally.dropped.update(part.dropped)
             if part.answer is not None:
-                tally.returned = 1
-                return QaResult(part.answer)
+                kept = keep_confident([part.answer], item.min_confidence, tally)
+                tally.returned = len(kept)
+                return QaResult(kept[0] if kept else None)
         return QaResult(None)
 
     def respond(self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[QaResult]) -> QaResponse:
@@ -120,7 +135,9 @@ class QaType(TaskType[QaResult]):
                     id=item.id,
                     answer=None
                     if r.answer is None
-                    else AnswerOut(text=r.answer.text, start=r.answer.start, end=r.answer.end),
+                    else AnswerOut(
+                        text=r.answer.text, start=r.answer.start, end=r.answer.end, confidence=r.answer.confidence
+                    ),
                 )
                 for item, r in zip(items, results, strict=True)
             ],
@@ -153,7 +170,8 @@ class QaType(TaskType[QaResult]):
 
     def prediction(self, item: dict[str, Any]) -> dict[str, Any]:
         answer = item["answer"]
-        return {"answer": None if answer is None else {k: answer[k] for k in ("start", "end", "text")}}
+        keys = ("start", "end", "text", "confidence")
+        return {"answer": None if answer is None else {k: answer.get(k) for k in keys}}
 
     def empty_prediction(self) -> dict[str, Any]:
         return {"answer": None}
@@ -162,7 +180,13 @@ class QaType(TaskType[QaResult]):
         result: dict[str, Any] = qa_scores(
             [g["answer"] for g in golds], [p.get("answer") for p in predictions]
         ).to_dict()
-        return result
+        # Each answer given, with its confidence, against whether it is the gold answer (EM).
+        pairs = [
+            (p["answer"]["confidence"], g["answer"] is not None and _exact(g["answer"]["text"], p["answer"]["text"]))
+            for g, p in zip(golds, predictions, strict=True)
+            if p.get("answer") is not None and p["answer"].get("confidence") is not None
+        ]
+        return {**result, "calibration": calibration(pairs)}
 
     def synthesize(self, task: Task, world: NoteWorld, n: int, seed: int) -> list[dict[str, Any]]:
         """Questions about a fact the note states once (answer: its span) or, for an exact share,
@@ -227,6 +251,10 @@ def _answer_text(answer: Mapping[str, object]) -> str:
     if not isinstance(text, str):
         raise ValueError(f"answer text must be a string: {dict(answer)!r}")
     return text
+
+
+def _exact(gold: str, pred: str) -> bool:
+    return normalize_answer(gold) == normalize_answer(pred)
 
 
 def _token_f1(gold: str, pred: str) -> float:

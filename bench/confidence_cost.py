@@ -1,0 +1,99 @@
+"""What confidence costs: the same engine requests with and without token log-probabilities.
+
+One in-process engine serves the shipped demo (trained adapters, so answers have realistic
+lengths). For each task, `--notes` synthetic notes become the gateway's own engine requests
+(prompt, grammar, `max_tokens`, adapter), sent all at once, `--rounds` times each way in
+alternating order after a warm-up of both; greedy decoding makes both ways generate the same
+tokens. Throughput is notes per second (median round); the ratio is with over without.
+
+    .venv/bin/python -m bench.confidence_cost [--notes 32] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import replace
+from typing import Any
+
+from app.engine.base import GenerationRequest
+from app.settings import Settings
+from app.tasks.grammar import compile_grammar
+from app.tasks.prompts import load_renderer
+from app.tasks.service import build_service
+from app.training.synthetic import examples_for_task
+
+
+async def run(notes: int, rounds: int) -> dict[str, Any]:
+    service = build_service(Settings())
+    await service.start()
+    service.runner.renderer = service.runner.renderer or load_renderer(service.model.path)
+    report: dict[str, Any] = {"notes": notes, "rounds": rounds, "tasks": {}}
+    try:
+        for task in service.tasks.values():
+            adapter = service.registry.bound(task.name)
+            assert adapter is not None
+            requests = []
+            for i, row in enumerate(examples_for_task(task, notes, seed=5)):
+                (ask,) = task.kind.asks(task, {name: row[name] for name in task.kind.input_fields})
+                ids, max_tokens = service.runner.budget(task, ask)
+                requests.append(
+                    GenerationRequest(
+                        request_id=f"bench-{task.name}-{i}",
+                        prompt_token_ids=ids,
+                        grammar=compile_grammar(ask.schema, ask.source),
+                        max_tokens=max_tokens,
+                        adapter=adapter.handle,
+                    )
+                )
+            # A warm-up of both ways first: the first requests pay for allocations and caches.
+            await asyncio.gather(
+                *(service.engine.generate(replace(q, request_id=f"{q.request_id}-warm")) for q in requests)
+            )
+            await asyncio.gather(
+                *(
+                    service.engine.generate(replace(q, request_id=f"{q.request_id}-warm-lp", logprobs=True))
+                    for q in requests
+                )
+            )
+            seconds: dict[bool, list[float]] = {False: [], True: []}
+            tokens: dict[bool, int] = {}
+            for r in range(rounds):
+                for logprobs in (r % 2 == 0, r % 2 == 1):  # alternate which goes first
+                    batch = [
+                        replace(q, request_id=f"{q.request_id}-{r}-{logprobs}", logprobs=logprobs) for q in requests
+                    ]
+                    started = time.perf_counter()
+                    results = await asyncio.gather(*(service.engine.generate(q) for q in batch))
+                    seconds[logprobs].append(time.perf_counter() - started)
+                    tokens[logprobs] = sum(res.completion_tokens for res in results)
+                    assert all(res.token_logprobs is not None for res in results) == logprobs
+            without, with_ = statistics.median(seconds[False]), statistics.median(seconds[True])
+            report["tasks"][task.name] = {
+                "tokens_decoded": tokens,
+                "notes_per_s_without": round(notes / without, 2),
+                "notes_per_s_with": round(notes / with_, 2),
+                "throughput_with_over_without": round(without / with_, 3),
+                "seconds": {
+                    "without": [round(s, 2) for s in seconds[False]],
+                    "with": [round(s, 2) for s in seconds[True]],
+                },
+            }
+    finally:
+        await service.stop()
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--notes", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.notes, args.rounds)), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
