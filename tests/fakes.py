@@ -143,15 +143,32 @@ def sample(metrics_text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def confidences_at(starts: Callable[[str], list[int]], confidences: dict[str, list[float]]) -> ByteLogprob:
-    """A fake engine's log-probabilities that give the k-th part of an answer (its k-th start
-    position, found by `starts`) the confidence `confidences[answer][k]`: all of it on the part's
-    first byte, every other byte certain."""
+def confidences_at(
+    parts: Callable[[str], list[tuple[int, int]]], confidences: dict[str, list[float]], *, per_token: bool
+) -> ByteLogprob:
+    """A fake engine's log-probabilities that give the k-th part of an answer (the character
+    range `parts` finds) the confidence `confidences[answer][k]`, every other byte certain:
+    with `per_token`, as each of the part's tokens' probability (their geometric mean); else
+    all of it on the part's first token (their joint probability). One token a byte here."""
 
     def logprob(answer: str, offset: int) -> float:
-        positions = starts(answer)
-        if offset in positions:
-            return math.log(confidences[answer][positions.index(offset)])
+        for k, (start, end) in enumerate(parts(answer)):
+            if offset == start or (per_token and start <= offset < end):
+                return math.log(confidences[answer][k])
         return 0.0
 
     return logprob
+
+
+def part_ranges(*path: str) -> Callable[[str], list[tuple[int, int]]]:
+    """The character ranges of the array (or the one value) at `path` of an answer."""
+
+    def ranges(answer: str) -> list[tuple[int, int]]:
+        from app.tasks.confidence import locate
+
+        node = locate(answer)
+        for key in path:
+            node = node.members[key]
+        return [(n.start, n.end) for n in node.items] if node.items else [(node.start, node.end)]
+
+    return ranges

@@ -11,7 +11,7 @@ import pytest
 
 from app.tasks.confidence import TokenConfidences, locate
 from app.tasks.types.base import Answer
-from tests.fakes import confidences_at, ner_output, sample
+from tests.fakes import confidences_at, ner_output, part_ranges, sample
 from tests.support.qwen3 import qwen3_tokenizer
 
 
@@ -62,17 +62,20 @@ def test_a_part_gets_the_probability_of_the_tokens_that_wrote_it(tokenizer: Any)
     logprobs = [math.log(0.8) if s <= tosse < s + len(p) else 0.0 for s, p in zip(starts, pieces, strict=True)]
     answer = Answer(json.loads(text), text, TokenConfidences.build(tokenizer, text, ids, logprobs))
     assert answer.confidence("entities", 0) == 1.0
-    assert answer.confidence("entities", 1) == 0.8
+    assert answer.confidence("entities", 1) == 0.8  # joint: the one uncertain token
+    second = locate(text).members["entities"].items[1]
+    scores = answer.confidences
+    assert scores is not None
+    written = sum(1 for s, e in zip(scores.starts, scores.ends, strict=True) if s < second.end and second.start < e)
+    # Per token: the geometric mean of the tokens that wrote it, one of them at 0.8.
+    assert answer.confidence("entities", 1, per_token=True) == round(0.8 ** (1 / written), 4)
     assert Answer(json.loads(text), text).confidence("entities", 0) is None  # no log-probabilities
-
-
-def ner_starts(answer: str) -> list[int]:
-    return [i for i in range(len(answer) - 1) if answer[i : i + 2] == '["']
 
 
 def test_entities_carry_confidence_and_min_confidence_drops_the_rest_counted(client_for: Any) -> None:
     answer = ner_output(("febbre", "SYMPTOM"), ("tosse", "SYMPTOM", "negated"))
-    client, _ = client_for(lambda r: answer, logprob=confidences_at(ner_starts, {answer: [0.9, 0.4]}))
+    logprob = confidences_at(part_ranges("entities"), {answer: [0.9, 0.4]}, per_token=True)
+    client, _ = client_for(lambda r: answer, logprob=logprob)
     body = {"task": "ner-it-clinical", "documents": [{"id": "d", "text": "febbre e tosse"}]}
     entities = client.post("/v1/ner", json=body).json()["documents"][0]["entities"]
     assert [(e["text"], e["confidence"]) for e in entities] == [("febbre", 0.9), ("tosse", 0.4)]
@@ -100,10 +103,9 @@ def test_qa_answers_and_classification_labels_carry_confidence(client_for: Any) 
     def respond(request: Any) -> str:
         return qa_answer if "Question:" in bytes(request.prompt_token_ids).decode() else label
 
-    def first_quote(answer: str) -> list[int]:
-        return [answer.index('"', answer.index(":"))]
-
-    client, _ = client_for(respond, logprob=confidences_at(first_quote, {qa_answer: [0.75], label: [0.6]}))
+    qa_logprob = confidences_at(part_ranges("answer"), {qa_answer: [0.75]}, per_token=False)  # joint
+    label_logprob = confidences_at(part_ranges("labels"), {label: [0.6]}, per_token=True)  # per token
+    client, _ = client_for(respond, logprob=lambda a, i: (qa_logprob if a == qa_answer else label_logprob)(a, i))
     item = {"id": "q", "context": "Dimesso con furosemide 25 mg.", "question": "Quale diuretico?"}
     answer = client.post("/v1/qa", json={"task": "qa-it-clinical", "items": [item]}).json()["items"][0]["answer"]
     assert answer == {"text": "furosemide", "start": 12, "end": 22, "confidence": 0.75}

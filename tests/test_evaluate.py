@@ -34,7 +34,7 @@ from app.training.evaluate import (
     write_report,
 )
 from app.training.synthetic import write_jsonl
-from tests.fakes import FakeEngine, confidences_at, last_input, prompt_of
+from tests.fakes import FakeEngine, confidences_at, last_input, part_ranges, prompt_of
 
 ALL_FALSE = {"negated": False, "uncertain": False, "historical": False, "family": False}
 MakeService = Callable[..., tuple[Service, FakeEngine]]
@@ -97,24 +97,6 @@ NER_OUT = {
 }
 
 
-def tuple_starts(answer: str) -> list[int]:
-    """Where each entity tuple `["...` of a NER answer starts."""
-    return [i for i in range(len(answer) - 1) if answer[i : i + 2] == '["']
-
-
-def value_starts(key: str) -> Callable[[str], list[int]]:
-    """Where the string value of the answer's `key` starts (its opening quote), or for a list
-    its first string's."""
-
-    def starts(answer: str) -> list[int]:
-        i = answer.index(f'"{key}":') + len(key) + 3
-        while answer[i] in " [":
-            i += 1
-        return [i]
-
-    return starts
-
-
 # The confidence each answer's parts get from the fake engine, in the order the answer lists them.
 NER_CONFIDENCE = {
     NER_OUT[D1]: [0.9, 0.6],  # febbre (right), tosse/DISORDER (wrong)
@@ -124,7 +106,8 @@ NER_CONFIDENCE = {
 
 
 def test_ner_metrics_match_hand_computation(make_fake_service: MakeService, tmp_path: Path) -> None:
-    service, engine = make_fake_service(responder(NER_OUT), logprob=confidences_at(tuple_starts, NER_CONFIDENCE))
+    logprob = confidences_at(part_ranges("entities"), NER_CONFIDENCE, per_token=True)
+    service, engine = make_fake_service(responder(NER_OUT), logprob=logprob)
     task = service.tasks["ner-it-clinical"]
     records = load(task, tmp_path, NER_ROWS)
     predictions = run_in_process(service, task, records)
@@ -193,7 +176,8 @@ QA_CONFIDENCE = {QA_OUT[C1]: [0.95], QA_OUT[C2]: [0.7], QA_OUT[C3]: [0.5], QA_OU
 
 
 def test_qa_metrics_match_hand_computation(make_fake_service: MakeService, tmp_path: Path) -> None:
-    service, _ = make_fake_service(responder(QA_OUT), logprob=confidences_at(value_starts("answer"), QA_CONFIDENCE))
+    logprob = confidences_at(part_ranges("answer"), QA_CONFIDENCE, per_token=False)
+    service, _ = make_fake_service(responder(QA_OUT), logprob=logprob)
     task = service.tasks["qa-it-clinical"]
     records = load(task, tmp_path, QA_ROWS)
     predictions = run_in_process(service, task, records, batch_size=3)
@@ -249,7 +233,7 @@ CLS_CONFIDENCE = {CLS_OUT[T1]: [0.85], CLS_OUT[T2]: [0.55], CLS_OUT[T3]: [0.95]}
 
 
 def test_classification_metrics_match_hand_computation(make_fake_service: MakeService, tmp_path: Path) -> None:
-    logprob = confidences_at(value_starts("labels"), CLS_CONFIDENCE)
+    logprob = confidences_at(part_ranges("labels"), CLS_CONFIDENCE, per_token=True)
     service, _ = make_fake_service(responder(CLS_OUT), logprob=logprob)
     task = service.tasks["classify-it-note-type"]
     records = load(task, tmp_path, CLS_ROWS)

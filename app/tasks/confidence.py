@@ -2,14 +2,15 @@
 
 vLLM applies the grammar's mask to the logits before it computes log-probabilities, so each
 generated token's log-probability is under the constraint: the alternatives the grammar
-forbids have none of the mass. The confidence of one part of an answer (an entity, an
-answer span, a label) is the probability of the tokens that wrote it, given what came before:
-`exp(sum of their log-probabilities)`, where a part's tokens are those whose characters
-overlap the part's characters in the answer text (a token such as `"],["` that closes one
-part and opens the next belongs to both). Tokens forced by the grammar have probability 1.
+forbids have none of the mass. A part of an answer (an entity, an answer span, a label) is
+written by the tokens whose characters overlap the part's characters in the answer text (a
+token such as `"],["` that closes one part and opens the next belongs to both); tokens forced
+by the grammar have probability 1. Its confidence is those tokens' joint probability given what
+came before, `exp(sum of log-probabilities)`, or their geometric mean, `exp(mean)`: each task
+type uses the one whose confidences match its accuracy better (measured, docs/benchmarks.md).
 
-It is the model's own probability for that stretch of its answer, as one tokenization of it:
-other tokenizations of the same characters, which a model trained on canonical tokens rarely
+Either is the model's own probability for one tokenization of those characters: other
+tokenizations of the same characters, which a model trained on canonical tokens rarely
 takes, are not added in.
 """
 
@@ -94,10 +95,15 @@ class TokenConfidences:
             ends.append(bisect.bisect_left(char_starts, offset))
         return cls(tuple(starts), tuple(ends), tuple(logprobs))
 
-    def of(self, start: int, end: int) -> float:
-        """The probability of the tokens overlapping characters [start, end) of the answer."""
-        total = sum(lp for s, e, lp in zip(self.starts, self.ends, self.logprobs, strict=True) if s < end and start < e)
-        return math.exp(total)
+    def of(self, start: int, end: int, *, per_token: bool = False) -> float:
+        """The probability of the tokens overlapping characters [start, end) of the answer: their
+        joint probability, or with `per_token` its geometric mean (exp of the mean log-probability)."""
+        logprobs = [
+            lp for s, e, lp in zip(self.starts, self.ends, self.logprobs, strict=True) if s < end and start < e
+        ]
+        if not logprobs:
+            return 1.0
+        return math.exp(sum(logprobs) / (len(logprobs) if per_token else 1))
 
 
 @dataclass

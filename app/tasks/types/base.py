@@ -104,9 +104,10 @@ class Answer:
         self.confidences = confidences
         self._tree: Node | None = None
 
-    def confidence(self, *path: str | int) -> float | None:
+    def confidence(self, *path: str | int, per_token: bool = False) -> float | None:
         """The confidence of the value at `path` (object keys and array indices), e.g.
-        `("entities", 2)`; None without log-probabilities. See app/tasks/confidence.py."""
+        `("entities", 2)`: the joint probability of its tokens, or with `per_token` their
+        geometric mean; None without log-probabilities. See app/tasks/confidence.py."""
         if self.confidences is None:
             return None
         if self._tree is None:
@@ -114,7 +115,7 @@ class Answer:
         node = self._tree
         for step in path:
             node = node.items[step] if isinstance(step, int) else node.members[step]
-        return round(self.confidences.of(node.start, node.end), 4)
+        return round(self.confidences.of(node.start, node.end, per_token=per_token), 4)
 
 
 @dataclass

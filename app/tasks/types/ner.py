@@ -128,7 +128,9 @@ class NerType(TaskType[NerResult]):
         entities = answer.output.get("entities", [])
         names = task.attribute_names
         candidates = [(str(e[0]), str(e[1]), {n: n in e[2:] for n in names}) for e in entities]
-        confidences = [answer.confidence("entities", i) for i in range(len(entities))]
+        # Per token: on 50 held-out notes the joint probability of an entity's ~10 tokens was
+        # far under how often it was right (ECE 0.44-0.47), their geometric mean close (0.04-0.05).
+        confidences = [answer.confidence("entities", i, per_token=True) for i in range(len(entities))]
         grounded = ground_spans(chunk.text, candidates, confidences)
         tally.dropped.update(grounded.dropped)
         limit = int(task.schema["properties"]["entities"]["maxItems"])
