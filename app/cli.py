@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="The embedded demo (a tiny Qwen3 and one adapter per shipped task).")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True)
     demo_build = demo_sub.add_parser(
-        "build", help="Build the demo from scratch with `medlora train`'s code (about 15 min on 2 cores)."
+        "build", help="Build the demo from scratch with `medlora train`'s code (about an hour on 2 cores)."
     )
     demo_build.add_argument("--out", type=Path, help="Output folder (default: the package's shipped demo).")
     demo_build.add_argument("--quick", action="store_true", help="A few steps on a few notes (pipeline check).")

@@ -6,7 +6,7 @@ lengths). For each task, `--notes` synthetic notes become the gateway's own engi
 alternating order after a warm-up of both; greedy decoding makes both ways generate the same
 tokens. Throughput is notes per second (median round); the ratio is with over without.
 
-    .venv/bin/python -m bench.confidence_cost [--notes 32] [--rounds 3]
+    .venv/bin/python -m bench.confidence_cost [--notes 32] [--rounds 3] [--tasks NAME ...]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from app.tasks.service import build_service
 from app.training.synthetic import examples_for_task
 
 
-async def run(notes: int, rounds: int) -> dict[str, Any]:
+async def run(notes: int, rounds: int, only: list[str] | None = None) -> dict[str, Any]:
     service = build_service(Settings())
     await service.start()
     service.runner.renderer = service.runner.renderer or load_renderer(service.model.path)
@@ -36,19 +36,22 @@ async def run(notes: int, rounds: int) -> dict[str, Any]:
         for task in service.tasks.values():
             adapter = service.registry.bound(task.name)
             assert adapter is not None
+            if only and task.name not in only:
+                continue
             requests = []
             for i, row in enumerate(examples_for_task(task, notes, seed=5)):
-                (ask,) = task.kind.asks(task, {name: row[name] for name in task.kind.input_fields})
-                ids, max_tokens = service.runner.budget(task, ask)
-                requests.append(
-                    GenerationRequest(
-                        request_id=f"bench-{task.name}-{i}",
-                        prompt_token_ids=ids,
-                        grammar=compile_grammar(ask.schema, ask.source),
-                        max_tokens=max_tokens,
-                        adapter=adapter.handle,
+                # Every generation a note needs (a form: one per item group).
+                for j, ask in enumerate(task.kind.asks(task, {name: row[name] for name in task.kind.input_fields})):
+                    ids, max_tokens = service.runner.budget(task, ask)
+                    requests.append(
+                        GenerationRequest(
+                            request_id=f"bench-{task.name}-{i}-{j}",
+                            prompt_token_ids=ids,
+                            grammar=compile_grammar(ask.schema, ask.source),
+                            max_tokens=max_tokens,
+                            adapter=adapter.handle,
+                        )
                     )
-                )
             # A warm-up of both ways first: the first requests pay for allocations and caches.
             await asyncio.gather(
                 *(service.engine.generate(replace(q, request_id=f"{q.request_id}-warm")) for q in requests)
@@ -91,8 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notes", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tasks", nargs="*", help="Only these tasks (default: every shipped task).")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.notes, args.rounds)), indent=2, default=str))
+    print(json.dumps(asyncio.run(run(args.notes, args.rounds, args.tasks)), indent=2, default=str))
 
 
 if __name__ == "__main__":

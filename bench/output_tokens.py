@@ -3,7 +3,11 @@
 1. Tokens per answer and per entity: the canonical model output of every chunk of
    `--notes` synthetic notes per task (`medlora synth`, seed 0), as training teaches it and the
    grammar admits it, tokenized with the Qwen3 tokenizer (tests/support/qwen3.py). Per answer
-   counts the end-of-sequence token; per entity does not (answer tokens / entities).
+   counts the end-of-sequence token; per entity does not (answer tokens / entities). Relation
+   tasks: tokens per relation (the relations list's tokens / relations). Forms: tokens per
+   filled item (answer tokens / items written). Both next to the same answers written in the
+   API's verbose shape (objects with ids and named fields; a form listing every item of its
+   group, unknown ones included), the format a naive schema would make the model write.
 2. The worst-case `max_tokens` per chunk the gateway sets for those chunks (the grammar's
    longest admissible answer).
 3. NER generation on a random-weight tiny Qwen3 with that tokenizer (151,936 embedding rows)
@@ -36,7 +40,28 @@ from app.training.synthetic import examples_for_task, write_jsonl
 from bench.models import random_qwen3_settings
 from tests.support.qwen3 import qwen3_tokenizer
 
-TASKS = ("ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type")
+COMPACT = (",", ":")
+
+
+def _verbose(ask: Any, output: dict[str, Any]) -> dict[str, Any]:
+    """The same answer in the API's verbose shape (what a naive output schema would be)."""
+    if "relations" in output:
+        ids = [f"e{i}" for i in range(1, len(output["entities"]) + 1)]
+        return {
+            "entities": [{"id": i, "text": e[0], "label": e[1]} for i, e in zip(ids, output["entities"], strict=True)],
+            "relations": [{"type": t, "head": ids[h], "tail": ids[k]} for t, h, k in output["relations"]],
+        }
+    items = []
+    for name in ask.schema["properties"]:
+        written = output.get(name)
+        if written is None:
+            items.append({"name": name, "status": "unknown", "value": None, "evidence": None})
+        elif isinstance(written, str):
+            items.append({"name": name, "status": "filled", "value": written, "evidence": written})
+        else:
+            value = written[1] if len(written) == 2 else written[1:]
+            items.append({"name": name, "status": "filled", "value": value, "evidence": written[0]})
+    return {"items": items}
 
 
 def answer_costs(n_notes: int, work: Path) -> dict[str, Any]:
@@ -46,17 +71,28 @@ def answer_costs(n_notes: int, work: Path) -> dict[str, Any]:
     # Only the prompt and budget arithmetic runs here: no engine, no metrics.
     runner = TaskRunner(None, None, max_model_len=settings.max_model_len, renderer=PromptRenderer(tokenizer))  # type: ignore[arg-type]
     out: dict[str, Any] = {}
-    for name in TASKS:
-        task = tasks[name]
+    for name, task in tasks.items():
         path = work / f"{name}.jsonl"
         write_jsonl(path, examples_for_task(task, n_notes, 0))
         answers, tokens, entities, budgets = 0, 0, 0, []
+        relations = relation_tokens = filled = verbose_tokens = 0
+
+        def count(text: str) -> int:
+            return len(tokenizer.encode(text, add_special_tokens=False))
+
         for record in load_records(task, path):
             for ask, output in model_outputs(task, record):
-                tokens += len(tokenizer.encode(serialize_output(ask.schema, output), add_special_tokens=False))
+                tokens += count(serialize_output(ask.schema, output))
                 answers += 1
                 entities += len(output.get("entities", []))
                 budgets.append(runner.budget(task, ask)[1])
+                if task.type in ("relations", "form"):
+                    verbose_tokens += count(json.dumps(_verbose(ask, output), ensure_ascii=False, separators=COMPACT))
+                if task.type == "relations" and output["relations"]:
+                    relations += len(output["relations"])
+                    relation_tokens += count(json.dumps(output["relations"], separators=COMPACT))
+                if task.type == "form":
+                    filled += len(output)
         row: dict[str, Any] = {
             "answers": answers,
             # + 1: the end-of-sequence token is decoded too.
@@ -64,9 +100,19 @@ def answer_costs(n_notes: int, work: Path) -> dict[str, Any]:
             "max_tokens_mean": round(statistics.fmean(budgets), 1),
             "max_tokens_max": max(budgets),
         }
-        if entities:
+        if entities and task.type == "ner":
             row["entities"] = entities
             row["tokens_per_entity"] = round(tokens / entities, 2)
+        if relations:
+            row["relations"] = relations
+            row["tokens_per_relation"] = round(relation_tokens / relations, 2)
+            row["tokens_per_entity"] = round((tokens - relation_tokens) / max(1, entities), 2)
+        if filled:
+            row["items_filled"] = filled
+            row["tokens_per_filled_item"] = round(tokens / filled, 2)
+        if verbose_tokens:
+            row["verbose_tokens_per_answer"] = round(verbose_tokens / answers + 1, 2)
+            row["lean_vs_verbose"] = round((tokens + answers) / (verbose_tokens + answers), 3)
         out[name] = row
     return out
 

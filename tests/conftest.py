@@ -23,6 +23,16 @@ from tests.fakes import FAKE_BASE, ByteLogprob, FakeEngine, FakeTokenizer, Respo
 
 TASKS_DIR = REPO_ROOT / "adapters"
 SCHEMAS_DIR = REPO_ROOT / "schemas"
+# What ships: the tests that list it fail when a task is added or lost without them.
+SHIPPED_TASKS = (
+    "ner-it-clinical",
+    "ner-en-clinical",
+    "qa-it-clinical",
+    "classify-it-note-type",
+    "re-it-medication",
+    "re-en-medication",
+    "crf-it-dyspnea",
+)
 
 
 @functools.cache
@@ -52,11 +62,11 @@ def make_fake_service(fake_adapters_dir: Path) -> FakeServiceFactory:
         respond: Responder, *, delay_s: float = 0.0, logprob: ByteLogprob | None = None, **settings_overrides: object
     ) -> tuple[Service, FakeEngine]:
         engine = FakeEngine(respond, delay_s=delay_s, logprob=logprob)
+        defaults = {"tasks_dir": TASKS_DIR, "batch_dir": fake_adapters_dir.parent / "batches"}
         settings = Settings(
             model=FAKE_BASE,
-            tasks_dir=TASKS_DIR,
             adapters_dir=fake_adapters_dir,
-            **{"batch_dir": fake_adapters_dir.parent / "batches", **settings_overrides},  # type: ignore[arg-type]
+            **{**defaults, **settings_overrides},  # type: ignore[arg-type]
         )
         service = build_service(
             settings, engine=engine, renderer=PromptRenderer(FakeTokenizer()), metrics_registry=CollectorRegistry()

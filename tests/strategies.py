@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 WORDS = [
@@ -37,3 +40,20 @@ clinical_text = st.lists(st.one_of(st.sampled_from(WORDS), st.sampled_from(AWKWA
 )
 any_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300)
 texts = st.one_of(clinical_text, any_text)
+
+
+def check_generated_batches(check: Callable[[list[str]], None], *, examples: int, max_size: int) -> None:
+    """Run `check` on `examples` lists of 1 to `max_size` generated texts, the same ones every
+    run (an end-to-end server is slow: few examples, no deadline)."""
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(st.lists(texts, min_size=1, max_size=max_size))
+    def run(batch: list[str]) -> None:
+        check(batch)
+
+    run()

@@ -318,3 +318,27 @@ def test_cli_reports_summary_and_rejects_bad_arguments(
         args = parser.parse_args([x for kv in base.items() for x in kv])
         assert an.annotate_main(args) == 2
         assert message in capsys.readouterr().err
+
+
+def test_relation_and_form_tasks_are_annotated_with_their_own_output_shapes(
+    make_fake_service: FakeServiceFactory, tmp_path: Path
+) -> None:
+    def respond(request: GenerationRequest) -> str:
+        prompt = bytes(request.prompt_token_ids).decode()
+        word = last_input(request).split()[0]
+        if "Relations [type, head, tail]" in prompt:
+            return json.dumps({"entities": [[word, "DRUG"], ["5 mg", "DOSAGE"]], "relations": [["dosage", 0, 1]]})
+        return json.dumps({"working_diagnosis": word} if "- working_diagnosis (" in prompt else {})
+
+    service, _ = make_fake_service(respond)
+    source = write_lines(tmp_path / "in.jsonl", notes(3))
+    relations = run(service, source, tmp_path / "re.jsonl", task="re-it-medication")
+    assert (relations.annotated, relations.failed) == (3, 0)
+    for row in recover(tmp_path / "re.jsonl"):
+        assert [e["text"] for e in row["entities"]] == [f"farmaco{row['id'][1:]}", "5 mg"]
+        assert row["relations"] == [{"type": "dosage", "head": "e1", "tail": "e2", "confidence": None}]
+    form = run(service, source, tmp_path / "crf.jsonl", task="crf-it-dyspnea")
+    assert (form.annotated, form.failed) == (3, 0)
+    for row in recover(tmp_path / "crf.jsonl"):
+        items = {i["name"]: i for i in row["items"]}
+        assert len(items) == 28 and items["working_diagnosis"]["value"] == f"farmaco{row['id'][1:]}"

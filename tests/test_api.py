@@ -17,6 +17,7 @@ import pytest
 
 from app.engine.base import GenerationRequest, GenerationResult
 from app.main import app_for
+from tests.conftest import SHIPPED_TASKS
 from tests.fakes import ALL_FALSE, last_input, ner_output, sample, write_fake_adapter
 
 
@@ -236,7 +237,7 @@ def test_failed_startup_is_503_on_readiness_and_liveness(make_fake_service: Any)
 def test_tasks_and_adapters_are_listed(client_for: Any) -> None:
     client, _ = client_for(lambda r: "")
     tasks = {t["name"]: t for t in client.get("/v1/tasks").json()["tasks"]}
-    assert set(tasks) == {"ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type"}
+    assert set(tasks) == set(SHIPPED_TASKS)
     ner = tasks["ner-it-clinical"]
     assert ner["type"] == "ner" and ner["languages"] == ["it"] and "DRUG" in ner["labels"]
     assert ner["schema"]["properties"]["entities"]["maxItems"] == 64

@@ -198,3 +198,19 @@ def test_upload_and_create_errors_are_problems(start: Started) -> None:
     assert sorted(p.name for p in (Path(client.app.state.service.settings.batch_dir) / "files").iterdir()) == [  # type: ignore[attr-defined]
         f"{good}.jsonl"
     ]
+
+
+def test_the_batch_api_accepts_the_relation_and_form_endpoints(start: Started) -> None:
+    client, _, oai = start()
+    for endpoint, task, field in (
+        ("/v1/relations", "re-it-medication", "relations"),
+        ("/v1/forms", "crf-it-dyspnea", "items"),
+    ):
+        body = {"task": task, "documents": [{"id": "a", "text": "   "}]}  # blank: answered without the model
+        upload = jsonl([json.dumps({"custom_id": "a", "method": "POST", "url": endpoint, "body": body})])
+        uploaded = oai.files.create(file=("in.jsonl", io.BytesIO(upload)), purpose="batch")
+        batch = oai.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
+        done = wait_for(oai, batch.id, {"completed"})
+        [output] = content(oai, done.output_file_id)
+        assert output["response"]["body"] == client.post(endpoint, json=body).json()
+        assert field in output["response"]["body"]["documents"][0]

@@ -11,6 +11,7 @@ import pytest
 from app.settings import REPO_ROOT
 from app.tasks.grounding import ground_answer
 from app.tasks.manifests import load_tasks
+from app.tasks.protocol import ModelInfo
 from app.tasks.types.base import Answer, Ask, Tally, Task, TaskInput
 from app.training.datasets import MAX_LISTED_ERRORS, DataError, Record, chunks_of, load_records, model_outputs
 from app.training.synthetic import examples_for_task, write_jsonl
@@ -221,6 +222,29 @@ def serve_ner(task: Task, record: Record, pairs: list[tuple[Ask, dict[str, Any]]
     return [(s.start, s.end, s.text, s.label, s.attributes) for s in merged.entities]
 
 
+def serve(task: Task, record: Record, pairs: list[tuple[Ask, dict[str, Any]]]) -> dict[str, Any]:
+    """The prediction (the response item read back) the service gives when the model answers
+    every ask of every chunk as `pairs` has it: read, merge and respond, as the runner does."""
+    item = TaskInput(record.id, record.payload, task.kind.source_field)
+    tally = Tally()
+    parts, at = [], 0
+    for chunk in chunks_of(task, record):
+        asks = task.kind.asks(task, item.with_source(chunk.text))
+        outputs = [output for _, output in pairs[at : at + len(asks)]]
+        at += len(asks)
+        parts.append(task.kind.read(task, item, chunk, [Answer(o, json.dumps(o)) for o in outputs], tally))
+    assert at == len(pairs) and not tally.dropped
+    result = task.kind.merge(task, item, parts, tally)
+    response = task.kind.respond(task, ModelInfo(base="b", adapter=None, adapter_version=None), [item], [result])
+    document = response.model_dump()[task.kind.items_field][0]
+    prediction: dict[str, Any] = task.kind.prediction(document)
+    return prediction
+
+
+def entity_key(entity: dict[str, Any]) -> tuple[int, int, str]:
+    return entity["start"], entity["end"], entity["label"]
+
+
 def gold_tuples(record: Record) -> list[Any]:
     return [(e["start"], e["end"], e["text"], e["label"], e["attributes"]) for e in record.gold["entities"]]
 
@@ -349,5 +373,18 @@ def test_synthetic_round_trip(tmp_path: Path, name: str) -> None:
         elif task.type == "qa":
             assert record.gold["answer"] == row["answer"]
             assert [o["answer"] for _, o in pairs] == [row["answer"]["text"] if row["answer"] else None]
+        elif task.type == "relations":
+            served = serve(task, record, pairs)
+            assert [entity_key(e) for e in served["entities"]] == [entity_key(e) for e in record.gold["entities"]]
+            assert [r | {"confidence": None} for r in served["relations"]] == [
+                r | {"confidence": None} for r in record.gold["relations"]
+            ]
+            assert len(record.gold["relations"]) == len(row["relations"])
+        elif task.type == "form":
+            served = serve(task, record, pairs)
+            assert {n: {"value": v["value"], "evidence": v["evidence"]} for n, v in served["items"].items()} == (
+                record.gold["items"]
+            )
+            assert len(record.gold["items"]) == len(row["items"])
         else:
             assert record.gold["labels"] == row["labels"]

@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
+from app.tasks.entities import ner_scores
 from app.tasks.scoring import PRF, markdown_table
 from app.tasks.types.classification import classification_scores
-from app.tasks.types.ner import ner_scores
 from app.tasks.types.qa import normalize_answer, qa_scores
 
 
@@ -312,3 +312,82 @@ def test_markdown_table_puts_runs_side_by_side_with_dashes_for_missing_metrics()
 def test_markdown_table_escapes_pipes_in_names() -> None:
     assert markdown_table({"a|b": {"x|y": 1.0}}).splitlines()[0] == "| metric | a\\|b |"
     assert markdown_table({"a|b": {"x|y": 1.0}}).splitlines()[2] == "| x\\|y | 1.000 |"
+
+
+# --------------------------------------------------------------------------------------- relations
+
+
+def rel(kind: str, head: dict[str, Any], tail: dict[str, Any], confidence: float | None = None) -> dict[str, Any]:
+    return {"type": kind, "head": head, "tail": tail, "confidence": confidence}
+
+
+def test_relation_scores_strict_needs_both_spans_labels_and_type_lenient_overlapping_spans() -> None:
+    from app.tasks.types.relations import relation_scores
+
+    drug, dose, route = ent(0, 12, "DRUG"), ent(13, 16, "DOSAGE"), ent(17, 23, "ROUTE")
+    gold = [
+        [rel("dosage", drug, dose), rel("route", drug, route)],
+        [rel("dosage", ent(5, 10, "DRUG"), ent(11, 15, "DOSAGE"))],
+    ]
+    pred = [
+        [
+            rel("dosage", drug, dose),  # exact: strict and lenient
+            rel("route", drug, ent(17, 20, "ROUTE")),  # tail cut short: lenient only
+            rel("route", drug, dose),  # a pair gold does not have: wrong in both
+        ],
+        [rel("dosage", ent(5, 10, "DRUG"), ent(11, 15, "ROUTE"))],  # tail label wrong: wrong in both
+    ]
+    scores = relation_scores(gold, pred)
+    # strict: tp 1, fp 3, fn 2 -> P 0.25, R 1/3, F1 2PR/(P+R) = 0.2857
+    assert scores["strict"] == {"precision": 0.25, "recall": 0.3333, "f1": 0.2857, "tp": 1, "fp": 3, "fn": 2}
+    # lenient: the cut-short route also counts -> tp 2, fp 2, fn 1 -> P 0.5, R 2/3, F1 0.5714
+    assert scores["lenient"] == {"precision": 0.5, "recall": 0.6667, "f1": 0.5714, "tp": 2, "fp": 2, "fn": 1}
+    # per type (strict): dosage tp 1 fp 1 fn 1 -> 0.5; route tp 0 -> 0.0
+    assert scores["per_type_strict_f1"] == {"dosage": 0.5, "route": 0.0}
+
+
+# ------------------------------------------------------------------------------------------- forms
+
+
+def test_form_slot_scores_count_a_wrong_guess_as_worse_than_unknown() -> None:
+    from app.tasks.spec import FormItemSpec
+    from app.tasks.types.form import form_scores
+
+    items = [
+        FormItemSpec(name="spo2", kind="integer", min=50, max=100, tolerance=1),
+        FormItemSpec(name="xray", kind="choice", multiple=True, options=["a", "b", "c"]),
+        FormItemSpec(name="fever", kind="boolean"),
+        FormItemSpec(name="diagnosis", kind="text"),
+    ]
+
+    def filled(value: Any, start: int, end: int, confidence: float | None = None) -> dict[str, Any]:
+        return {"value": value, "evidence": [{"start": start, "end": end}], "confidence": confidence}
+
+    gold = [
+        {"spo2": filled(88, 0, 8), "xray": filled(["a", "b"], 10, 20), "diagnosis": filled("Scompenso  acuto", 30, 45)},
+        {"fever": filled(True, 0, 6)},
+    ]
+    pred = [
+        {
+            "spo2": filled(89, 2, 8, 0.9),  # within the tolerance of 1, evidence overlapping: right
+            "xray": filled(["b", "a"], 50, 60, 0.8),  # same options in another order: right, evidence elsewhere
+            "fever": filled(False, 0, 5, 0.7),  # gold unknown: a false positive
+            "diagnosis": filled("scompenso acuto", 30, 45, 0.6),  # case and spacing aside: right
+        },
+        {"spo2": filled(60, 0, 3, 0.2)},  # gold unknown spo2 guessed, gold fever missed
+    ]
+    scores = form_scores(items, gold, pred)
+    # tp 3 (spo2, xray, diagnosis); fp 2 (fever in doc 1, spo2 in doc 2); fn 1 (fever in doc 2)
+    assert scores["slots"] == {"precision": 0.6, "recall": 0.75, "f1": 0.6667, "tp": 3, "fp": 2, "fn": 1}
+    # right per (document, item): doc 1 spo2, xray, diagnosis (fever wrong); doc 2 xray, diagnosis unknown
+    # and unknown (spo2 and fever wrong) -> spo2 1/2, xray 2/2, fever 0/2, diagnosis 2/2
+    assert scores["per_item_accuracy"] == {"spo2": 0.5, "xray": 1.0, "fever": 0.0, "diagnosis": 1.0}
+    assert scores["accuracy"] == 0.625
+    assert scores["evidence_overlap"] == round(2 / 3, 4)  # spo2 and diagnosis overlap, xray does not
+    # gold unknown: doc 1 fever (guessed), doc 2 spo2 (guessed), xray, diagnosis (left unknown) -> 2/4
+    assert scores["unknown_accuracy"] == 0.5
+    assert scores["calibration"]["n"] == 5
+
+    # The same guesses left unknown: the false positives go, recall stays.
+    cautious = [{k: v for k, v in pred[0].items() if k != "fever"}, {}]
+    assert form_scores(items, gold, cautious)["slots"]["f1"] > scores["slots"]["f1"]

@@ -105,3 +105,98 @@ def test_free_strings_are_bounded_and_escaped(lltok: Any, tmp_path: Path) -> Non
     assert accepts(lltok, grammar, '{"note":"a\\"b\\\\"}')
     assert not accepts(lltok, grammar, '{"note":"abcdef"}')
     assert not accepts(lltok, grammar, '{"note":"a"b"}')
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("node", "admitted", "refused"),
+    [
+        (
+            {"type": "integer", "minimum": 50, "maximum": 100},
+            ["50", "88", "100"],
+            ["49", "101", "088", "88.0", "-0", "８８", "٨٨", "8８"],
+        ),
+        ({"type": "integer", "minimum": -5, "maximum": 5}, ["-5", "0", "5"], ["-0", "-6", "6", "+3"]),
+        (
+            {"type": "number", "minimum": 33, "maximum": 43, "x-medlora-decimals": 1},
+            ["33", "37.8", "42.9", "43"],
+            ["32.9", "43.1", "37.80", "37.85", "37.", "037.5", "1e1", "3７.5", "37.５"],
+        ),
+        (
+            {"type": "number", "minimum": 6.8, "maximum": 7.8, "x-medlora-decimals": 2},
+            ["6.8", "7", "7.35", "7.8"],
+            ["6.79", "7.81", "7.350", "7.0"],
+        ),
+        (
+            {"type": "string", "format": "date", "x-medlora-years": [2015, 2030]},
+            ['"2024-03-12"', '"2024-02-29"', '"2015-01-01"', '"2030-12-31"'],
+            [
+                '"2023-02-29"',
+                '"2024-04-31"',
+                '"2014-12-31"',
+                '"2031-01-01"',
+                '"2024-3-12"',
+                '"12/03/2024"',
+                '"２024-03-12"',
+            ],
+        ),
+    ],
+)
+def test_bounded_numbers_and_dates_admit_exactly_their_values_in_one_form(
+    lltok: Any, node: dict[str, Any], admitted: list[str], refused: list[str]
+) -> None:
+    grammar = compile_grammar(_obj({"v": node}), "testo")
+    for value in admitted:
+        assert accepts(lltok, grammar, f'{{"v":{value}}}'), value
+    for value in refused:
+        assert not accepts(lltok, grammar, f'{{"v":{value}}}'), value
+
+
+def test_optional_properties_may_be_left_out_but_never_reordered_or_repeated(lltok: Any) -> None:
+    schema = _obj(
+        {"a": {"type": "boolean"}, "b": {"type": "boolean"}, "c": {"type": "boolean"}, "d": {"type": "boolean"}},
+        required=["c"],
+    )
+    grammar = compile_grammar(schema, "testo")
+    for output in [
+        '{"c":true}',
+        '{"a":true,"c":false}',
+        '{"b":true,"c":true,"d":false}',
+        '{"a":false,"b":true,"c":true,"d":true}',
+    ]:
+        assert accepts(lltok, grammar, output), output
+    for output in [
+        "{}",
+        '{"a":true}',
+        '{"c":true,"a":true}',
+        '{"a":true,"a":true,"c":true}',
+        '{,"c":true}',
+        '{"c":true,}',
+    ]:
+        assert not accepts(lltok, grammar, output), output
+    everything_optional = compile_grammar(_obj({"a": {"type": "boolean"}, "b": {"type": "boolean"}}, []), "testo")
+    for output in ["{}", '{"b":false}', '{"a":true,"b":true}']:
+        assert accepts(lltok, everything_optional, output), output
+
+
+def test_a_flag_tail_can_require_one_flag(lltok: Any) -> None:
+    tuple_node = {
+        "type": "array",
+        "prefixItems": [{"type": "string", "maxLength": 60, "x-medlora-grounded": True}],
+        "items": {"enum": ["x", "y", "z"]},
+        "minItems": 2,
+        "maxItems": 4,
+    }
+    grammar = compile_grammar(_obj({"v": tuple_node}), "una prova")
+    for output in ['{"v":["prova","x"]}', '{"v":["prova","y","z"]}', '{"v":["una prova","x","y","z"]}']:
+        assert accepts(lltok, grammar, output), output
+    for output in ['{"v":["prova"]}', '{"v":["prova","z","x"]}', '{"v":["prova","x","x"]}']:
+        assert not accepts(lltok, grammar, output), output

@@ -20,9 +20,17 @@ def obj(**props: Any) -> dict[str, Any]:
     [
         (obj(a={"type": "string"}), "#/properties/a: string needs 'maxLength'"),
         (obj(a={"type": "array", "items": {"type": "boolean"}}), "#/properties/a: array needs 'maxItems'"),
-        (obj(a={"type": "integer", "minimum": 0, "maximum": 3}), "numbers are not supported"),
+        (obj(a={"type": "integer", "minimum": 0}), "#/properties/a: integer needs numeric 'minimum' and 'maximum'"),
+        (obj(a={"type": "integer"}), "unbounded numbers are refused"),
+        (obj(a={"type": "number", "minimum": 0, "maximum": 3}), "number needs 'x-medlora-decimals'"),
+        (obj(a={"type": "number", "minimum": 0, "maximum": 3, "x-medlora-decimals": 9}), "must be an integer 0-4"),
+        (obj(a={"type": "number", "minimum": 0.25, "maximum": 3, "x-medlora-decimals": 1}), "at most 1 decimals"),
+        (obj(a={"type": "integer", "minimum": 5, "maximum": 3}), "minimum <= maximum"),
+        (obj(a={"type": "integer", "minimum": 0, "maximum": 9, "multipleOf": 3}), "multipleOf are not supported"),
+        (obj(a={"type": "string", "format": "date", "x-medlora-years": [2030, 2015]}), "'x-medlora-years' must be"),
+        ({**obj(a={"type": "boolean"}), "required": ["b"]}, "'required' must name declared properties"),
         ({"type": "object", "properties": {"a": {"type": "boolean"}}}, "'additionalProperties': false"),
-        (obj(a={"type": "string", "maxLength": 3, "pattern": "a+"}), "'pattern'/'format' are not supported"),
+        (obj(a={"type": "string", "maxLength": 3, "pattern": "a+"}), "'pattern' and formats other than 'date'"),
         ({"type": "object", "properties": {}, "additionalProperties": False}, "non-empty 'properties'"),
         (obj(a={"type": "string", "maxLength": "3"}), "not a valid JSON schema"),
     ],
@@ -94,3 +102,18 @@ def test_grounded_field_too_short_for_one_piece_is_refused() -> None:
     schema = obj(a={"type": "string", "maxLength": 10, "x-medlora-grounded": True})
     with pytest.raises(SchemaBoundsError, match="grounded string needs maxLength >= 48"):
         check_schema(schema)
+
+
+@pytest.mark.parametrize(
+    ("node", "biggest"),
+    [
+        ({"type": "integer", "minimum": -120, "maximum": 99}, "-120"),
+        ({"type": "integer", "minimum": 0, "maximum": 70000}, "70000"),
+        ({"type": "number", "minimum": 0.5, "maximum": 15, "x-medlora-decimals": 1}, "14.5"),
+        ({"type": "number", "minimum": -9.99, "maximum": 1, "x-medlora-decimals": 2}, "-9.99"),
+        ({"type": "string", "format": "date"}, '"2024-12-31"'),
+    ],
+)
+def test_worst_case_covers_the_longest_number_or_date(node: dict[str, Any], biggest: str) -> None:
+    check_schema(obj(v=node))
+    assert worst_case_bytes(obj(v=node), "") >= len(f'{{"v":{biggest}}}')

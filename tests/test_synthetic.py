@@ -18,9 +18,9 @@ from app.tasks.types.base import Task
 from app.training.synthetic import examples_for_task, write_jsonl
 from app.training.synthetic.notes import MAX_ENTITIES, MAX_ENTITY_CHARS, MAX_NOTE_CHARS, MIN_NOTE_CHARS, _parse
 from app.training.synthetic.vocab import IT, VOCABS, Lang
-from tests.conftest import shipped_task
+from tests.conftest import SHIPPED_TASKS, shipped_task
 
-TASK_NAMES = ["ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type"]
+TASK_NAMES = list(SHIPPED_TASKS)
 NER_TASKS: dict[Lang, str] = {"it": "ner-it-clinical", "en": "ner-en-clinical"}
 N = 150
 

@@ -132,8 +132,8 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         (schemas / path.name).write_text(path.read_text())
     (tasks / "phrases-it.yaml").write_text(MANIFEST)
     (schemas / "phrases-it.json").write_text(json.dumps(SCHEMA))
-    for name in ("ner-it-clinical", "ner-en-clinical", "qa-it-clinical", "classify-it-note-type", "phrases-it"):
-        write_fake_adapter(adapters / name)
+    for path in tasks.glob("*.yaml"):
+        write_fake_adapter(adapters / path.stem)
     engine = FakeEngine(lambda request: json.dumps({"phrases": ["febbre alta", "tosse"]}))
     settings = Settings(
         model=FAKE_BASE, tasks_dir=tasks, schemas_dir=schemas, adapters_dir=adapters, batch_dir=tmp_path / "batches"

@@ -98,9 +98,7 @@ class TokenConfidences:
     def of(self, start: int, end: int, *, per_token: bool = False) -> float:
         """The probability of the tokens overlapping characters [start, end) of the answer: their
         joint probability, or with `per_token` its geometric mean (exp of the mean log-probability)."""
-        logprobs = [
-            lp for s, e, lp in zip(self.starts, self.ends, self.logprobs, strict=True) if s < end and start < e
-        ]
+        logprobs = [lp for s, e, lp in zip(self.starts, self.ends, self.logprobs, strict=True) if s < end and start < e]
         if not logprobs:
             return 1.0
         return math.exp(sum(logprobs) / (len(logprobs) if per_token else 1))
@@ -114,6 +112,7 @@ class Node:
     end: int
     items: list[Node] = field(default_factory=list)  # array elements
     members: dict[str, Node] = field(default_factory=dict)  # object values by key
+    key_start: int | None = None  # an object member's: where its key starts
 
 
 def locate(text: str) -> Node:
@@ -142,12 +141,13 @@ def _value(text: str, i: int) -> tuple[Node, int]:
     if ch == "{":
         node, i = Node(i, i), _skip(text, i + 1)
         while text[i] != "}":
-            key_end = _string_end(text, i)
+            key_start, key_end = i, _string_end(text, i)
             key = text[i + 1 : key_end - 1]
             i = _skip(text, key_end)
             if text[i] != ":":
                 raise ValueError(f"expected ':' at {i}")
             child, i = _value(text, _skip(text, i + 1))
+            child.key_start = key_start
             node.members[key] = child
             i = _skip(text, i)
             if text[i] == ",":

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.tasks.schema import GROUNDED, flag_tail
+from app.tasks.ranges import date_regex, number_regex
+from app.tasks.schema import DECIMALS, DEFAULT_YEARS, GROUNDED, YEARS, flag_tail
 
 # Pieces are words, whitespace runs or single other characters: a span can start or end
 # at any word boundary but never inside a word or inside a JSON escape. Runs are capped
@@ -63,17 +64,15 @@ class _Compiler:
             return "(" + " | ".join(lark_literal(json.dumps(v, ensure_ascii=False)) for v in values) + ")"
         kind = node["type"]
         if kind == "object":
-            parts: list[str] = []
-            for i, (key, sub) in enumerate(node["properties"].items()):
-                prefix = ("{" if i == 0 else ",") + json.dumps(key, ensure_ascii=False) + ":"
-                parts.append(lark_literal(prefix))
-                parts.append(self.value(sub))
-            parts.append(lark_literal("}"))
-            name = self.fresh("obj")
-            self.rules.append(f"{name}: " + " ".join(parts))
-            return name
+            return self.object(node)
         if kind == "array":
             return self.tuple_array(node) if "prefixItems" in node else self.list_array(node)
+        if kind == "string" and node.get("format") == "date":
+            first, last = node.get(YEARS, DEFAULT_YEARS)
+            return f'"\\"" {self.terminal("DATE", date_regex(first, last))} "\\""'
+        if kind in ("integer", "number"):
+            decimals = int(node.get(DECIMALS, 0)) if kind == "number" else 0
+            return self.terminal("NUM", number_regex(node["minimum"], node["maximum"], decimals))
         if kind == "string":
             lo, hi = max(node.get("minLength", 0), 0), node["maxLength"]
             if node.get(GROUNDED):
@@ -110,14 +109,67 @@ class _Compiler:
         room = node["maxItems"] - len(prefix)
         flags = flag_tail(node)
         if room > 0 and flags is not None:
-            options = [f'("," {lark_literal(json.dumps(v, ensure_ascii=False))})?' for v in flags]
-            if room < len(options):
+            if room < len(flags):
                 raise ValueError("a flag tail must admit every flag (maxItems >= prefix + flags)")
-            parts += options
+            literals = [lark_literal("," + json.dumps(v, ensure_ascii=False)) for v in flags]
+            parts.append(
+                self.ordered_subset(
+                    literals, [False] * len(literals), at_least_one=node.get("minItems", 0) > len(prefix)
+                )
+            )
         elif room > 0 and isinstance(node.get("items"), dict):
             parts.append(f'("," {self.value(node["items"])}){{0,{room}}}')
         name = self.fresh("tup")
         self.rules.append(f'{name}: "[" {" ".join(parts)} "]"')
+        return name
+
+    def object(self, node: dict[str, Any]) -> str:
+        """Properties in declared order; those not `required` may be left out (a form's items
+        the note does not state), each written at most once."""
+        required = set(node.get("required", []))
+        members: list[str] = []
+        for key, sub in node["properties"].items():
+            name = self.fresh("mem")
+            self.rules.append(f"{name}: {lark_literal(json.dumps(key, ensure_ascii=False) + ':')} {self.value(sub)}")
+            members.append(name)
+        needed = [key in required for key in node["properties"]]
+        name = self.fresh("obj")
+        if all(needed):
+            body = ' "," '.join(members)
+            self.rules.append(f'{name}: "{{" {body} "}}"')
+        else:
+            self.rules.append(f'{name}: "{{" {self.ordered_subset(members, needed, separated=True)} "}}"')
+        return name
+
+    def ordered_subset(
+        self, items: list[str], needed: list[bool], *, separated: bool = False, at_least_one: bool = False
+    ) -> str:
+        """The items in order, each once, the `needed` ones always: with `separated`, joined by
+        commas (the first written has none); otherwise each item carries its own separator.
+        Linear in size: rest_i is "what may follow once something was written, from item i on"."""
+        sep = '"," ' if separated else ""
+        rest: list[str] = [""] * (len(items) + 1)
+        for i in range(len(items) - 1, -1, -1):
+            piece = f"{sep}{items[i]}" if needed[i] else f"({sep}{items[i]})?"
+            if rest[i + 1]:
+                piece += f" {rest[i + 1]}"
+            rule = self.fresh("rest")
+            self.rules.append(f"{rule}: {piece}")
+            rest[i] = rule
+        # The first item written: any item before (or at) the first needed one.
+        starts = []
+        for i, item in enumerate(items):
+            starts.append(f"{item} {rest[i + 1]}".strip())
+            if needed[i]:
+                break
+        name = self.fresh("sub")
+        optional = not any(needed) and not at_least_one
+        self.rules.append(f"{name}: " + " | ".join(starts))
+        return f"{name}?" if optional else name
+
+    def terminal(self, prefix: str, regex: str) -> str:
+        name = self.fresh(prefix).upper()
+        self.rules.append(f"{name}: /{regex}/")
         return name
 
     def span_terminal(self, lo: int, hi: int) -> str:

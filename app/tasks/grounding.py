@@ -32,6 +32,7 @@ class Span:
 class GroundingResult:
     spans: list[Span] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
+    placed: list[Span | None] = field(default_factory=list)  # per candidate, in emitted order: its span or None
 
 
 def piece_boundaries(text: str) -> set[int]:
@@ -71,27 +72,42 @@ def ground_spans(
     seen_count: Counter[tuple[str, str]] = Counter()
     placed: set[tuple[int, int, str]] = set()
     for i, (span_text, label, attributes) in enumerate(candidates):
-        if not span_text.strip():
-            result.dropped["empty"] += 1
-            continue
-        occurrences = aligned_occurrences(text, span_text, bounds)
-        if not occurrences:
-            result.dropped["not_in_source"] += 1
-            continue
-        k = seen_count[(span_text, label)]
-        seen_count[(span_text, label)] += 1
-        if k >= len(occurrences):
-            result.dropped["duplicate"] += 1
-            continue
-        start, end = _trim(text, occurrences[k], occurrences[k] + len(span_text))
-        if (start, end, label) in placed:
-            result.dropped["duplicate"] += 1
-            continue
-        placed.add((start, end, label))
         confidence = confidences[i] if confidences is not None else None
-        result.spans.append(Span(start, end, text[start:end], label, dict(attributes), confidence))
+        span, reason = _place(text, bounds, span_text, label, seen_count, placed)
+        if span is None:
+            result.dropped[reason] += 1
+            result.placed.append(None)
+            continue
+        span = Span(span.start, span.end, span.text, label, dict(attributes), confidence)
+        result.spans.append(span)
+        result.placed.append(span)
     result.spans.sort(key=lambda s: (s.start, s.end, s.label))
     return result
+
+
+def _place(
+    text: str,
+    bounds: set[int],
+    span_text: str,
+    label: str,
+    seen_count: Counter[tuple[str, str]],
+    placed: set[tuple[int, int, str]],
+) -> tuple[Span | None, str]:
+    """Where one emitted span lies, or (None, why it is dropped)."""
+    if not span_text.strip():
+        return None, "empty"
+    occurrences = aligned_occurrences(text, span_text, bounds)
+    if not occurrences:
+        return None, "not_in_source"
+    k = seen_count[(span_text, label)]
+    seen_count[(span_text, label)] += 1
+    if k >= len(occurrences):
+        return None, "duplicate"
+    start, end = _trim(text, occurrences[k], occurrences[k] + len(span_text))
+    if (start, end, label) in placed:
+        return None, "duplicate"
+    placed.add((start, end, label))
+    return Span(start, end, text[start:end], label), ""
 
 
 def ground_answer(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from app.tasks.schema import SchemaBoundsError, check_schema
 from app.tasks.spec import Example, TaskManifest
 from app.tasks.types import task_types
-from app.tasks.types.base import Task
+from app.tasks.types.base import Task, TaskType
 
 
 class ManifestError(ValueError):
@@ -46,20 +47,20 @@ def load_task(path: Path, schemas_dir: Path) -> Task:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ManifestError(f"{path}: {field}: {first['msg']}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        raise ManifestError(f"{path}: {field}: {message}") from exc
     kinds = task_types()
     kind = kinds.get(manifest.type)
     if kind is None:
         raise ManifestError(f"{path}: type: unknown task type {manifest.type!r} (known: {', '.join(sorted(kinds))})")
-    schema_path = schemas_dir / manifest.schema_file
-    try:
-        schema = json.loads(schema_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: schema: cannot load {schema_path}: {exc}") from exc
+    for section in ("relation_types", "items"):
+        if getattr(manifest, section) and section not in kind.manifest_sections:
+            raise ManifestError(f"{path}: {section}: {manifest.type} tasks have no {section}")
+    schema, schema_source = _schema(path, manifest, kind, schemas_dir)
     try:
         check_schema(schema)
     except SchemaBoundsError as exc:
-        raise ManifestError(f"{schema_path}: {exc}") from exc
+        raise ManifestError(f"{schema_source}: {exc}") from exc
     task = Task(manifest, schema, path, kind)
     problem = kind.check(task)
     if problem:
@@ -69,6 +70,24 @@ def load_task(path: Path, schemas_dir: Path) -> Task:
         if problem:
             raise ManifestError(f"{path}: examples.{i}: {problem}")
     return task
+
+
+def _schema(path: Path, manifest: TaskManifest, kind: TaskType[Any], schemas_dir: Path) -> tuple[dict[str, Any], str]:
+    """The task's output schema, and where it comes from (for messages)."""
+    derived = kind.derived_schema(manifest)
+    if derived is not None:
+        if manifest.schema_file is not None:
+            raise ManifestError(
+                f"{path}: schema: {manifest.type} tasks derive their schema from the manifest; remove it"
+            )
+        return derived, f"{path} (derived schema)"
+    if manifest.schema_file is None:
+        raise ManifestError(f"{path}: schema: required for {manifest.type} tasks")
+    schema_path = schemas_dir / manifest.schema_file
+    try:
+        return dict(json.loads(schema_path.read_text(encoding="utf-8"))), str(schema_path)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: schema: cannot load {schema_path}: {exc}") from exc
 
 
 def _check_example(task: Task, example: Example) -> str | None:

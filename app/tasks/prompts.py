@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 from app.engine.models import missing_model_folder
 from app.settings import ConfigurationError
-from app.tasks.schema import flag_tail
+from app.tasks.ranges import canonical_number
+from app.tasks.schema import DECIMALS, flag_tail
 from app.tasks.types.base import Task
 
 Message = dict[str, str]
@@ -35,6 +36,8 @@ def canonical(value: Any, schema: dict[str, Any]) -> Any:
         return head + tail
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [canonical(v, schema["items"]) for v in value]
+    if schema.get("type") in ("integer", "number") and isinstance(value, int | float) and not isinstance(value, bool):
+        return canonical_number(value, int(schema.get(DECIMALS, 0)))
     for alternative in schema.get("anyOf", []):
         if isinstance(value, dict) and "properties" in alternative:
             return canonical(value, alternative)
@@ -56,8 +59,9 @@ def build_messages(task: Task, payload: dict[str, str], part: str = "") -> list[
     kind = task.kind
     messages: list[Message] = [{"role": "system", "content": system_prompt(task, part)}]
     for example in task.manifest.examples:
+        output = kind.example_output(task, example.output, part)
         messages.append({"role": "user", "content": kind.user_prompt(example.input)})
-        messages.append({"role": "assistant", "content": serialize_output(task.schema, example.output)})
+        messages.append({"role": "assistant", "content": serialize_output(task.schema, output)})
     messages.append({"role": "user", "content": kind.user_prompt(payload)})
     return messages
 

@@ -56,7 +56,8 @@ class TaskRequest(In):
         None,
         ge=0.0,
         le=1.0,
-        description="Optional: leave out entities, answers and labels whose confidence is below this.",
+        description="Optional: leave out entities, relations, answers and labels whose confidence is below this "
+        "(a form item under it is unknown).",
     )
 
     def adapter_choice(self) -> AdapterChoice:
@@ -78,3 +79,16 @@ class ModelInfo(BaseModel):
 
 
 OffsetUnit = Literal["unicode_code_point"]
+
+
+class TaskResponse(BaseModel):
+    """What every task response starts with: the task and the model that answered."""
+
+    task: str
+    model: ModelInfo
+
+
+class SpansResponse(TaskResponse):
+    """A response whose answers point into the text sent (offsets in `offset_unit`)."""
+
+    offset_unit: OffsetUnit = "unicode_code_point"

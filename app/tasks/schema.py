@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from app.tasks.ranges import MAX_DECIMALS, MAX_MAGNITUDE, number_width, scaled
+
 GROUNDED = "x-medlora-grounded"
 """Marks a string field whose value must be a verbatim span of the request's source text."""
+DECIMALS = "x-medlora-decimals"
+"""A number's most decimals (0-4): with minimum and maximum, the grammar admits nothing else."""
+YEARS = "x-medlora-years"
+"""A date's [first, last] year (default 1900-2100)."""
+DEFAULT_YEARS = (1900, 2100)
 
 # A JSON string unit is either one raw character (at most 4 UTF-8 bytes) or an escape;
 # `\uXXXX` is the longest escape.
@@ -62,23 +69,64 @@ def _check(node: Any, path: str, out: list[str]) -> None:
             return
         if node.get("additionalProperties") is not False:
             out.append(f"{path}: object needs 'additionalProperties': false")
+        required = node.get("required", [])
+        if not isinstance(required, list) or not set(required) <= set(props):
+            out.append(f"{path}: 'required' must name declared properties")
         for name, sub in props.items():
             _check(sub, f"{path}/properties/{name}", out)
     elif kind == "array":
         _check_array(node, path, out)
+    elif kind == "string" and node.get("format") == "date":
+        _check_date(node, path, out)
     elif kind == "string":
+        if "pattern" in node or "format" in node:
+            out.append(f"{path}: 'pattern' and formats other than 'date' are not supported")
         if not isinstance(node.get("maxLength"), int):
             out.append(f"{path}: string needs 'maxLength'")
         if node.get(GROUNDED) and node.get("maxLength", 0) < MIN_GROUNDED_MAX_LENGTH:
             out.append(f"{path}: grounded string needs maxLength >= {MIN_GROUNDED_MAX_LENGTH}")
-        if "pattern" in node or "format" in node:
-            out.append(f"{path}: 'pattern'/'format' are not supported")
     elif kind in ("boolean", "null"):
         pass
     elif kind in ("integer", "number"):
-        out.append(f"{path}: numbers are not supported in task outputs (use an enum)")
+        _check_number(node, path, out)
     else:
         out.append(f"{path}: unsupported or missing 'type' ({kind!r})")
+
+
+def _check_number(node: dict[str, Any], path: str, out: list[str]) -> None:
+    """Numbers need both bounds: an unbounded one could run to the token limit."""
+    lo, hi = node.get("minimum"), node.get("maximum")
+    decimals = node.get(DECIMALS, 0) if node["type"] == "number" else 0
+    if node["type"] == "number" and DECIMALS not in node:
+        out.append(f"{path}: number needs '{DECIMALS}' (0-{MAX_DECIMALS})")
+        return
+    if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= MAX_DECIMALS:
+        out.append(f"{path}: '{DECIMALS}' must be an integer 0-{MAX_DECIMALS}")
+        return
+    if not _is_number(lo) or not _is_number(hi):
+        out.append(f"{path}: {node['type']} needs numeric 'minimum' and 'maximum' (unbounded numbers are refused)")
+        return
+    if lo > hi or max(abs(lo), abs(hi)) >= MAX_MAGNITUDE:
+        out.append(f"{path}: needs minimum <= maximum, both under {MAX_MAGNITUDE:.0e} in magnitude")
+    elif scaled(lo, decimals) is None or scaled(hi, decimals) is None:
+        out.append(f"{path}: minimum and maximum must have at most {decimals} decimals")
+    if "exclusiveMinimum" in node or "exclusiveMaximum" in node or "multipleOf" in node:
+        out.append(f"{path}: exclusive bounds and multipleOf are not supported (use minimum, maximum, {DECIMALS})")
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_date(node: dict[str, Any], path: str, out: list[str]) -> None:
+    years = node.get(YEARS, list(DEFAULT_YEARS))
+    if (
+        not isinstance(years, list)
+        or len(years) != 2
+        or not all(isinstance(y, int) and not isinstance(y, bool) for y in years)
+        or not 1000 <= years[0] <= years[1] <= 9999
+    ):
+        out.append(f"{path}: '{YEARS}' must be [first, last] with 1000 <= first <= last <= 9999")
 
 
 def _check_array(node: dict[str, Any], path: str, out: list[str]) -> None:
@@ -91,8 +139,10 @@ def _check_array(node: dict[str, Any], path: str, out: list[str]) -> None:
         if not isinstance(prefix, list) or not prefix:
             out.append(f"{path}: 'prefixItems' must be a non-empty list")
             return
-        # The grammar always writes every prefix item: the schema must require them all.
-        if node.get("minItems") != len(prefix):
+        # The grammar always writes every prefix item: the schema must require them all. A flag
+        # tail may also require one flag (a multiple choice with at least one option).
+        allowed = {len(prefix), len(prefix) + 1} if flag_tail(node) else {len(prefix)}
+        if node.get("minItems") not in allowed:
             out.append(f"{path}: a tuple array needs minItems == len(prefixItems) ({len(prefix)})")
         for i, sub in enumerate(prefix):
             _check(sub, f"{path}/prefixItems/{i}", out)
@@ -166,6 +216,10 @@ def worst_case_bytes(schema: dict[str, Any], source: str | SpanBytes) -> int:
         return total
     if kind == "array":
         return _array_worst_case(schema, span_bytes)
+    if kind == "string" and schema.get("format") == "date":
+        return 12  # "YYYY-MM-DD"
+    if kind in ("integer", "number"):
+        return number_width(schema["minimum"], schema["maximum"], int(schema.get(DECIMALS, 0)))
     if kind == "string":
         length = int(schema["maxLength"])
         if schema.get(GROUNDED):

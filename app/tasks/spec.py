@@ -7,11 +7,12 @@ belong to the task types; loading and cross-checks to `manifests.py`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+ITEM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
 VERSION_PATTERN = r"^[A-Za-z0-9._-]{1,32}$"
 
 
@@ -34,6 +35,71 @@ class GenerationSpec(_Strict):
     max_chunk_chars: int = Field(1500, ge=100, le=100_000)
     chunk_overlap_chars: int = Field(200, ge=0, le=10_000)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_group_tokens: int = Field(
+        4096, ge=64, le=65_536, description="Forms: the largest worst-case answer of one item group, in tokens."
+    )
+
+
+class RelationTypeSpec(_Strict):
+    """A relation type and the entity labels its head and tail may have."""
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    head: list[str] = Field(min_length=1)
+    tail: list[str] = Field(min_length=1)
+
+
+ItemKind = Literal["choice", "boolean", "integer", "decimal", "date", "text"]
+
+# What each kind of form item may (and must) declare besides name, kind and description.
+_ITEM_FIELDS: dict[str, tuple[set[str], set[str]]] = {
+    "choice": ({"options"}, {"options", "multiple"}),
+    "boolean": (set(), set()),
+    "integer": ({"min", "max"}, {"min", "max", "unit", "tolerance"}),
+    "decimal": ({"min", "max", "decimals"}, {"min", "max", "decimals", "unit", "tolerance"}),
+    "date": (set(), {"years"}),
+    "text": (set(), {"max_length"}),
+}
+
+_KIND_FIELDS = ("options", "multiple", "min", "max", "decimals", "unit", "tolerance", "years", "max_length")
+
+
+class FormItemSpec(_Strict):
+    """One item of a form: what the model may answer for it is bounded by its kind."""
+
+    name: str = Field(pattern=ITEM_NAME_PATTERN)
+    kind: ItemKind
+    description: str = ""
+    options: list[str] | None = Field(None, min_length=1, description="choice: the allowed values.")
+    multiple: bool | None = Field(None, description="choice: several options may hold at once.")
+    min: float | None = Field(None, description="integer, decimal: the smallest value.")
+    max: float | None = Field(None, description="integer, decimal: the largest value.")
+    decimals: int | None = Field(None, ge=0, le=4, description="decimal: the most decimals.")
+    unit: str | None = Field(None, max_length=32)
+    tolerance: float | None = Field(None, ge=0, description="integer, decimal: scoring counts values this close.")
+    years: tuple[int, int] | None = Field(None, description="date: the first and last year (default 1900, 2100).")
+    max_length: int | None = Field(None, ge=48, le=1000, description="text: the longest span (default 120).")
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> FormItemSpec:
+        needed, allowed = _ITEM_FIELDS[self.kind]
+        given = {name for name in _KIND_FIELDS if getattr(self, name) is not None}
+        missing = sorted(needed - given)
+        if missing:
+            bounds = " (unbounded numbers are refused)" if self.kind in ("integer", "decimal") else ""
+            raise ValueError(f"{', '.join(missing)}: required for {self.kind} items{bounds}")
+        extra = sorted(given - allowed)
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: not a field of {self.kind} items")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min: must not exceed max")
+        if self.kind == "integer" and not all(float(v or 0).is_integer() for v in (self.min, self.max)):
+            raise ValueError("min, max: must be whole numbers for integer items")
+        if self.options is not None and len(set(self.options)) != len(self.options):
+            raise ValueError("options: must be unique")
+        if self.years is not None and not 1000 <= self.years[0] <= self.years[1] <= 9999:
+            raise ValueError("years: must be [first, last] with 1000 <= first <= last <= 9999")
+        return self
 
 
 class Example(_Strict):
@@ -51,15 +117,22 @@ class TaskManifest(_Strict):
     labels: list[LabelSpec] = Field(default_factory=list)
     attributes: list[LabelSpec] = Field(default_factory=list)
     multi_label: bool = False
+    relation_types: list[RelationTypeSpec] = Field(default_factory=list)
+    items: list[FormItemSpec] = Field(default_factory=list)
     instructions: str = Field(min_length=1)
     examples: list[Example] = Field(default_factory=list)
-    schema_file: str = Field(alias="schema", min_length=1)
+    schema_file: str | None = Field(
+        None,
+        alias="schema",
+        min_length=1,
+        description="The output schema file; types that derive it (forms) have none.",
+    )
     adapter: AdapterRef
     generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec())
 
-    @field_validator("labels", "attributes")
+    @field_validator("labels", "attributes", "relation_types", "items")
     @classmethod
-    def _unique(cls, value: list[LabelSpec]) -> list[LabelSpec]:
+    def _unique(cls, value: list[Any]) -> list[Any]:
         names = [item.name for item in value]
         if len(names) != len(set(names)):
             raise ValueError("names must be unique")

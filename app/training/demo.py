@@ -49,7 +49,8 @@ log = logging.getLogger("medlora.demo")
 
 # Bump with every change to the recipe or to a task's answer format: the shipped demo is
 # rebuilt (`medlora demo build`) and its figures re-measured. 6: token-lean NER answers.
-RECIPE_VERSION = 6
+# 7: relation and form tasks.
+RECIPE_VERSION = 7
 TRAIN_SEED, TEST_SEED, PRETRAIN_SEED = 1, 99, 7
 BASE_NAME = DEMO_BASE_NAME
 RECIPE_FILE = "recipe.json"
@@ -63,9 +64,9 @@ class DemoRecipe:
     shape: TinyShape = field(
         default_factory=lambda: TinyShape(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
     )
-    # Word-level tokens learned from the notes: their ~1,500 distinct words, numbers and
-    # punctuation runs all become single tokens well within this.
-    vocab_size: int = 4096
+    # Word-level tokens learned from the notes: their ~2,700 distinct words, numbers and
+    # punctuation runs all become single tokens at this size (at 4096, 785 of them split).
+    vocab_size: int = 6144
     pretrain_notes_per_task: int = 600
     prompt_copies: int = 30
     head_share: float = 0.1
@@ -82,6 +83,9 @@ class DemoRecipe:
             "ner-en-clinical": 300,
             "qa-it-clinical": 300,
             "classify-it-note-type": 300,
+            "re-it-medication": 300,
+            "re-en-medication": 300,
+            "crf-it-dyspnea": 300,
         }
     )
     test_records: int = 50
@@ -92,13 +96,27 @@ class DemoRecipe:
     # notes are what helps (NER-en strict F1 0.36 after 10 epochs, 0.49 after 20; 600 notes x
     # 5 epochs gave 0.30), and so does a higher rate (0.36 -> 0.42 at 1e-2; docs/benchmarks.md).
     task_epochs: dict[str, float] = field(
-        default_factory=lambda: {"ner-it-clinical": 10.0, "ner-en-clinical": 10.0, "qa-it-clinical": 10.0}
+        default_factory=lambda: {
+            "ner-it-clinical": 10.0,
+            "ner-en-clinical": 10.0,
+            "qa-it-clinical": 10.0,
+            "re-it-medication": 10.0,
+            "re-en-medication": 10.0,
+            "crf-it-dyspnea": 10.0,
+        }
     )
     learning_rate: float = 3e-3
     # QA on the v6 base (50 held-out notes, 10 epochs): EM 0.46 / 0.48 / 0.52 / 0.44 at
     # 2e-3 / 3e-3 / 4e-3 / 6e-3 (docs/benchmarks.md).
     task_learning_rates: dict[str, float] = field(
-        default_factory=lambda: {"ner-it-clinical": 1e-2, "ner-en-clinical": 1e-2, "qa-it-clinical": 4e-3}
+        default_factory=lambda: {
+            "ner-it-clinical": 1e-2,
+            "ner-en-clinical": 1e-2,
+            "qa-it-clinical": 4e-3,
+            "re-it-medication": 1e-2,
+            "re-en-medication": 1e-2,
+            "crf-it-dyspnea": 1e-2,
+        }
     )
     rank: int = 16
     # No LoRA dropout: on CPU its masks cost ~12% of a training step, and NER F1 did not move.
@@ -173,10 +191,13 @@ def prompt_documents(tasks: dict[str, Task]) -> list[str]:
     (`":["`, `"]}`) and of the instructions are never trained, and tied embeddings push their
     logits so low (initial completion loss 22) that a LoRA on the projections cannot raise them."""
     docs: list[str] = []
+    payload = {"text": "", "context": "", "question": ""}
     for task in tasks.values():
-        # build_messages ends with the user turn for the payload; keep the head before it.
-        head = build_messages(task, {"text": "", "context": "", "question": ""})[:-1]
-        docs.append(render_chat(head, generation_prompt=False))
+        # One head per part the task asks for (a large form's item groups each have theirs).
+        for ask in task.kind.asks(task, payload):
+            # build_messages ends with the user turn for the payload; keep the head before it.
+            head = build_messages(task, payload, ask.part)[:-1]
+            docs.append(render_chat(head, generation_prompt=False))
     return docs
 
 
@@ -378,7 +399,10 @@ async def measure(demo_dir: Path, tasks: dict[str, Task], n: int) -> dict[str, A
     manifest's few-shot example)."""
     demo_dir = Path(demo_dir)
     settings = Settings(model=str(demo_dir / BASE_NAME), adapters_dir=demo_dir / "adapters", engine="local")
-    service = build_service(settings, tasks=tasks)
+    from prometheus_client import CollectorRegistry
+
+    # A registry of its own: a process may measure more than once (bench.calibration_rules).
+    service = build_service(settings, tasks=tasks, metrics_registry=CollectorRegistry())
     started = time.perf_counter()
     await service.start()
     figures: dict[str, Any] = {"engine_start_s": round(time.perf_counter() - started, 1), "tasks": {}}

@@ -317,8 +317,14 @@ def few_shot_task(task: Task, shots: list[Record], k: int) -> Task:
             break
         pairs = model_outputs(task, record)
         if pairs:  # a blank text is answered without the model: nothing to show it
-            ask, output = pairs[0]
-            examples.append(Example(input=ask.payload, output=output))
+            first = pairs[0][0].payload
+            # Every answer for the first chunk: a form asks once per item group, and each
+            # group's prompt shows its own items of the example (`TaskType.example_output`).
+            output: dict[str, Any] = {}
+            for ask, part_output in pairs:
+                if ask.payload == first:
+                    output.update(part_output)
+            examples.append(Example(input=first, output=output))
     if len(examples) < k:
         raise EvalError(f"--few-shot {k}: the shots file has only {len(examples)} usable record(s)")
     return task.with_manifest(task.manifest.model_copy(update={"examples": examples}))
@@ -412,6 +418,8 @@ def _remote_task(description: dict[str, Any]) -> Task:
             "labels": [LabelSpec(name=n) for n in description["labels"]],
             "attributes": [LabelSpec(name=n) for n in description["attributes"]],
             "multi_label": description["multi_label"],
+            # Type-specific facts the server shows (a relation task's types, a form's items).
+            **{key: description[key] for key in ("relation_types", "items") if key in description},
             "instructions": "(served remotely)",
             "schema": "(served remotely)",
             "adapter": AdapterRef(

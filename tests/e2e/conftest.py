@@ -31,6 +31,7 @@ from app.settings import REPO_ROOT
 from app.tasks.manifests import load_tasks
 from app.training.tiny_model import build_tiny_adapter
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR
+from tests.support.forms import BIG_FORM, write_big_form
 from tests.support.qwen3 import build_random_qwen3
 
 STARTUP_TIMEOUT_S = 600
@@ -88,8 +89,8 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> RandomModel:
     work = tmp_path_factory.mktemp("qwen3-random")
     base = build_random_qwen3(work / "base")
     adapters = work / "adapters"
-    for task in load_tasks(TASKS_DIR, SCHEMAS_DIR).values():
-        path = task.manifest.adapter.path
+    paths = [task.manifest.adapter.path for task in load_tasks(TASKS_DIR, SCHEMAS_DIR).values()]
+    for path in [*paths, BIG_FORM]:
         # Each task its own seed: different tasks really run different adapters.
         build_tiny_adapter(base, adapters / path, seed=zlib.crc32(path.encode()) % 10_000)
     return RandomModel(base, adapters)
@@ -168,9 +169,10 @@ SAMPLED = "-sampled"
 
 
 def tasks_with_sampled_copies(folder: Path) -> Path:
-    """The shipped manifests, and a copy of each sampled at temperature 1 (`<name>-sampled`,
-    same schema and adapter). A random-weight model's greedy answer is often the shortest one
-    (an empty list); sampling walks far more of each grammar."""
+    """The shipped manifests, a copy of each sampled at temperature 1 (`<name>-sampled`,
+    same schema and adapter), and the generated 140-item form (tests/support/forms.py). A
+    random-weight model's greedy answer is often the shortest one (an empty list); sampling
+    walks far more of each grammar."""
     folder.mkdir(parents=True)
     for path in sorted(TASKS_DIR.glob("*.yaml")):
         shutil.copy(path, folder / path.name)
@@ -178,6 +180,8 @@ def tasks_with_sampled_copies(folder: Path) -> Path:
         manifest["name"] += SAMPLED
         manifest["generation"] = {**manifest.get("generation", {}), "temperature": 1.0}
         (folder / f"{path.stem}{SAMPLED}.yaml").write_text(yaml.safe_dump(manifest, allow_unicode=True))
+    # A 140-item form of every kind, sampled: split into item groups that each fit the context.
+    write_big_form(folder, temperature=1.0)
     return folder
 
 

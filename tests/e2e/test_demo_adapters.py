@@ -13,6 +13,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -105,3 +106,41 @@ def test_demo_adapters_beat_the_base_model_on_held_out_notes(demo_server: LiveSe
         assert ner["adapter"]["strict"]["f1"] >= 0.35
         assert ner["adapter"]["strict"]["precision"] >= 0.6  # what it returns is mostly right
         assert ner["adapter"]["strict"]["f1"] >= ner["base"]["strict"]["f1"] + 0.3
+    for name in ("re-it-medication", "re-en-medication"):
+        relations = figures[name]["adapter"]
+        # Relations between the entities it finds: few (recall is a tiny model's), mostly right.
+        assert relations["relations"]["strict"]["f1"] >= 0.08, (name, relations["relations"])
+        assert relations["relations"]["strict"]["precision"] >= 0.45
+        assert relations["relations"]["strict"]["f1"] >= figures[name]["base"]["relations"]["strict"]["f1"] + 0.08
+        assert relations["entities"]["strict"]["f1"] >= 0.45
+    form = figures["crf-it-dyspnea"]
+    assert form["adapter"]["slots"]["f1"] >= 0.2
+    assert form["adapter"]["slots"]["f1"] >= form["base"]["slots"]["f1"] + 0.15
+    assert form["adapter"]["evidence_overlap"] >= 0.7  # filled values point at the words that state them
+
+
+def test_medlora_eval_reports_relation_f1_form_slot_f1_and_calibration(demo_server: LiveServer, tmp_path: Path) -> None:
+    """The commands a user runs: `medlora synth` for held-out data, `medlora eval --url`."""
+
+    def medlora(*argv: str) -> None:
+        subprocess.run([sys.executable, "-m", "app.cli", *argv], check=True, capture_output=True, timeout=600)
+
+    wanted = {
+        "re-it-medication": ("relations.strict.f1", "relations.lenient.f1", "entities.strict.f1"),
+        "re-en-medication": ("relations.strict.f1", "relations.per_type_strict_f1.dosage"),
+        "crf-it-dyspnea": ("slots.f1", "accuracy", "evidence_overlap", "per_item_accuracy.spo2"),
+    }
+    for task, metrics in wanted.items():
+        data, out = tmp_path / f"{task}.jsonl", tmp_path / task
+        medlora("synth", "--task", task, "--n", "12", "--seed", "123", "--out", str(data))
+        medlora("eval", "--task", task, "--data", str(data), "--url", demo_server.url, "--out", str(out))
+        report = json.loads((out / "report.json").read_text())
+        assert (report["n"], report["failed"]) == (12, 0), report
+        for dotted in metrics:
+            node: Any = report["metrics"]
+            for part in dotted.split("."):
+                node = node[part]
+            assert isinstance(node, float | int) and 0.0 <= node <= 1.0, (task, dotted, node)
+        calibration = report["metrics"]["calibration"]
+        assert calibration["n"] > 0 and 0.0 <= calibration["ece"] <= 1.0 and calibration["bins"], (task, calibration)
+        assert "calibration" in (out / "report.md").read_text().lower()

@@ -41,6 +41,7 @@ class Task:
         self.source = source
         self.kind = kind
         self.validator = Draft202012Validator(schema)
+        self.memo: dict[str, Any] = {}  # what a type derives once from the manifest (a form's groups)
 
     @property
     def name(self) -> str:
@@ -104,10 +105,12 @@ class Answer:
         self.confidences = confidences
         self._tree: Node | None = None
 
-    def confidence(self, *path: str | int, per_token: bool = False) -> float | None:
+    def confidence(self, *path: str | int, per_token: bool = False, with_key: bool = False) -> float | None:
         """The confidence of the value at `path` (object keys and array indices), e.g.
         `("entities", 2)`: the joint probability of its tokens, or with `per_token` their
-        geometric mean; None without log-probabilities. See app/tasks/confidence.py."""
+        geometric mean; with `with_key`, an object member's key is part of it (a key the
+        grammar lets the model leave out is a decision too). None without log-probabilities.
+        See app/tasks/confidence.py."""
         if self.confidences is None:
             return None
         if self._tree is None:
@@ -115,7 +118,8 @@ class Answer:
         node = self._tree
         for step in path:
             node = node.items[step] if isinstance(step, int) else node.members[step]
-        return round(self.confidences.of(node.start, node.end, per_token=per_token), 4)
+        start = node.key_start if with_key and node.key_start is not None else node.start
+        return round(self.confidences.of(start, node.end, per_token=per_token), 4)
 
 
 @dataclass
@@ -154,6 +158,29 @@ class SyntheticNote:
     mentions: frozenset[str]  # question keys the note talks about at all
 
 
+@dataclass(frozen=True)
+class RelationNote:
+    """An invented note with its entities and the relations between them, tracked as written."""
+
+    text: str
+    spans: tuple[NoteSpan, ...]  # entities, in document order
+    relations: tuple[tuple[str, int, int], ...]  # (relation type, head index, tail index) into spans
+
+
+@dataclass(frozen=True)
+class FormValue:
+    value: str | bool | int | float | tuple[str, ...]  # dates as ISO 8601; a multiple choice as a tuple
+    evidence: NoteSpan  # the words of the note that state it
+
+
+@dataclass(frozen=True)
+class FormNote:
+    """An invented note with the form it fills: item name -> value; an unstated item is absent."""
+
+    text: str
+    values: Mapping[str, FormValue]
+
+
 class NoteWorld(Protocol):
     """A synthetic note generator for one language (app/training/synthetic)."""
 
@@ -165,6 +192,14 @@ class NoteWorld(Protocol):
     def question_keys(self) -> list[str]: ...
 
     def question(self, key: str, rng: random.Random) -> str: ...
+
+    def compose_relations(self, rng: random.Random) -> RelationNote:
+        """A note about medications: drugs with their dosage, frequency, route and duration."""
+        ...
+
+    def compose_form(self, rng: random.Random, form: str) -> FormNote:
+        """A note filling the form named `form`; ValueError if this world cannot write one."""
+        ...
 
 
 # -- the interface ---------------------------------------------------------------------
@@ -179,11 +214,19 @@ class TaskType(ABC, Generic[R]):
     request_model: ClassVar[type[TaskRequest]]
     response_model: ClassVar[type[BaseModel]]
 
+    # The manifest sections beyond labels and attributes this type reads (others are refused).
+    manifest_sections: ClassVar[frozenset[str]] = frozenset()
+
     @property
     def source_field(self) -> str:
         return self.input_fields[0]
 
     # -- manifest ------------------------------------------------------------------------
+    def derived_schema(self, manifest: TaskManifest) -> dict[str, Any] | None:
+        """The output schema, for types that derive it from the manifest (a form's items);
+        None for types whose manifest names a schema file."""
+        return None
+
     @abstractmethod
     def check(self, task: Task) -> str | None:
         """Why the manifest and its schema do not fit this type (labels, grounded fields), or None."""
@@ -203,6 +246,10 @@ class TaskType(ABC, Generic[R]):
 
     def user_prompt(self, payload: Mapping[str, str]) -> str:
         return f"Text:\n{payload['text']}"
+
+    def example_output(self, task: Task, output: dict[str, Any], part: str = "") -> dict[str, Any]:
+        """What a few-shot example answers in a prompt for `part` (a form group: its items only)."""
+        return output
 
     def asks(self, task: Task, payload: dict[str, str]) -> list[Ask]:
         """The generations one chunk needs (one here; a large form splits into several)."""

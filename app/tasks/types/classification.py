@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from app.tasks.chunking import Chunk
 from app.tasks.gold import list_field, string_field
-from app.tasks.protocol import DocumentsRequest, ModelInfo
+from app.tasks.protocol import DocumentsRequest, ModelInfo, TaskResponse
 from app.tasks.schema import enum_values
 from app.tasks.scoring import PRF, calibration, check_parallel, mean, rounded
 from app.tasks.types.base import (
@@ -45,9 +45,7 @@ class ClassifyDocumentOut(BaseModel):
     )
 
 
-class ClassifyResponse(BaseModel):
-    task: str
-    model: ModelInfo
+class ClassifyResponse(TaskResponse):
     documents: list[ClassifyDocumentOut]
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, field_validator
 from app.tasks.chunking import Chunk, shift
 from app.tasks.gold import check_span, max_length, string_field
 from app.tasks.grounding import Span, ground_answer, piece_boundaries
-from app.tasks.protocol import ID_PATTERN, In, ModelInfo, OffsetUnit, TaskRequest, no_surrogates
+from app.tasks.protocol import ID_PATTERN, In, ModelInfo, SpansResponse, TaskRequest, no_surrogates
 from app.tasks.schema import GROUNDED
 from app.tasks.scoring import calibration, check_parallel, mean, rounded
 from app.tasks.types.base import (
@@ -64,10 +64,7 @@ class QaItemOut(BaseModel):
     answer: AnswerOut | None
 
 
-class QaResponse(BaseModel):
-    task: str
-    model: ModelInfo
-    offset_unit: OffsetUnit = "unicode_code_point"
+class QaResponse(SpansResponse):
     items: list[QaItemOut]
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from app.tasks.types.base import SyntheticNote, Task
+from app.tasks.types.base import FormNote, RelationNote, SyntheticNote, Task
+from app.training.synthetic.dyspnea import compose_dyspnea_note
+from app.training.synthetic.medication import compose_medication_note
 from app.training.synthetic.notes import compose_note
 from app.training.synthetic.vocab import NOTE_TYPES, QUESTIONS, VOCABS, Vocab
 
@@ -33,6 +35,16 @@ class World:
         if kind not in NOTE_TYPES:
             raise ValueError(f"no {kind!r} notes: the generator writes {NOTE_TYPES}")
         return compose_note(kind, self.vocab, rng)
+
+    def compose_relations(self, rng: random.Random) -> RelationNote:
+        return compose_medication_note(self.language, rng)
+
+    def compose_form(self, rng: random.Random, form: str) -> FormNote:
+        writer = _FORM_WRITERS.get((self.language, form))
+        if writer is None:
+            known = sorted(name for lang, name in _FORM_WRITERS if lang == self.language)
+            raise ValueError(f"no synthetic {form!r} notes in {self.language!r} (forms: {known})")
+        return writer(rng)
 
     def question_keys(self) -> list[str]:
         """Every fact a question can ask about (answered in some notes, absent from others)."""
@@ -56,6 +68,12 @@ class World:
         if kind == "dose":
             return rng.choice((f"Qual è la posologia di {arg}?", f"Quale dose di {arg} è prescritta?"))
         return rng.choice(QUESTIONS[key])
+
+
+# The forms the generator can fill, by (language, task name): each writer knows its form's items.
+_FORM_WRITERS: dict[tuple[str, str], Callable[[random.Random], FormNote]] = {
+    ("it", "crf-it-dyspnea"): compose_dyspnea_note,
+}
 
 
 def world_for(language: str) -> World:
