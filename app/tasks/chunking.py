@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.tasks.grounding import Span
+from app.tasks.grounding import Span, sorted_spans
 
 # Preferred cut points, best first: paragraph break, line break, sentence end, any space.
 _CUTS = [
@@ -92,4 +92,4 @@ def merge_spans(per_chunk: list[list[Span]]) -> list[Span]:
         key = (span.start, span.end, span.label)
         if not covered and (key not in kept or (span.confidence or 0.0) > (kept[key].confidence or 0.0)):
             kept[key] = span
-    return sorted(kept.values(), key=lambda s: (s.start, s.end, s.label))
+    return sorted_spans(kept.values())

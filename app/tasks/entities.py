@@ -92,10 +92,6 @@ def read_entities(task: Task, chunk: Chunk, answer: Answer, tally: Tally) -> lis
     return [None if s is None else shift(s, chunk.start) for s in grounded.placed]
 
 
-def sorted_spans(spans: Iterable[Span | None]) -> list[Span]:
-    return sorted((s for s in spans if s is not None), key=lambda s: (s.start, s.end, s.label))
-
-
 def parse_gold_entities(
     task: Task, text: str, entities: list[Any], extra_fields: frozenset[str] = frozenset()
 ) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ text occurs is a duplicate and is dropped. Surrounding whitespace is trimmed fro
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,19 +71,23 @@ def ground_spans(
     result = GroundingResult()
     bounds = piece_boundaries(text)
     seen_count: Counter[tuple[str, str]] = Counter()
-    placed: set[tuple[int, int, str]] = set()
+    taken: set[tuple[int, int, str]] = set()
     for i, (span_text, label, attributes) in enumerate(candidates):
-        confidence = confidences[i] if confidences is not None else None
-        span, reason = _place(text, bounds, span_text, label, seen_count, placed)
-        if span is None:
+        where, reason = _place(text, bounds, span_text, label, seen_count, taken)
+        if where is None:
             result.dropped[reason] += 1
             result.placed.append(None)
             continue
-        span = Span(span.start, span.end, span.text, label, dict(attributes), confidence)
-        result.spans.append(span)
-        result.placed.append(span)
-    result.spans.sort(key=lambda s: (s.start, s.end, s.label))
+        start, end = where
+        confidence = confidences[i] if confidences is not None else None
+        result.placed.append(Span(start, end, text[start:end], label, dict(attributes), confidence))
+    result.spans = sorted_spans(result.placed)
     return result
+
+
+def sorted_spans(spans: Iterable[Span | None]) -> list[Span]:
+    """The spans (Nones left out) in document order: by start, end, then label."""
+    return sorted((s for s in spans if s is not None), key=lambda s: (s.start, s.end, s.label))
 
 
 def _place(
@@ -91,9 +96,9 @@ def _place(
     span_text: str,
     label: str,
     seen_count: Counter[tuple[str, str]],
-    placed: set[tuple[int, int, str]],
-) -> tuple[Span | None, str]:
-    """Where one emitted span lies, or (None, why it is dropped)."""
+    taken: set[tuple[int, int, str]],
+) -> tuple[tuple[int, int] | None, str]:
+    """Where one emitted span lies, (start, end), or (None, why it is dropped)."""
     if not span_text.strip():
         return None, "empty"
     occurrences = aligned_occurrences(text, span_text, bounds)
@@ -104,10 +109,10 @@ def _place(
     if k >= len(occurrences):
         return None, "duplicate"
     start, end = _trim(text, occurrences[k], occurrences[k] + len(span_text))
-    if (start, end, label) in placed:
+    if (start, end, label) in taken:
         return None, "duplicate"
-    placed.add((start, end, label))
-    return Span(start, end, text[start:end], label), ""
+    taken.add((start, end, label))
+    return (start, end), ""
 
 
 def ground_answer(

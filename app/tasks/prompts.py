@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from app.engine.models import missing_model_folder
 from app.settings import ConfigurationError
-from app.tasks.ranges import canonical_number
+from app.tasks.ranges import canonical_number, is_number
 from app.tasks.schema import DECIMALS, flag_tail
 from app.tasks.types.base import Task
 
@@ -36,7 +36,7 @@ def canonical(value: Any, schema: dict[str, Any]) -> Any:
         return head + tail
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [canonical(v, schema["items"]) for v in value]
-    if schema.get("type") in ("integer", "number") and isinstance(value, int | float) and not isinstance(value, bool):
+    if schema.get("type") in ("integer", "number") and is_number(value):
         return canonical_number(value, int(schema.get(DECIMALS, 0)))
     for alternative in schema.get("anyOf", []):
         if isinstance(value, dict) and "properties" in alternative:

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import calendar
 from decimal import Decimal
+from typing import Any, TypeGuard
 
 Digits = list[tuple[int, int]]  # one (low, high) digit class per position
 
 MAX_DECIMALS = 4  # beyond 4, Python writes small floats with an exponent (1e-05)
 MAX_MAGNITUDE = 10**12
+
+
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number: bool is an int subclass in Python, `true` is not the number 1."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def scaled(value: float | int, decimals: int) -> int | None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, TypeGuard
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from app.tasks.ranges import MAX_DECIMALS, MAX_MAGNITUDE, number_width, scaled
+from app.tasks.ranges import MAX_DECIMALS, MAX_MAGNITUDE, is_number, number_width, scaled
 
 GROUNDED = "x-medlora-grounded"
 """Marks a string field whose value must be a verbatim span of the request's source text."""
@@ -103,7 +103,7 @@ def _check_number(node: dict[str, Any], path: str, out: list[str]) -> None:
     if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= MAX_DECIMALS:
         out.append(f"{path}: '{DECIMALS}' must be an integer 0-{MAX_DECIMALS}")
         return
-    if not _is_number(lo) or not _is_number(hi):
+    if not is_number(lo) or not is_number(hi):
         out.append(f"{path}: {node['type']} needs numeric 'minimum' and 'maximum' (unbounded numbers are refused)")
         return
     if lo > hi or max(abs(lo), abs(hi)) >= MAX_MAGNITUDE:
@@ -112,10 +112,6 @@ def _check_number(node: dict[str, Any], path: str, out: list[str]) -> None:
         out.append(f"{path}: minimum and maximum must have at most {decimals} decimals")
     if "exclusiveMinimum" in node or "exclusiveMaximum" in node or "multipleOf" in node:
         out.append(f"{path}: exclusive bounds and multipleOf are not supported (use minimum, maximum, {DECIMALS})")
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_date(node: dict[str, Any], path: str, out: list[str]) -> None:

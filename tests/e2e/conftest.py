@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -205,6 +206,18 @@ def live_server(random_model: RandomModel, tmp_path_factory: pytest.TempPathFact
         )
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def client(live_server: LiveServer) -> httpx.Client:
+    """A client of the random-weight Qwen3-vocabulary server."""
+    return live_server.client()
+
+
+@pytest.fixture(scope="module")
+def tasks(client: httpx.Client) -> dict[str, dict[str, Any]]:
+    """That server's tasks as `GET /v1/tasks` describes them, by name."""
+    return {t["name"]: t for t in client.get("/v1/tasks").json()["tasks"]}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import SAMPLED, LiveServer
+from tests.e2e.conftest import SAMPLED
 from tests.fakes import sample
 from tests.strategies import check_generated_batches
 from tests.support.forms import BIG_FORM
@@ -42,16 +42,6 @@ AWKWARD = ['Citazione: "dolore"\\destro\tcon febbre\r\nè più forte 🙂 «ok»
 LONG = "\n\n".join([IT_MEDS, DYSPNEA] * 8)  # ~5,000 chars: several chunks with overlap
 
 STATS: dict[str, int] = {"requests": 0, "entities": 0, "relations": 0, "filled": 0, "unknown": 0}
-
-
-@pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> httpx.Client:
-    return live_server.client()
-
-
-@pytest.fixture(scope="module")
-def tasks(client: httpx.Client) -> dict[str, dict[str, Any]]:
-    return {t["name"]: t for t in client.get("/v1/tasks").json()["tasks"]}
 
 
 def probability(value: Any) -> bool:

@@ -56,16 +56,6 @@ ENDPOINTS = {"ner": "ner", "qa": "qa", "classification": "classify"}
 EVERY_TASK = [*SHIPPED, *(f"{name}{SAMPLED}" for name in SHIPPED)]
 
 
-@pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> httpx.Client:
-    return live_server.client()
-
-
-@pytest.fixture(scope="module")
-def tasks(client: httpx.Client) -> dict[str, dict[str, Any]]:
-    return {t["name"]: t for t in client.get("/v1/tasks").json()["tasks"]}
-
-
 def check_ner(task: dict[str, Any], docs: list[dict[str, str]], body: dict[str, Any]) -> None:
     assert body["offset_unit"] == "unicode_code_point"
     by_id = {d["id"]: d["text"] for d in docs}

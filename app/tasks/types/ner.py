@@ -26,10 +26,9 @@ from app.tasks.entities import (
     ner_scores,
     parse_gold_entities,
     read_entities,
-    sorted_spans,
 )
 from app.tasks.gold import list_field, string_field
-from app.tasks.grounding import Span
+from app.tasks.grounding import Span, sorted_spans
 from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
 from app.tasks.scoring import calibration
 from app.tasks.types.base import (

@@ -45,7 +45,7 @@ from app.tasks.entities import (
     totals,
 )
 from app.tasks.gold import list_field, string_field
-from app.tasks.grounding import Span
+from app.tasks.grounding import Span, sorted_spans
 from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
 from app.tasks.schema import enum_values
 from app.tasks.scoring import calibration
@@ -206,7 +206,7 @@ class RelationsType(TaskType[RelationsResult]):
             # The joint probability of the triple's tokens: on the demo it was calibrated (ECE
             # 0.14-0.20) where their geometric mean was not (0.23-0.27; docs/benchmarks.md).
             relations.append(Relation(kind, head, tail, answer.confidence("relations", i)))
-        entities = sorted((s for s in placed if s is not None), key=_span_key)
+        entities = sorted_spans(placed)
         return RelationsResult(
             entities,
             relations,
@@ -228,7 +228,7 @@ class RelationsType(TaskType[RelationsResult]):
                 best = kept.get(identity)
                 if best is None or (relation.confidence or 0.0) > (best.confidence or 0.0):
                     kept[identity] = Relation(relation.type, head, tail, relation.confidence)
-        relations = [r for r in kept.values()]
+        relations = list(kept.values())
         if item.min_confidence is not None:
             confident = [r for r in relations if r.confidence is None or r.confidence >= item.min_confidence]
             tally.dropped["low_confidence"] += len(relations) - len(confident)
@@ -363,7 +363,7 @@ class RelationsType(TaskType[RelationsResult]):
                 for j, s in enumerate(note.spans, start=1)
                 if s.label in labels
             ]
-            ids = {f"e{j}" for j in range(1, len(note.spans) + 1)} & {e["id"] for e in entities}
+            ids = {e["id"] for e in entities}
             relations = [
                 {"type": kind, "head": f"e{head + 1}", "tail": f"e{tail + 1}"}
                 for kind, head, tail in note.relations
