@@ -38,12 +38,24 @@ from tests.support.qwen3 import build_random_qwen3
 STARTUP_TIMEOUT_S = 600
 
 
+def _gateway_probe_timeout_s(probe: str) -> float:
+    values = yaml.safe_load((REPO_ROOT / "helm" / "medlora" / "values.yaml").read_text(encoding="utf-8"))
+    return float(values["gateway"][probe]["timeoutSeconds"])
+
+
+# Probes wait as long as the chart's kubelet would: a start-up that answers within these
+# never gets the pod restarted or taken out of its Service.
+LIVENESS_TIMEOUT_S = _gateway_probe_timeout_s("livenessProbe")
+READINESS_TIMEOUT_S = _gateway_probe_timeout_s("readinessProbe")
+
+
 @dataclass(frozen=True)
 class Probe:
-    """One round of polling during start-up (None: the connection was refused)."""
+    """One round of polling during start-up (None: refused, or no answer within the chart's timeout)."""
 
     at_s: float  # since the process was spawned
     livez: int | None
+    livez_s: float  # how long /livez took to answer (or to fail)
     readyz: int | None
     readyz_retry_after: str | None = None
     task: int | None = None  # a task request sent while /readyz said 503
@@ -98,24 +110,27 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> RandomModel:
 
 
 def _probe(url: str, started: float) -> Probe:
-    def get(path: str) -> httpx.Response | None:
+    def get(path: str, timeout: float) -> httpx.Response | None:
         try:
-            return httpx.get(f"{url}{path}", timeout=2)
+            return httpx.get(f"{url}{path}", timeout=timeout)
         except httpx.TransportError:
             return None
 
     at_s = time.monotonic() - started
-    livez, readyz = get("/livez"), get("/readyz")
+    livez = get("/livez", LIVENESS_TIMEOUT_S)
+    livez_s = time.monotonic() - started - at_s
+    readyz = get("/readyz", READINESS_TIMEOUT_S)
     task: httpx.Response | None = None
     if readyz is not None and readyz.status_code == 503:
         body = {"task": "ner-it-clinical", "documents": [{"id": "d", "text": "Febbre."}]}
         try:
-            task = httpx.post(f"{url}/v1/ner", json=body, timeout=2)
+            task = httpx.post(f"{url}/v1/ner", json=body, timeout=READINESS_TIMEOUT_S)
         except httpx.TransportError:
             task = None
     return Probe(
         at_s,
         livez.status_code if livez else None,
+        livez_s,
         readyz.status_code if readyz else None,
         readyz.headers.get("retry-after") if readyz else None,
         task.status_code if task is not None else None,

@@ -366,9 +366,13 @@ def test_probes_answer_while_the_engine_starts(live_server: LiveServer) -> None:
     not_ready = [p for p in starting if p.task is not None]
     assert not_ready and all(p.task == 503 and p.task_type == "urn:medlora:problem:not-ready" for p in not_ready)
     assert all(p.task_retry_after for p in not_ready)
-    # Once it answered, it kept answering: the event loop was never blocked by the engine's start.
+    # Once it answered, it kept answering within the chart's liveness timeout: the engine's
+    # start never blocked the event loop long enough for kubelet to count a failure. (Short
+    # stalls remain: loading the 150k-token tokenizer, ours and vLLM's, holds the GIL.)
     answered = [p for p in probes if p.at_s >= first_live.at_s]
-    assert all(p.livez == 200 for p in answered)
+    slowest = max(answered, key=lambda p: p.livez_s)
+    print(f"[e2e] slowest /livez while starting: {slowest.livez_s:.2f}s at {slowest.at_s:.1f}s")
+    assert [p for p in answered if p.livez != 200] == []
 
 
 def test_metrics_expose_gateway_and_engine_series(client: httpx.Client) -> None:
