@@ -24,7 +24,6 @@ from pydantic import BaseModel
 
 from app.tasks.chunking import Chunk
 from app.tasks.confidence import Node, TokenConfidences, locate
-from app.tasks.grounding import Span
 from app.tasks.protocol import ModelInfo, TaskRequest
 from app.tasks.spec import TaskManifest
 
@@ -330,11 +329,20 @@ def listing(title: str, specs: Sequence[Any]) -> list[str]:
     return ["", title, *(f"- {s.name}: {s.description}".rstrip(": ") for s in specs)]
 
 
-def keep_confident(spans: list[Span], threshold: float | None, tally: Tally) -> list[Span]:
-    """The spans at or above a request's min_confidence; the rest counted as dropped."""
+class Confident(Protocol):
+    @property
+    def confidence(self) -> float | None: ...
+
+
+C = TypeVar("C", bound=Confident)
+
+
+def keep_confident(found: list[C], threshold: float | None, tally: Tally) -> list[C]:
+    """What is at or above a request's min_confidence (entities, answers, relations, form
+    values); the rest counted as dropped."""
     if threshold is None:
-        return spans
-    kept = [s for s in spans if s.confidence is None or s.confidence >= threshold]
-    if len(kept) < len(spans):
-        tally.dropped["low_confidence"] += len(spans) - len(kept)
+        return found
+    kept = [f for f in found if f.confidence is None or f.confidence >= threshold]
+    if len(kept) < len(found):
+        tally.dropped["low_confidence"] += len(found) - len(kept)
     return kept

@@ -54,6 +54,7 @@ from app.tasks.types.base import (
     Task,
     TaskInput,
     TaskType,
+    keep_confident,
     register,
 )
 
@@ -342,11 +343,8 @@ class FormType(TaskType[FormResult]):
         for spec in task.manifest.items:
             found = [p.items[spec.name].filled for p in parts if p.items[spec.name].filled is not None]
             result = _merge_item(spec, [f for f in found if f is not None])
-            if result.filled is not None and item.min_confidence is not None:
-                confidence = result.filled.confidence
-                if confidence is not None and confidence < item.min_confidence:
-                    tally.dropped["low_confidence"] += 1
-                    result = FormItemResult()
+            if result.filled is not None and not keep_confident([result.filled], item.min_confidence, tally):
+                result = FormItemResult()
             merged[spec.name] = result
         tally.returned = (tally.returned or 0) + sum(
             len(r.filled.evidence) for r in merged.values() if r.filled is not None

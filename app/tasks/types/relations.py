@@ -228,11 +228,7 @@ class RelationsType(TaskType[RelationsResult]):
                 best = kept.get(identity)
                 if best is None or (relation.confidence or 0.0) > (best.confidence or 0.0):
                     kept[identity] = Relation(relation.type, head, tail, relation.confidence)
-        relations = list(kept.values())
-        if item.min_confidence is not None:
-            confident = [r for r in relations if r.confidence is None or r.confidence >= item.min_confidence]
-            tally.dropped["low_confidence"] += len(relations) - len(confident)
-            relations = confident
+        relations = keep_confident(list(kept.values()), item.min_confidence, tally)
         relations.sort(key=lambda r: (_span_key(r.head), _span_key(r.tail), r.type))
         tally.returned = (tally.returned or 0) + len(merged)
         limit = any(p.entity_limit_reached for p in parts)
