@@ -19,9 +19,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from app.engine.base import GenerationRequest
 from app.settings import Settings
-from app.tasks.grammar import compile_grammar
 from app.tasks.prompts import load_renderer
 from app.tasks.service import build_service
 from app.training.synthetic import examples_for_task
@@ -42,19 +40,17 @@ async def run(notes: int, rounds: int, only: list[str] | None = None) -> dict[st
             for i, row in enumerate(examples_for_task(task, notes, seed=5)):
                 # Every generation a note needs (a form: one per item group).
                 for j, ask in enumerate(task.kind.asks(task, {name: row[name] for name in task.kind.input_fields})):
-                    ids, max_tokens = service.runner.budget(task, ask)
                     requests.append(
-                        GenerationRequest(
-                            request_id=f"bench-{task.name}-{i}-{j}",
-                            prompt_token_ids=ids,
-                            grammar=compile_grammar(ask.schema, ask.source),
-                            max_tokens=max_tokens,
-                            adapter=adapter.handle,
+                        service.runner.generation_request(
+                            task, ask, adapter.handle, request_id=f"bench-{task.name}-{i}-{j}"
                         )
                     )
             # A warm-up of both ways first: the first requests pay for allocations and caches.
             await asyncio.gather(
-                *(service.engine.generate(replace(q, request_id=f"{q.request_id}-warm")) for q in requests)
+                *(
+                    service.engine.generate(replace(q, request_id=f"{q.request_id}-warm", logprobs=False))
+                    for q in requests
+                )
             )
             await asyncio.gather(
                 *(

@@ -105,7 +105,6 @@ async def gateway_phase(url: str, n: int, concurrency: int) -> dict[str, Any]:
 async def engine_phase(n: int, concurrency: int, cache_dir: Path, engine_url: str | None = None) -> dict[str, Any]:
     """The same engine requests the gateway builds, sent straight to AsyncLLM (or the vLLM server)."""
     from app.engine.base import GenerationRequest
-    from app.tasks.grammar import compile_grammar
     from app.tasks.service import build_service
 
     remote: dict[str, Any] = {"engine": "remote", "engine_urls": [engine_url]} if engine_url else {}
@@ -121,16 +120,12 @@ async def engine_phase(n: int, concurrency: int, cache_dir: Path, engine_url: st
         requests = []
         for i, body in enumerate(bodies):
             item = body[task.kind.items_field][0]
-            # The gateway's own ask, prompt and token budget, so both phases send identical requests.
+            # The gateway's own request (ask, prompt, grammar, budget, log-probabilities), so both
+            # phases send identical requests.
             (ask,) = task.kind.asks(task, {name: item[name] for name in task.kind.input_fields})
-            ids, max_tokens = service.runner.budget(task, ask)
             requests.append(
-                GenerationRequest(
-                    request_id=f"bench-{task_name}-{i}-{time.monotonic_ns()}",
-                    prompt_token_ids=ids,
-                    grammar=compile_grammar(ask.schema, ask.source),
-                    max_tokens=max_tokens,
-                    adapter=adapter.handle,
+                service.runner.generation_request(
+                    task, ask, adapter.handle, request_id=f"bench-{task_name}-{i}-{time.monotonic_ns()}"
                 )
             )
         sequential = []

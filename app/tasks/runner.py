@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
-from app.engine.base import Engine, EngineError, EngineUnavailable, GenerationRequest
+from app.engine.base import AdapterHandle, Engine, EngineError, EngineUnavailable, GenerationRequest
 from app.problems import ENGINE_UNAVAILABLE, GENERATION_FAILED, Problem
 from app.tasks.adapters import AdapterUse
 from app.tasks.chunking import Chunk, split_text
@@ -67,21 +67,28 @@ class TaskRunner:
         )
         return needed <= self.max_model_len, needed
 
-    async def _generate(self, task: Task, adapter: AdapterUse, ask: Ask, priority: int) -> Answer:
-        labels = (task.name, adapter.key)
+    def generation_request(
+        self, task: Task, ask: Ask, adapter: AdapterHandle | None, *, priority: int = 0, request_id: str | None = None
+    ) -> GenerationRequest:
+        """The engine request the gateway sends for one ask: its prompt, grammar, token budget,
+        sampling, and the log-probabilities confidence is computed from."""
         prompt_ids, max_tokens = self.budget(task, ask)
-        if len(prompt_ids) + max_tokens > self.max_model_len:
-            raise _PromptTooLong
-        request = GenerationRequest(
-            request_id=f"medlora-{uuid.uuid4().hex}",
+        return GenerationRequest(
+            request_id=request_id or f"medlora-{uuid.uuid4().hex}",
             prompt_token_ids=prompt_ids,
             grammar=compile_grammar(ask.schema, ask.source),
             max_tokens=max_tokens,
             temperature=task.manifest.generation.temperature,
-            adapter=adapter.handle,
+            adapter=adapter,
             priority=priority,
             logprobs=True,
         )
+
+    async def _generate(self, task: Task, adapter: AdapterUse, ask: Ask, priority: int) -> Answer:
+        labels = (task.name, adapter.key)
+        request = self.generation_request(task, ask, adapter.handle, priority=priority)
+        if len(request.prompt_token_ids) + request.max_tokens > self.max_model_len:
+            raise _PromptTooLong
         try:
             result = await self.engine.generate(request)
         except EngineUnavailable as exc:
