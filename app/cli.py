@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     from app.api.auth import KeyFileError
+    from app.api.server import check_exposure, serve
     from app.engine.models import missing_model_folder, resolve_model
     from app.logs import configure_logging
     from app.main import build_app
@@ -37,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     # message and exit code 2; loading the model and starting the engine come after.
     try:
         app = build_app(settings)  # checks the manifests and key files
+        check_exposure(settings, app.state.auth.enabled)
         # Either engine loads the tokenizer from the model folder (the embedded demo's included).
         if reason := missing_model_folder(resolve_model(settings).path):
             raise ConfigurationError(reason)
@@ -49,17 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"medlora: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
-
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,  # the gateway logs every request itself, without bodies
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-    )
-    return 0
+    return serve(app, app.state.service, settings)
 
 
 def _hash_key(args: argparse.Namespace) -> int:

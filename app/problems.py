@@ -15,9 +15,22 @@ class ProblemType:
     title: str
     status: int
 
+    def __post_init__(self) -> None:
+        # Every type is known up front: the OpenAPI document lists them all as the problem
+        # schema's `type` enum, so a generated client can parse every problem the service sends.
+        _REGISTERED.setdefault(self.slug, self)
+
     @property
     def uri(self) -> str:
         return _PREFIX + self.slug
+
+
+_REGISTERED: dict[str, ProblemType] = {}
+
+
+def problem_types() -> list[ProblemType]:
+    """Every problem type the service can answer with, in definition order."""
+    return list(_REGISTERED.values())
 
 
 UNKNOWN_TASK = ProblemType("unknown-task", "Unknown task", 404)
@@ -36,6 +49,12 @@ ADAPTER_CONFLICT = ProblemType("adapter-conflict", "Adapter state conflict", 409
 UNAUTHORIZED = ProblemType("unauthorized", "Missing or unknown API key", 401)
 FORBIDDEN = ProblemType("forbidden", "This key may not do that", 403)
 INTERNAL = ProblemType("internal-error", "Internal error", 500)
+MALFORMED_REQUEST = ProblemType("malformed-request", "Request could not be parsed", 400)
+METHOD_NOT_ALLOWED = ProblemType("method-not-allowed", "Method not allowed on this path", 405)
+ADAPTER_NOT_FOUND = ProblemType("adapter-not-found", "No adapter at that path", 404)
+# Admission control: retryable refusals (with Retry-After) when admitted work is at its bound.
+OVERLOADED = ProblemType("overloaded", "The service is at its admitted work limit", 429)
+KEY_LIMIT = ProblemType("key-limit", "This key is at its admitted work limit", 429)
 # Batch input (annotate CLI, batch jobs): one bad line is reported, the rest still run.
 INVALID_LINE = ProblemType("invalid-line", "Input line is invalid", 400)
 EMPTY_TEXT = ProblemType("empty-text", "Note is empty", 422)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -72,6 +72,32 @@ class Settings(BaseSettings):
     max_documents: int = Field(64, description="Most documents or QA items in one request.")
     max_document_chars: int = Field(200_000, description="Largest document, in characters.")
     request_timeout_s: float = Field(600.0, description="Engine time allowed for one request.")
+    max_admitted_generations: int = Field(
+        512,
+        ge=1,
+        description=(
+            "Most generations (chunks x asks) of interactive requests admitted at once, queued or running in the "
+            "engine. A request beyond it waits up to MEDLORA_ADMISSION_WAIT_S, then gets 429 with Retry-After. "
+            "A request larger than the bound runs alone."
+        ),
+    )
+    admission_wait_s: float = Field(
+        5.0, ge=0, description="How long an interactive request may wait for admission before its 429."
+    )
+    max_admitted_generations_per_key: int | None = Field(
+        None,
+        ge=1,
+        description="Most interactive generations admitted at once for one API key (unset: only the total bound).",
+    )
+    key_admission_limits: Annotated[dict[str, PositiveInt], NoDecode] = Field(
+        default_factory=dict,
+        description="Per-key overrides of that limit, as 'name=limit,name=limit' (key names as in the key files).",
+    )
+    background_max_admitted_generations: int = Field(
+        128,
+        ge=1,
+        description="Most generations of batch jobs, `annotate` and `eval` in the engine at once (they wait: no 429).",
+    )
     batch_dir: Path = Field(
         Path.home() / ".local" / "share" / "medlora" / "batches",
         description="Batch API store: SQLite database, uploaded files and outputs (keep it on a persistent volume).",
@@ -126,12 +152,33 @@ class Settings(BaseSettings):
         ),
     )
 
+    allow_unauthenticated: bool = Field(
+        False,
+        description=(
+            "Serve without API keys on an address beyond loopback. Off: `serve` refuses to start that way, "
+            "since it would open clinical text, batch files and adapter administration to the network."
+        ),
+    )
+
     @field_validator("engine_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):
             return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
         return value
+
+    @field_validator("key_admission_limits", mode="before")
+    @classmethod
+    def _split_key_limits(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        limits: dict[str, str] = {}
+        for pair in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, limit = pair.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"expected 'name=limit', got {pair!r}")
+            limits[name.strip()] = limit.strip()
+        return limits
 
     @property
     def embedded(self) -> bool:

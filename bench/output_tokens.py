@@ -132,10 +132,10 @@ async def ner_generation(n_notes: int, work: Path) -> dict[str, Any]:
             task = shipped.with_manifest(shipped.manifest.model_copy(update={"generation": generation}))
             with service.registry.lease(task.name) as adapter:
                 # Warm-up (grammar compiler caches, first-request allocations), then the timed run.
-                await service.runner.run(task, adapter, docs[:2])
+                await service.runner.run(task, adapter, service.runner.plan(task, docs[:2]))
                 before = _completion_tokens(service)
                 started = time.perf_counter()
-                results = await service.runner.run(task, adapter, docs)
+                results = await service.runner.run(task, adapter, service.runner.plan(task, docs))
                 seconds = time.perf_counter() - started
             decoded = _completion_tokens(service) - before
             entities = sum(len(r.entities) for r in results)

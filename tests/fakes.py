@@ -69,6 +69,9 @@ class FakeEngine:
         self.loaded: dict[str, AdapterHandle] = {}
         self.unloaded: list[str] = []
         self.fail_start: Exception | None = None
+        self.failure: str | None = None  # set by a test: the engine died
+        self.active = 0  # generations running now, and the most at once
+        self.max_active = 0
 
     @property
     def ready(self) -> bool:
@@ -84,11 +87,15 @@ class FakeEngine:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         self.calls.append(request)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
         try:
             await asyncio.sleep(self.delay_s)
         except asyncio.CancelledError:
             self.cancelled.append(request.request_id)
             raise
+        finally:
+            self.active -= 1
         out = self.respond(request)
         if isinstance(out, GenerationResult):
             return out

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from app.engine.base import GenerationRequest, GenerationResult
+from app.logs import JsonFormatter
 from app.main import app_for
 from tests.conftest import SHIPPED_TASKS
 from tests.fakes import ALL_FALSE, last_input, ner_output, sample, write_fake_adapter
@@ -164,17 +165,29 @@ def test_lone_surrogate_is_rejected(client_for: Any) -> None:
     )
 
 
-def test_size_limits_are_413(client_for: Any) -> None:
+def test_input_limits_are_422_naming_where_and_the_spec_states_them(client_for: Any) -> None:
     client, _ = client_for(lambda r: ner_output(), max_documents=2, max_document_chars=50)
     docs = [{"id": str(i), "text": "x"} for i in range(3)]
-    assert_problem(
-        client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": docs}), 413, "payload-too-large"
-    )
-    big = [{"id": "big", "text": "x" * 51}]
     body = assert_problem(
-        client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": big}), 413, "payload-too-large"
+        client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": docs}), 422, "invalid-request"
     )
-    assert body["id"] == "big"
+    assert body["errors"] == [
+        {"loc": ["body", "documents"], "msg": "List should have at most 2 items", "type": "too_long"}
+    ]
+    big = [{"id": "ok", "text": "x" * 50}, {"id": "big", "text": "x" * 51}]
+    body = assert_problem(
+        client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": big}), 422, "invalid-request"
+    )
+    assert [e["loc"] for e in body["errors"]] == [["body", "documents", "1", "text"]]
+    qa = {"task": "qa-it-clinical", "items": [{"id": "q", "context": "y" * 51, "question": "?"}]}
+    body = assert_problem(client.post("/v1/qa", json=qa), 422, "invalid-request")
+    assert [e["loc"] for e in body["errors"]] == [["body", "items", "0", "context"]]
+    # The contract says the same, from the same settings.
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["NerRequest"]["properties"]["documents"]["maxItems"] == 2
+    assert schemas["DocumentIn"]["properties"]["text"]["maxLength"] == 50
+    assert schemas["QaItemIn"]["properties"]["context"]["maxLength"] == 50
+    # A body over the byte bound is refused before it is read.
     huge = b"x" * 2_000_000
     assert_problem(
         client.post("/v1/ner", content=huge, headers={"content-type": "application/json"}), 413, "payload-too-large"
@@ -265,9 +278,15 @@ def test_invalid_adapter_files_are_refused(
     assert "bad@1" not in engine.loaded
 
 
-def test_missing_adapter_folder_is_refused(client_for: Any, tmp_path: Path) -> None:
+def test_adapter_path_with_no_adapter_is_404_and_unusable_paths_never_500(client_for: Any, tmp_path: Path) -> None:
     client, _ = client_for(lambda r: "")
-    r = client.post("/v1/adapters", json={"name": "ghost", "version": "1", "path": str(tmp_path / "none")})
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "none", tmp_path / "empty", "x" * 5000, "a\x00b", "0" * 255 + "/0"):
+        r = client.post("/v1/adapters", json={"name": "ghost", "version": "1", "path": str(path)[:4096]})
+        assert_problem(r, 404, "adapter-not-found")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "adapter_config.json").write_text("{}")
+    r = client.post("/v1/adapters", json={"name": "ghost", "version": "1", "path": str(tmp_path / "bad")})
     assert_problem(r, 422, "invalid-adapter")
 
 
@@ -378,16 +397,35 @@ def test_metrics_are_labelled_per_task_and_adapter(client_for: Any) -> None:
     assert 'medlora_task_adapter_info{adapter="ner-it-clinical",task="ner-it-clinical",version="1"} 1.0' in text
 
 
-def test_logs_never_contain_clinical_text(client_for: Any, caplog: pytest.LogCaptureFixture) -> None:
-    client, _ = client_for(lambda r: ner_output(("Rossi", "DISORDER")))
+def test_logs_never_contain_clinical_text_on_any_path(client_for: Any, caplog: pytest.LogCaptureFixture) -> None:
     secret = "Mario Rossi, nato il 1/2/1950"
-    with caplog.at_level(logging.DEBUG, logger="medlora"):
-        client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": [{"id": "d", "text": secret}]})
-        client.post("/v1/ner", json={"task": "ner-it-clinical", "documents": [{"id": "d", "txt": secret}]})
+
+    def respond(request: GenerationRequest) -> str | GenerationResult:
+        note = last_input(request)
+        if "bug" in note:
+            raise RuntimeError(f"cannot handle {note}")  # a bug whose message quotes the note
+        if "cut" in note:
+            return GenerationResult('{"entities":[["Rossi', "length", 10, 5)
+        return ner_output(("Rossi", "DISORDER"), ("Verdi", "DRUG"))  # one span grounds, one is dropped
+
+    client, _ = client_for(respond)
+    bodies = [
+        {"task": "ner-it-clinical", "documents": [{"id": "d", "text": secret}]},
+        {"task": "ner-it-clinical", "documents": [{"id": "d", "txt": secret}]},
+        {"task": "ner-it-clinical", "documents": [{"id": "d", "text": f"{secret} cut"}]},
+        {"task": "ner-it-clinical", "documents": [{"id": "d", "text": f"{secret} bug"}]},
+        {"task": "ner-it-clinical", "documents": [{"id": "d", "text": secret}, {"id": "d", "text": secret}]},
+        {"task": "nope", "documents": [{"id": "d", "text": secret}]},
+    ]
+    with caplog.at_level(logging.DEBUG):  # every logger: medlora's, uvicorn's, Starlette's, asyncio's
+        statuses = [client.post("/v1/ner", json=body).status_code for body in bodies]
+    assert statuses == [200, 422, 502, 500, 422, 404]
     request_logs = [r for r in caplog.records if r.getMessage() == "request"]
     assert request_logs and request_logs[0].__dict__["chars"] == len(secret)
+    formatter = JsonFormatter()
     for record in caplog.records:
-        assert "Rossi" not in json.dumps(record.__dict__, default=str)
+        logged = formatter.format(record) + json.dumps(record.__dict__, default=str)
+        assert "Rossi" not in logged and "1/2/1950" not in logged, logged
 
 
 def test_shipped_tasks_fit_full_chunks_in_the_default_context(make_fake_service: Any) -> None:

@@ -155,10 +155,27 @@ def test_rotated_key_file_takes_effect_without_restart(
     os.utime(api, (1, 1))  # a different mtime even on coarse-grained file systems
     assert client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 401
     assert client.post("/v1/ner", json=NER_BODY, headers=bearer(new_key)).status_code == 200
-    # A half-written update keeps the previous keys instead of locking everyone out.
-    api.write_text("ward-7 not-a-digest\n")
+
+
+def test_a_malformed_key_file_update_revokes_rather_than_keeping_old_keys(
+    client_for: Any, key_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "_RECHECK_S", 0.0)
+    api, admin = key_files
+    leaked = "leaked-key-0123456789abcdef"
+    api.write_text(f"ward-7 {hash_key(READER_KEY)}\nlab {hash_key(leaked)}\n")
+    client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(leaked)).status_code == 200
+    # The update that revokes the leaked key has a typo: the leaked key must not keep working.
+    api.write_text(f"ward-7 {hash_key(READER_KEY)}\nlab-new not-a-digest\n")
     os.utime(api, (2, 2))
-    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(new_key)).status_code == 200
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(leaked)).status_code == 401
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 401  # fail closed
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(ADMIN_KEY)).status_code == 200  # other file
+    api.write_text(f"ward-7 {hash_key(READER_KEY)}\n")  # fixed
+    os.utime(api, (3, 3))
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 200
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(leaked)).status_code == 401
 
 
 def test_keys_never_reach_the_logs(
@@ -314,7 +331,7 @@ def test_batch_files_and_jobs_belong_to_the_key_that_made_them(
     assert batch_id in {x["id"] for x in client.get("/v1/batches", headers=bearer(ADMIN_KEY)).json()["data"]}
 
 
-def test_deleting_a_key_file_revokes_its_keys_and_a_bad_encoding_keeps_the_old_ones(
+def test_deleting_a_key_file_or_a_bad_encoding_revokes_its_keys(
     client_for: Any, key_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(auth, "_RECHECK_S", 0.0)
@@ -322,6 +339,9 @@ def test_deleting_a_key_file_revokes_its_keys_and_a_bad_encoding_keeps_the_old_o
     client, _ = client_for(lambda r: ner_output(), api_keys_file=api, admin_keys_file=admin)
     api.write_text(f"ward-7 {hash_key(READER_KEY)}\n", encoding="utf-16")  # PowerShell's >> default
     os.utime(api, (3, 3))
+    assert client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 401
+    api.write_text(f"ward-7 {hash_key(READER_KEY)}\n")
+    os.utime(api, (4, 4))
     assert client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 200
     api.unlink()
     assert client.post("/v1/ner", json=NER_BODY, headers=bearer(READER_KEY)).status_code == 401

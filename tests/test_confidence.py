@@ -87,6 +87,23 @@ def test_entities_carry_confidence_and_min_confidence_drops_the_rest_counted(cli
     assert bad.status_code == 422 and bad.json()["type"] == "urn:medlora:problem:invalid-request"
 
 
+def test_min_confidence_says_whether_it_could_be_applied(client_for: Any) -> None:
+    answer = ner_output(("febbre", "SYMPTOM"), ("tosse", "SYMPTOM"))
+    body = {"task": "ner-it-clinical", "documents": [{"id": "d", "text": "febbre e tosse"}], "min_confidence": 0.5}
+    logprob = confidences_at(part_ranges("entities"), {answer: [0.9, 0.4]}, per_token=True)
+    scored, _ = client_for(lambda r: answer, logprob=logprob)
+    response = scored.post("/v1/ner", json=body).json()
+    assert response["min_confidence_applied"] is True
+    assert [e["text"] for e in response["documents"][0]["entities"]] == ["febbre"]
+    # An engine that returns no log-probabilities: nothing has a confidence, nothing is left out,
+    # and the answer says the threshold was not applied rather than implying it was.
+    unscored, _ = client_for(lambda r: answer)
+    response = unscored.post("/v1/ner", json=body).json()
+    assert response["min_confidence_applied"] is False
+    assert [e["text"] for e in response["documents"][0]["entities"]] == ["febbre", "tosse"]
+    assert unscored.post("/v1/ner", json={**body, "min_confidence": None}).json()["min_confidence_applied"] is None
+
+
 def test_an_entity_found_in_two_overlapping_chunks_keeps_its_higher_confidence() -> None:
     from app.tasks.chunking import merge_spans
     from app.tasks.grounding import Span

@@ -293,6 +293,23 @@ def test_failed_generation_is_counted_not_dropped(make_fake_service: MakeService
     assert report["metrics"]["strict"] == {"precision": 0.3333, "recall": 0.2, "f1": 0.25, "tp": 1, "fp": 2, "fn": 4}
 
 
+def test_errors_in_the_report_never_quote_the_note(make_fake_service: MakeService, tmp_path: Path) -> None:
+    def crash(request: GenerationRequest) -> str:
+        raise RuntimeError(f"cannot read {last_input(request)}")  # a bug whose message quotes the note
+
+    service, _ = make_fake_service(crash)
+    task = service.tasks["ner-it-clinical"]
+    records = load(task, tmp_path, NER_ROWS)
+    predictions = run_in_process(service, task, records, batch_size=3)
+    report = build_report(
+        task, records, predictions, run="r", data="d.jsonl", adapter="ner-it-clinical@1", few_shot=None, seconds=1.0
+    )
+    assert report["failed"] == 3 and report["first_error"] == "500 internal-error: RuntimeError"
+    written = json.dumps([report, predictions])
+    for text in (D1, D2, D3, "febbre", "amoxicillina"):
+        assert text not in written
+
+
 def test_explicit_adapter_and_base_model(make_fake_service: MakeService, tmp_path: Path) -> None:
     service, engine = make_fake_service(responder(CLS_OUT))
     task = service.tasks["classify-it-note-type"]

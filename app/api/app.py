@@ -13,12 +13,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 from app.api.auth import Authenticator
-from app.api.errors import install_problem_handlers, problem_response
+from app.api.errors import install_problem_handlers, problem_response, unexpected_error
 from app.api.health import health_router
 from app.api.limits import BodyLimit, body_limit_for
+from app.api.openapi import TaskEndpoint, install_openapi
 from app.api.registry import registry_router
 from app.api.tasks import task_router
 from app.problems import PAYLOAD_TOO_LARGE, Problem
+from app.tasks.calls import endpoints
 from app.tasks.service import Service
 
 
@@ -55,6 +57,10 @@ def create_app(service: Service, auth: Authenticator, extensions: Sequence[Exten
         description="Clinical NLP annotations from a small LLM with per-task LoRA adapters: every answer "
         "schema-valid, every span grounded in the text sent.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN, which an air-gapped hospital
+        # cannot reach; the contract itself is /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.auth = auth
@@ -72,7 +78,12 @@ def create_app(service: Service, auth: Authenticator, extensions: Sequence[Exten
         elif (denied := authenticate(request)) is not None:
             response = denied
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as exc:
+                # Answered here rather than by Starlette's last-resort handler, which would also
+                # print the traceback (and the exception's message, which can quote a note).
+                response = unexpected_error(request, exc)
         response.headers["X-Request-ID"] = request.state.request_id
         return response
 
@@ -96,4 +107,21 @@ def create_app(service: Service, auth: Authenticator, extensions: Sequence[Exten
     for extension in extensions:
         app.include_router(extension.router)
     app.include_router(health_router(service))
+    install_openapi(
+        app, auth_enabled=auth.enabled, limits=service.input_limits, endpoints=lambda: task_endpoints(service)
+    )
     return app
+
+
+def task_endpoints(service: Service) -> list[TaskEndpoint]:
+    """Each task route with the tasks of its type that this deployment serves."""
+    return [
+        TaskEndpoint(
+            path=f"/v1/{kind.endpoint}",
+            request_component=kind.request_model.__name__,
+            items_field=kind.items_field,
+            input_fields=kind.input_fields,
+            tasks=tuple(sorted(name for name, task in service.tasks.items() if task.kind is kind)),
+        )
+        for kind in endpoints().values()
+    ]

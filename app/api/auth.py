@@ -77,7 +77,7 @@ class KeyFile:
         except OSError as exc:
             if strict:
                 raise KeyFileError(f"cannot use key file {self.path}: {exc}") from exc
-            log.error("key file unreadable; keeping previous keys", extra={"path": str(self.path)})
+            self._revoke("key file unreadable; its keys are revoked until it can be read")
             return
         version = (info.st_mtime_ns, info.st_size, info.st_ino)
         if version == self._version:
@@ -87,11 +87,18 @@ class KeyFile:
         except (OSError, ValueError) as exc:  # ValueError: KeyFileError, or not UTF-8
             if strict:
                 raise KeyFileError(f"cannot use key file {self.path}: {exc}") from exc
-            # A half-written Secret update: keep serving with the keys we had.
-            log.error("key file reload failed; keeping previous keys", extra={"path": str(self.path)})
+            # Fail closed: the update may be the revocation of a leaked key, and keeping the old
+            # keys would keep that one working. Nobody gets in on this file until it is fixed.
+            self._revoke("key file update is malformed; its keys are revoked until it is fixed")
+            self._version = version
             return
         self._version = version
         log.info("key file loaded", extra={"path": str(self.path), "keys": len(self._keys)})
+
+    def _revoke(self, event: str) -> None:
+        if self._keys:
+            log.error(event, extra={"path": str(self.path), "keys": len(self._keys)})
+        self._keys = {}
 
     def name_of(self, digest: str) -> str | None:
         if time.monotonic() - self._checked > _RECHECK_S:

@@ -9,11 +9,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Route
 
-from app.problems import INTERNAL, INVALID_REQUEST, NOT_FOUND, PROBLEM_MEDIA_TYPE, Problem, ProblemType
+from app.problems import (
+    INTERNAL,
+    INVALID_REQUEST,
+    MALFORMED_REQUEST,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    PROBLEM_MEDIA_TYPE,
+    Problem,
+    ProblemType,
+)
 from app.tasks.calls import validation_errors
 
 log = logging.getLogger("medlora.api")
+
+_HTTP_PROBLEMS: dict[int, ProblemType] = {400: MALFORMED_REQUEST, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED}
 
 
 def problem_response(problem: Problem, request: Request) -> JSONResponse:
@@ -26,6 +38,16 @@ def problem_response(problem: Problem, request: Request) -> JSONResponse:
         media_type=PROBLEM_MEDIA_TYPE,
         headers=headers,
     )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's own `Allow` names only the
+    first route matching the path, and a path can have a route per method."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -42,20 +64,29 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = (
-            NOT_FOUND
-            if exc.status_code == 404
-            else ProblemType(f"http-{exc.status_code}", str(exc.detail), exc.status_code)
-        )
-        return problem_response(Problem(kind, str(exc.detail)), request)
+        # Routing and body parsing (Starlette, FastAPI) raise these; each becomes a stable type,
+        # keeping its headers (405 carries `Allow`).
+        kind = _HTTP_PROBLEMS.get(exc.status_code)
+        if kind is None:
+            log.error("unmapped HTTP error", extra={"status": exc.status_code})
+            kind = MALFORMED_REQUEST if exc.status_code < 500 else INTERNAL
+        headers = dict(exc.headers or {})
+        if kind is METHOD_NOT_ALLOWED:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return problem_response(Problem(kind, str(exc.detail), headers=headers), request)
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, ClientDisconnect):
-            # The client hung up mid-body (or BodyLimit cut it off): nobody reads this answer.
-            return problem_response(Problem(INVALID_REQUEST, "request body was not received completely"), request)
-        log.error(
-            "unhandled error",
-            extra={"request_id": getattr(request.state, "request_id", None), "error_type": type(exc).__name__},
-        )
-        return problem_response(Problem(INTERNAL, "unexpected error; see logs for the request id"), request)
+        return unexpected_error(request, exc)
+
+
+def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, as a 500 problem: logged by its type and the request id, never its message or trace."""
+    if isinstance(exc, ClientDisconnect):
+        # The client hung up mid-body (or BodyLimit cut it off): nobody reads this answer.
+        return problem_response(Problem(INVALID_REQUEST, "request body was not received completely"), request)
+    log.error(
+        "unhandled error",
+        extra={"request_id": getattr(request.state, "request_id", None), "error_type": type(exc).__name__},
+    )
+    return problem_response(Problem(INTERNAL, "unexpected error; see logs for the request id"), request)

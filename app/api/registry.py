@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import AdminDep, Caller, current_caller
-from app.problems import UNKNOWN_TASK, Problem
+from app.api.openapi import problems
+from app.problems import (
+    ADAPTER_CONFLICT,
+    ADAPTER_NOT_FOUND,
+    ENGINE_UNAVAILABLE,
+    INVALID_ADAPTER,
+    NOT_READY,
+    UNKNOWN_ADAPTER,
+    UNKNOWN_TASK,
+    Problem,
+)
 from app.tasks.adapters import AdapterRecord
 from app.tasks.protocol import AdapterSelection, In
 from app.tasks.service import Service
 from app.tasks.spec import NAME_PATTERN, VERSION_PATTERN
 
 log = logging.getLogger("medlora.api")
+
+TaskName = Annotated[str, Path(pattern=NAME_PATTERN, description="A task name (GET /v1/tasks).")]
+AdapterNameParam = Annotated[str, Path(pattern=NAME_PATTERN)]
+VersionParam = Annotated[str, Path(pattern=VERSION_PATTERN)]
 
 
 class AdapterName(BaseModel):
@@ -124,7 +138,12 @@ def registry_router(service: Service) -> APIRouter:
         registry = service.registry
         return AdaptersOut(adapters=[_adapter_info(r, registry.tasks_using(r.key)) for r in registry.records()])
 
-    @router.post("/v1/adapters", status_code=201, tags=["admin"])
+    @router.post(
+        "/v1/adapters",
+        status_code=201,
+        tags=["admin"],
+        responses=problems(ADAPTER_NOT_FOUND, ADAPTER_CONFLICT, INVALID_ADAPTER, NOT_READY, ENGINE_UNAVAILABLE),
+    )
     async def register_adapter(body: AdapterRegistration, request: Request, caller: AdminDep) -> AdapterInfo:
         service.require_ready()
         audit(request, caller, "register", adapter=f"{body.name}@{body.version}")
@@ -132,8 +151,14 @@ def registry_router(service: Service) -> APIRouter:
         service.metrics.adapter_resident.labels(record.name, record.version).set(1)
         return _adapter_info(record, service.registry.tasks_using(record.key))
 
-    @router.put("/v1/tasks/{task_name}/adapter", tags=["admin"])
-    async def switch_adapter(task_name: str, body: AdapterSelection, request: Request, caller: AdminDep) -> SwitchOut:
+    @router.put(
+        "/v1/tasks/{task_name}/adapter",
+        tags=["admin"],
+        responses=problems(UNKNOWN_TASK, UNKNOWN_ADAPTER, NOT_READY),
+    )
+    async def switch_adapter(
+        task_name: TaskName, body: AdapterSelection, request: Request, caller: AdminDep
+    ) -> SwitchOut:
         service.require_ready()
         audit(request, caller, "switch", task=task_name, adapter=f"{body.name}@{body.version}")
         if task_name not in service.tasks:
@@ -141,8 +166,15 @@ def registry_router(service: Service) -> APIRouter:
         previous = await service.bind(task_name, body.name, body.version)
         return SwitchOut(task=task_name, adapter=AdapterName(name=body.name, version=body.version), previous=previous)
 
-    @router.delete("/v1/adapters/{name}/{version}", status_code=204, tags=["admin"])
-    async def delete_adapter(name: str, version: str, request: Request, caller: AdminDep) -> Response:
+    @router.delete(
+        "/v1/adapters/{name}/{version}",
+        status_code=204,
+        tags=["admin"],
+        responses=problems(UNKNOWN_ADAPTER, ADAPTER_CONFLICT, NOT_READY),
+    )
+    async def delete_adapter(
+        name: AdapterNameParam, version: VersionParam, request: Request, caller: AdminDep
+    ) -> Response:
         service.require_ready()
         audit(request, caller, "delete", adapter=f"{name}@{version}")
         await service.registry.unregister(name, version)

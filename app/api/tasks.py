@@ -11,12 +11,41 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.auth import CallerDep
+from app.api.openapi import problems
+from app.problems import (
+    DUPLICATE_ID,
+    ENGINE_UNAVAILABLE,
+    GENERATION_FAILED,
+    INVALID_REQUEST,
+    KEY_LIMIT,
+    NOT_READY,
+    OVERLOADED,
+    TIMEOUT,
+    UNKNOWN_ADAPTER,
+    UNKNOWN_TASK,
+    WRONG_TASK_TYPE,
+)
 from app.tasks.calls import Abandoned, endpoints, execute, prepare
 from app.tasks.protocol import TaskRequest
 from app.tasks.service import Service
 from app.tasks.types.base import TaskType
 
 T = TypeVar("T")
+
+# What a task request can be answered with besides its result.
+TASK_PROBLEMS = problems(
+    WRONG_TASK_TYPE,
+    UNKNOWN_TASK,
+    UNKNOWN_ADAPTER,
+    INVALID_REQUEST,
+    DUPLICATE_ID,
+    OVERLOADED,
+    KEY_LIMIT,
+    GENERATION_FAILED,
+    NOT_READY,
+    ENGINE_UNAVAILABLE,
+    TIMEOUT,
+)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -73,4 +102,5 @@ def _add_route(router: APIRouter, service: Service, kind: TaskType[Any]) -> None
         response_model=kind.response_model,
         summary=kind.summary,
         name=kind.endpoint,  # the operationId stays <endpoint>_v1_<endpoint>_post
+        responses=TASK_PROBLEMS,
     )

@@ -52,9 +52,19 @@ class EngineUnavailable(EngineError):
     """No engine replica could take the request; nothing ran, so the caller may retry it."""
 
 
+class EngineDead(EngineUnavailable):
+    """The engine died under the request (its process crashed, ran out of memory): it will not
+    come back in this process. The caller may retry elsewhere or after a restart."""
+
+
 class Engine(Protocol):
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine can never serve again in this process (None while it can)."""
+        ...
 
     async def start(self) -> None: ...
 

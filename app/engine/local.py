@@ -9,7 +9,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from app.engine.base import AdapterHandle, EngineError, GenerationRequest, GenerationResult
+from app.engine.base import AdapterHandle, EngineDead, EngineError, GenerationRequest, GenerationResult
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,11 +32,19 @@ class VllmEngine:
         self.settings = settings
         self.model_path = model_path
         self._llm: AsyncLLM | None = None
+        self._dead = False
         self.start_seconds: float | None = None
 
     @property
     def ready(self) -> bool:
         return self._llm is not None and not self._llm.errored
+
+    @property
+    def failure(self) -> str | None:
+        # vLLM marks itself errored when its engine-core process dies; it never recovers.
+        if self._dead or (self._llm is not None and self._llm.errored):
+            return "the vLLM engine process died"
+        return None
 
     def engine_args(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -106,6 +114,7 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
         from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         llm = self._require()
         params = SamplingParams(
@@ -136,8 +145,12 @@ class VllmEngine:
             # lands before its generator started.
             await asyncio.shield(llm.abort(request.request_id))
             raise
+        except EngineDeadError:
+            self._dead = True
+            log.error("engine died", extra={"request_id": request.request_id})
+            raise EngineDead("the engine process died during the request") from None
         except (ValueError, TypeError) as exc:
-            raise EngineError(f"engine rejected the request: {exc}") from exc
+            raise EngineError(f"engine rejected the request: {type(exc).__name__}") from exc
         if final is None or not final.outputs:
             raise EngineError("engine returned no output")
         completion = final.outputs[0]

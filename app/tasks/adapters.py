@@ -19,6 +19,7 @@ from typing import Literal
 from app.engine.base import AdapterHandle, Engine, EngineError, EngineUnavailable
 from app.problems import (
     ADAPTER_CONFLICT,
+    ADAPTER_NOT_FOUND,
     ENGINE_UNAVAILABLE,
     INVALID_ADAPTER,
     UNKNOWN_ADAPTER,
@@ -101,12 +102,16 @@ def inspect_adapter(path: Path, *, max_rank: int, base_model: str) -> AdapterFil
     def bad(detail: str) -> Problem:
         return Problem(INVALID_ADAPTER, detail, {"path": str(path)})
 
+    def missing(detail: str) -> Problem:
+        # Nothing there to judge: a wrong path, not a bad adapter.
+        return Problem(ADAPTER_NOT_FOUND, detail, {"path": str(path)})
+
     if not path.is_dir():
-        raise bad("adapter path is not a directory")
+        raise missing("adapter path is not a directory")
     try:
         config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise bad("adapter_config.json is missing") from exc
+        raise missing("adapter_config.json is missing") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise bad(f"adapter_config.json is unreadable: {exc}") from exc
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
@@ -193,13 +198,21 @@ class AdapterRegistry:
         async with self._lock:
             key = f"{name}@{version}"
             # File checks touch the disk: keep them off the event loop.
-            path = await asyncio.to_thread(path.resolve)
+            try:
+                path = await asyncio.to_thread(path.resolve)
+            except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+                raise Problem(ADAPTER_NOT_FOUND, f"adapter path cannot be used: {type(exc).__name__}") from None
             existing = self._records.get(key)
             if existing is not None and not existing.retired:
                 if existing.path == path:
                     return existing  # idempotent re-registration
                 raise Problem(ADAPTER_CONFLICT, f"adapter {key} is already registered with another path")
-            files = await asyncio.to_thread(inspect_adapter, path, max_rank=self.max_rank, base_model=self.base_model)
+            try:
+                files = await asyncio.to_thread(
+                    inspect_adapter, path, max_rank=self.max_rank, base_model=self.base_model
+                )
+            except OSError as exc:  # what the file checks did not foresee (a component too long)
+                raise Problem(ADAPTER_NOT_FOUND, f"adapter path cannot be read: {type(exc).__name__}") from None
             handle = AdapterHandle(key=key, lora_id=self._next_id, path=str(path))
             self._next_id += 1
             record = AdapterRecord(name, version, path, files, handle)

@@ -18,10 +18,11 @@ from pydantic import BaseModel, ValidationError
 
 from app.problems import INVALID_REQUEST, NOT_FOUND, TIMEOUT, Problem
 from app.tasks.adapters import AdapterChoice, AdapterUse
-from app.tasks.protocol import ModelInfo, TaskRequest
+from app.tasks.protocol import ModelInfo, TaskRequest, TaskResponse
+from app.tasks.runner import RunStats
 from app.tasks.service import Service
 from app.tasks.types import task_types
-from app.tasks.types.base import Task, TaskType
+from app.tasks.types.base import Task, TaskInput, TaskType
 
 log = logging.getLogger("medlora.calls")
 
@@ -36,11 +37,14 @@ class Abandoned(Exception):
 
 @dataclass(frozen=True)
 class TaskCall:
-    endpoint: str  # the task type's endpoint: "ner", "qa", "classify", ...
+    kind: TaskType[Any]
     task: Task
-    sizes: list[tuple[str, int]]  # (item id, characters) for the input limits
+    items: list[TaskInput]
     choice: AdapterChoice
-    run: Callable[[AdapterUse, int], Awaitable[BaseModel]]  # (adapter, priority) -> response
+
+    @property
+    def endpoint(self) -> str:  # the task type's endpoint: "ner", "qa", "classify", ...
+        return self.kind.endpoint
 
 
 def endpoints() -> dict[str, TaskType[Any]]:
@@ -76,17 +80,8 @@ def validation_errors(exc: _HasErrors) -> list[dict[str, Any]]:
 
 
 def prepare(service: Service, kind: TaskType[Any], body: TaskRequest) -> TaskCall:
-    """Resolve the task (of this endpoint's type) and bind the work, without running it."""
-    task = service.task(body.task, kind.name)
-    items = kind.inputs(body)
-    sizes = [(item.id, sum(len(value) for value in item.payload.values())) for item in items]
-
-    async def run(adapter: AdapterUse, priority: int) -> BaseModel:
-        results = await service.runner.run(task, adapter, items, priority=priority)
-        model = ModelInfo(base=service.model.display_name, adapter=adapter.name, adapter_version=adapter.version)
-        return kind.respond(task, model, items, results)
-
-    return TaskCall(kind.endpoint, task, sizes, body.adapter_choice(), run)
+    """Resolve the task (of this endpoint's type) and read its items, without running it."""
+    return TaskCall(kind, service.task(body.task, kind.name), kind.inputs(body), body.adapter_choice())
 
 
 async def execute(
@@ -99,26 +94,28 @@ async def execute(
     watch: Callable[[Awaitable[BaseModel]], Awaitable[BaseModel]] | None = None,
     client: str | None = None,
 ) -> BaseModel:
-    """Check inputs, lease the adapter and run the call, with timeout, metrics and a log line.
+    """Check inputs, lease the adapter, admit and run the call, with timeout, metrics and a log line.
 
     `watch` wraps the work (the API cancels it when the client disconnects and raises
-    Abandoned); `origin` tells interactive and batch traffic apart in logs and metrics.
+    Abandoned); `origin` tells interactive and batch traffic apart in logs and metrics, and
+    picks the admission pool: "api" requests wait a bounded time, background work as long as
+    it takes.
     """
-    service.check_inputs(call.sizes)
+    service.check_inputs(call.items, call.kind.items_field)
     service.require_ready()
     settings, metrics = service.settings, service.metrics
     task = call.task
-    n_items, n_chars = len(call.sizes), sum(size for _, size in call.sizes)
+    n_items, n_chars = len(call.items), sum(len(value) for item in call.items for value in item.payload.values())
     endpoint_label = call.endpoint if origin == "api" else f"{origin}:{call.endpoint}"
     started = time.perf_counter()
     outcome = "error"
-    with service.registry.lease(task.name, call.choice) as adapter:
+    with service.registry.lease(task.name, call.choice) as adapter, service.tracked():
         labels = (task.name, adapter.key)
         metrics.in_flight.labels(*labels).inc()
         try:
             async with asyncio.timeout(settings.request_timeout_s):
-                work = call.run(adapter, priority)
-                result = await (watch(work) if watch else work)
+                work = _run(service, call, adapter, origin=origin, priority=priority, client=client)
+                result = await service.unless_stopped(watch(work) if watch else work)
             outcome = "ok"
             metrics.items.labels(*labels).inc(n_items)
             return result
@@ -153,6 +150,23 @@ async def execute(
                     "outcome": outcome,
                 },
             )
+
+
+async def _run(
+    service: Service, call: TaskCall, adapter: AdapterUse, *, origin: str, priority: int, client: str | None
+) -> BaseModel:
+    """Plan the call's generations (off the event loop), wait for their admission, run them."""
+    runner, task = service.runner, call.task
+    plan = await asyncio.to_thread(runner.plan, task, call.items)
+    stats = RunStats()
+    async with service.admission(origin).admit(plan.generations, client) as ticket:
+        results = await runner.run(task, adapter, plan, priority=priority, concurrency=ticket.concurrency, stats=stats)
+    model = ModelInfo(base=service.model.display_name, adapter=adapter.name, adapter_version=adapter.version)
+    response = call.kind.respond(task, model, call.items, results)
+    if isinstance(response, TaskResponse) and any(item.min_confidence is not None for item in call.items):
+        # Without log-probabilities nothing has a confidence: say that nothing was filtered.
+        response.min_confidence_applied = stats.unscored_answers == 0
+    return response
 
 
 async def call_json(

@@ -7,6 +7,7 @@ that what an adapter learns is what it is asked (no train/serve skew).
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any, Protocol
 
 from app.engine.models import missing_model_folder
@@ -93,6 +94,19 @@ class PromptRenderer:
             messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
         )
         return str(text)
+
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
+        """The prompt's token ids. Its structure (special tokens such as `<|im_start|>`) comes
+        from the chat template alone: every message's content is text, whatever it spells, so a
+        note holding `<|im_end|>` cannot end its turn and write one of its own."""
+        marks = [f"\ue000{secrets.token_hex(8)}\ue000" for _ in messages]
+        rendered = self.render([{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)])
+        ids: list[int] = []
+        for message, mark in zip(messages, marks, strict=True):
+            template, _, rendered = rendered.partition(mark)
+            ids += self.tokenizer.encode(template, add_special_tokens=False)
+            ids += self.tokenizer.encode(message["content"], add_special_tokens=False, split_special_tokens=True)
+        return ids + self.tokenizer.encode(rendered, add_special_tokens=False)
 
 
 def load_renderer(model_path: str) -> PromptRenderer:

@@ -11,14 +11,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.tasks.adapters import AdapterChoice
+from app.tasks.spec import NAME_PATTERN, VERSION_PATTERN
 
 ID_PATTERN = r"^[^\x00-\x1f]{1,256}$"
+ID_DESCRIPTION = "Your id for this item, unique within the request (a repeated id is refused: 422 duplicate-id)."
 
 
 class In(BaseModel):
-    """A request body part: unknown fields are refused, not ignored."""
+    """A request body part: unknown fields are refused, not ignored, and nothing is coerced
+    (`false` is not a confidence threshold, `1` is not an id): what the schema says is what passes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def no_surrogates(value: str) -> str:
@@ -32,15 +35,15 @@ def no_surrogates(value: str) -> str:
 
 
 class DocumentIn(In):
-    id: str = Field(pattern=ID_PATTERN, examples=["d1"])
+    id: str = Field(pattern=ID_PATTERN, description=ID_DESCRIPTION, examples=["d1"])
     text: str = Field(examples=["Paziente con febbre e tosse, in terapia con amoxicillina 1 g."])
 
     _check_text = field_validator("text")(no_surrogates)
 
 
 class AdapterSelection(In):
-    name: str
-    version: str
+    name: str = Field(pattern=NAME_PATTERN, examples=["ner-it-clinical"])
+    version: str = Field(pattern=VERSION_PATTERN, examples=["1"])
 
 
 _ADAPTER_FIELD_DOC = (
@@ -86,6 +89,11 @@ class TaskResponse(BaseModel):
 
     task: str
     model: ModelInfo
+    min_confidence_applied: bool | None = Field(
+        None,
+        description="Whether the request's min_confidence could be applied: false when the engine returned no "
+        "token log-probabilities, so nothing was left out for its confidence (null: min_confidence not asked for).",
+    )
 
 
 class SpansResponse(TaskResponse):

@@ -14,10 +14,18 @@ import json
 import logging
 import uuid
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from app.engine.base import AdapterHandle, Engine, EngineError, EngineUnavailable, GenerationRequest
+from app.engine.base import (
+    AdapterHandle,
+    Engine,
+    EngineError,
+    EngineUnavailable,
+    GenerationRequest,
+    GenerationResult,
+)
 from app.problems import ENGINE_UNAVAILABLE, GENERATION_FAILED, Problem
 from app.tasks.adapters import AdapterUse
 from app.tasks.chunking import Chunk, split_text
@@ -36,8 +44,32 @@ T = TypeVar("T")
 _MIN_CHUNK_CHARS = 64
 
 
+Gate = asyncio.Semaphore
+
+
 class _PromptTooLong(Exception):
     """Prompt plus worst-case output would not fit the engine's context."""
+
+
+@dataclass
+class RunStats:
+    """What a run learned beyond its results."""
+
+    unscored_answers: int = 0  # answers without token log-probabilities: no confidence to filter by
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A request's work, known before it is admitted: each item's chunks (None: answered
+    without the model) and the generations each chunk needs."""
+
+    items: list[TaskInput]
+    chunks: list[list[Chunk] | None]
+    asks_per_chunk: int
+
+    @property
+    def generations(self) -> int:
+        return sum(len(chunks) for chunks in self.chunks if chunks is not None) * self.asks_per_chunk
 
 
 class TaskRunner:
@@ -52,8 +84,7 @@ class TaskRunner:
         """Prompt token ids and max_tokens (the schema's worst case for this source)."""
         if self.renderer is None:
             raise RuntimeError("the tokenizer is not loaded yet")
-        prompt = self.renderer.render(build_messages(task, ask.payload, ask.part))
-        prompt_ids: list[int] = self.renderer.tokenizer.encode(prompt, add_special_tokens=False)
+        prompt_ids = self.renderer.prompt_ids(build_messages(task, ask.payload, ask.part))
         # +1 leaves room for the end-of-sequence token after the last byte.
         return prompt_ids, worst_case_bytes(ask.schema, json_escape(ask.source)) + 1
 
@@ -84,19 +115,32 @@ class TaskRunner:
             logprobs=True,
         )
 
-    async def _generate(self, task: Task, adapter: AdapterUse, ask: Ask, priority: int) -> Answer:
+    async def _generate(
+        self, task: Task, adapter: AdapterUse, ask: Ask, priority: int, gate: Gate, stats: RunStats
+    ) -> Answer:
         labels = (task.name, adapter.key)
-        request = self.generation_request(task, ask, adapter.handle, priority=priority)
-        if len(request.prompt_token_ids) + request.max_tokens > self.max_model_len:
-            raise _PromptTooLong
-        try:
-            result = await self.engine.generate(request)
-        except EngineUnavailable as exc:
-            self.metrics.invalid_outputs.labels(*labels, "engine_unavailable").inc()
-            raise Problem(ENGINE_UNAVAILABLE, str(exc), retry_after_s=5) from exc
-        except EngineError as exc:
-            self.metrics.invalid_outputs.labels(*labels, "engine_error").inc()
-            raise Problem(GENERATION_FAILED, str(exc)) from exc
+        async with gate:
+            # Rendering, tokenizing and building the grammar cost milliseconds a chunk, seconds
+            # for a long note: in a worker thread, so the event loop keeps answering.
+            request = await asyncio.to_thread(self.generation_request, task, ask, adapter.handle, priority=priority)
+            if len(request.prompt_token_ids) + request.max_tokens > self.max_model_len:
+                raise _PromptTooLong
+            try:
+                result = await self.engine.generate(request)
+            except EngineUnavailable as exc:
+                self.metrics.invalid_outputs.labels(*labels, "engine_unavailable").inc()
+                raise Problem(ENGINE_UNAVAILABLE, str(exc), retry_after_s=5) from exc
+            except EngineError as exc:
+                self.metrics.invalid_outputs.labels(*labels, "engine_error").inc()
+                raise Problem(GENERATION_FAILED, str(exc)) from exc
+        answer = await asyncio.to_thread(self._answer, task, adapter, ask, result)
+        if answer.confidences is None:
+            stats.unscored_answers += 1
+        return answer
+
+    def _answer(self, task: Task, adapter: AdapterUse, ask: Ask, result: GenerationResult) -> Answer:
+        """A finished generation as a checked answer (a problem if it is not one)."""
+        labels = (task.name, adapter.key)
         self.metrics.generations.labels(*labels, result.finish_reason).inc()
         self.metrics.prompt_tokens.labels(*labels).inc(result.prompt_tokens)
         self.metrics.completion_tokens.labels(*labels).inc(result.completion_tokens)
@@ -121,7 +165,14 @@ class TaskRunner:
         return Answer(dict(output), result.text, confidences)
 
     async def _over_chunks(
-        self, task: Task, adapter: AdapterUse, item: TaskInput, priority: int
+        self,
+        task: Task,
+        adapter: AdapterUse,
+        item: TaskInput,
+        chunks: list[Chunk],
+        priority: int,
+        gate: Gate,
+        stats: RunStats,
     ) -> list[tuple[Chunk, list[Answer]]]:
         """Answer every ask of every chunk of the item's source, re-splitting any chunk the
         context cannot hold; (chunk, answers) in document order."""
@@ -131,8 +182,10 @@ class TaskRunner:
 
         async def one(chunk: Chunk) -> None:
             try:
-                asks = kind.asks(task, item.with_source(chunk.text))
-                answers = await gather_first_error([self._generate(task, adapter, ask, priority) for ask in asks])
+                asks = await asyncio.to_thread(kind.asks, task, item.with_source(chunk.text))
+                answers = await gather_first_error(
+                    [self._generate(task, adapter, ask, priority, gate, stats) for ask in asks]
+                )
                 done.append((chunk, answers))
             except _PromptTooLong:
                 if len(chunk.text) <= _MIN_CHUNK_CHARS:
@@ -143,31 +196,62 @@ class TaskRunner:
                 parts = split_text(chunk.text, half, min(gen.chunk_overlap_chars, half // 4))
                 await gather_first_error([one(Chunk(chunk.start + p.start, p.text)) for p in parts])
 
-        await gather_first_error(
-            [one(chunk) for chunk in split_text(item.source, gen.max_chunk_chars, gen.chunk_overlap_chars)]
-        )
+        await gather_first_error([one(chunk) for chunk in chunks])
         if len(done) > 1:
             self.metrics.chunks.labels(task.name, adapter.key).inc(len(done))
         return sorted(done, key=lambda pair: pair[0].start)
 
-    async def run(self, task: Task, adapter: AdapterUse, items: list[TaskInput], *, priority: int = 0) -> list[Any]:
-        """One result per item, in order (the type's result objects)."""
+    def plan(self, task: Task, items: list[TaskInput]) -> Plan:
+        """What a request will ask of the engine, before it runs (CPU work: off the event loop)."""
+        gen = task.manifest.generation
+        chunks: list[list[Chunk] | None] = []
+        asks_per_chunk = 0
+        for item in items:
+            if task.kind.blank(task, item) is not None:
+                chunks.append(None)
+                continue
+            parts = split_text(item.source, gen.max_chunk_chars, gen.chunk_overlap_chars)
+            chunks.append(parts)
+            if not asks_per_chunk:  # the same for every chunk of a task (a form's item groups)
+                asks_per_chunk = len(task.kind.asks(task, item.with_source(parts[0].text)))
+        return Plan(items, chunks, asks_per_chunk)
+
+    async def run(
+        self,
+        task: Task,
+        adapter: AdapterUse,
+        plan: Plan,
+        *,
+        priority: int = 0,
+        concurrency: int | None = None,
+        stats: RunStats | None = None,
+    ) -> list[Any]:
+        """One result per item, in order (the type's result objects). At most `concurrency`
+        generations of this request are in the engine at once (its admitted weight)."""
         kind = task.kind
+        gate = asyncio.Semaphore(concurrency or max(plan.generations, 1))
+        stats = stats if stats is not None else RunStats()
 
-        async def one(item: TaskInput) -> Any:
-            blank = kind.blank(task, item)
-            if blank is not None:
-                return blank
-            tally = Tally()
-            parts = [
-                kind.read(task, item, chunk, answers, tally)
-                for chunk, answers in await self._over_chunks(task, adapter, item, priority)
-            ]
-            result = kind.merge(task, item, parts, tally)
-            self._publish(task, adapter, tally)
-            return result
+        async def one(item: TaskInput, chunks: list[Chunk] | None) -> Any:
+            if chunks is None:
+                return kind.blank(task, item)
+            done = await self._over_chunks(task, adapter, item, chunks, priority, gate, stats)
+            return await asyncio.to_thread(self._conclude, task, adapter, item, done)
 
-        return await gather_first_error([one(item) for item in items])
+        return await gather_first_error(
+            [one(item, chunks) for item, chunks in zip(plan.items, plan.chunks, strict=True)]
+        )
+
+    def _conclude(
+        self, task: Task, adapter: AdapterUse, item: TaskInput, done: list[tuple[Chunk, list[Answer]]]
+    ) -> Any:
+        """Ground each chunk's answers and merge them into the item's result."""
+        kind = task.kind
+        tally = Tally()
+        parts = [kind.read(task, item, chunk, answers, tally) for chunk, answers in done]
+        result = kind.merge(task, item, parts, tally)
+        self._publish(task, adapter, tally)
+        return result
 
     def _publish(self, task: Task, adapter: AdapterUse, tally: Tally) -> None:
         labels = (task.name, adapter.key)

@@ -9,9 +9,13 @@ each task's adapter is validated, loaded and bound, and only then is the service
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -21,21 +25,31 @@ from app.engine.models import ResolvedModel, resolve_model
 from app.problems import (
     DUPLICATE_ID,
     ENGINE_UNAVAILABLE,
+    INVALID_REQUEST,
     NOT_READY,
-    PAYLOAD_TOO_LARGE,
     UNKNOWN_TASK,
     WRONG_TASK_TYPE,
     Problem,
 )
 from app.settings import Settings
 from app.tasks.adapters import AdapterRegistry
+from app.tasks.admission import Admission, AdmissionMetrics
 from app.tasks.manifests import load_tasks
 from app.tasks.metrics import Metrics
 from app.tasks.prompts import PromptRenderer, load_renderer
 from app.tasks.runner import TaskRunner
-from app.tasks.types.base import Task
+from app.tasks.types.base import Task, TaskInput
 
 log = logging.getLogger("medlora.service")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What one task request may hold (from the settings; the OpenAPI document states them too)."""
+
+    max_items: int
+    max_chars: int  # per input field (a note, a QA context or question)
 
 
 class Service:
@@ -57,12 +71,89 @@ class Service:
         self.metrics = Metrics(self.metrics_registry)
         self.registry = AdapterRegistry(engine, max_rank=settings.max_lora_rank, base_model=model.path)
         self.runner = TaskRunner(engine, self.metrics, max_model_len=settings.max_model_len, renderer=renderer)
+        admission_metrics = AdmissionMetrics(self.metrics_registry)
+        self.interactive = Admission(
+            "interactive",
+            settings.max_admitted_generations,
+            admission_metrics,
+            wait_s=settings.admission_wait_s,
+            per_key=settings.max_admitted_generations_per_key,
+            key_limits=settings.key_admission_limits,
+        )
+        self.background = Admission(
+            "background", settings.background_max_admitted_generations, admission_metrics, wait_s=None
+        )
         self.startup_error: str | None = None
+        self.draining = False  # SIGTERM: finish what runs, take nothing new
+        self.in_flight = 0  # task calls between their checks and their answer
+        # Set when the grace period is over: what still runs is answered with a retryable 503.
+        self._stop_signals: set[asyncio.Future[Any]] = set()
         self._adapters_loaded = False
+        # Read at every scrape, so it can never disagree with /readyz.
+        self.metrics.engine_ready.set_function(lambda: float(self.ready))
+
+    @property
+    def failure(self) -> str | None:
+        """Why this process can no longer serve (a failed start, a dead engine): restart it."""
+        return self.startup_error or self.engine.failure
 
     @property
     def ready(self) -> bool:
-        return self.engine.ready and self._adapters_loaded and self.registry.all_bound_resident(list(self.tasks))
+        return (
+            not self.draining
+            and self.failure is None
+            and self.engine.ready
+            and self._adapters_loaded
+            and self.registry.all_bound_resident(list(self.tasks))
+        )
+
+    @property
+    def state(self) -> str:
+        """What /readyz says: ready, starting, draining or failed."""
+        if self.failure is not None:
+            return "failed"
+        if self.draining:
+            return "draining"
+        return "ready" if self.ready else "starting"
+
+    def admission(self, origin: str) -> Admission:
+        """Interactive API requests wait a bounded time; everything else is background work."""
+        return self.interactive if origin == "api" else self.background
+
+    @contextmanager
+    def tracked(self) -> Iterator[None]:
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def begin_drain(self) -> None:
+        if not self.draining:
+            self.draining = True
+            log.info("draining: new requests get 503 not-ready", extra={"in_flight": self.in_flight})
+
+    def stop_in_flight(self) -> None:
+        """The grace period is over: what still runs is cancelled and answered with a retryable 503."""
+        for signal in self._stop_signals:
+            if not signal.done():
+                signal.set_result(None)
+
+    async def unless_stopped(self, work: Awaitable[T]) -> T:
+        job = asyncio.ensure_future(work)
+        stopped: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._stop_signals.add(stopped)
+        try:
+            await asyncio.wait([job, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._stop_signals.discard(stopped)
+            if not job.done():
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+        if job.cancelled():
+            raise Problem(NOT_READY, "the service stopped before this request finished; retry it", retry_after_s=5)
+        return job.result()
 
     def resolve_adapter_path(self, path: str) -> Path:
         candidate = Path(path)
@@ -96,7 +187,6 @@ class Service:
                     raise RuntimeError(f"task {task.name}: adapter {ref.name}@{ref.version}: {exc.detail}") from exc
             await self.bind(task.name, ref.name, ref.version)
         self._adapters_loaded = True
-        self.metrics.engine_ready.set(1)
         log.info("service ready", extra={"tasks": len(self.tasks)})
 
     async def run_startup(self) -> None:
@@ -120,7 +210,6 @@ class Service:
         return previous
 
     async def stop(self) -> None:
-        self.metrics.engine_ready.set(0)
         await self.engine.shutdown()
 
     def task(self, name: str, type_name: str) -> Task:
@@ -131,30 +220,44 @@ class Service:
             raise Problem(WRONG_TASK_TYPE, f"task {name!r} is a {task.type} task, not {type_name}")
         return task
 
-    def check_inputs(self, sizes: Sequence[tuple[str, int]]) -> None:
-        """Per-request limits on (item id, characters) pairs: counts, sizes, unique ids."""
-        limits = self.settings
-        if len(sizes) > limits.max_documents:
-            raise Problem(
-                PAYLOAD_TOO_LARGE, f"{len(sizes)} items exceed the limit of {limits.max_documents} per request"
-            )
-        for item_id, size in sizes:
-            if size > limits.max_document_chars:
-                raise Problem(
-                    PAYLOAD_TOO_LARGE,
-                    f"item {item_id!r} has {size} characters, over the limit of {limits.max_document_chars}",
-                    {"id": item_id},
-                )
+    @property
+    def input_limits(self) -> InputLimits:
+        return InputLimits(self.settings.max_documents, self.settings.max_document_chars)
+
+    def check_inputs(self, items: Sequence[TaskInput], items_field: str) -> None:
+        """Per-request limits (counts, characters per input field) and unique ids.
+
+        The OpenAPI document states the same limits (`maxItems`, `maxLength`), so a request
+        the schema refuses is refused here as it would be by the schema: 422, naming where."""
+        limits = self.input_limits
+        errors: list[dict[str, Any]] = []
+        if len(items) > limits.max_items:
+            errors.append(_too_long([items_field], f"List should have at most {limits.max_items} items", "too_long"))
+        for i, item in enumerate(items[: limits.max_items]):
+            for name, value in item.payload.items():
+                if len(value) > limits.max_chars:
+                    message = f"String should have at most {limits.max_chars} characters"
+                    errors.append(_too_long([items_field, str(i), name], message, "string_too_long"))
+        if errors:
+            raise Problem(INVALID_REQUEST, "request exceeds the service's input limits", {"errors": errors})
         seen: set[str] = set()
-        for item_id, _ in sizes:
-            if item_id in seen:
-                raise Problem(DUPLICATE_ID, f"id {item_id!r} appears more than once", {"id": item_id})
-            seen.add(item_id)
+        for item in items:
+            if item.id in seen:
+                raise Problem(DUPLICATE_ID, f"id {item.id!r} appears more than once", {"id": item.id})
+            seen.add(item.id)
 
     def require_ready(self) -> None:
         if not self.ready:
-            detail = "engine is starting" if self.startup_error is None else "engine failed to start"
+            detail = {
+                "failed": "the engine has failed; the service is restarting",
+                "draining": "the service is shutting down; another replica can take the request",
+                "starting": "engine is starting",
+            }[self.state]
             raise Problem(NOT_READY, detail, retry_after_s=10)
+
+
+def _too_long(loc: list[str], message: str, kind: str) -> dict[str, Any]:
+    return {"loc": ["body", *loc], "msg": message, "type": kind}
 
 
 def build_service(

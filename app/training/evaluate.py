@@ -102,7 +102,8 @@ def _problem_text(response: httpx.Response) -> str:
         slug = str(body.get("type", "")).rsplit(":", 1)[-1]
         return f"{response.status_code} {slug}: {body.get('detail', '')}"
     except (ValueError, AttributeError):
-        return f"{response.status_code}: {response.text[:200]}"
+        # Not a problem body (a proxy's page?): its text could be anything, the note included.
+        return f"{response.status_code}: a {response.headers.get('content-type', 'body')} answer, not a problem"
 
 
 def _adapter_field(adapter: AdapterChoice) -> Any:
@@ -189,7 +190,8 @@ async def predict_in_process(
         except Problem as exc:
             raise _BatchFailed(f"{exc.kind.status} {exc}") from exc
         except Exception as exc:  # the API answers these with 500 internal-error
-            raise _BatchFailed(f"500 internal-error: {type(exc).__name__}: {str(exc)[:200]}") from exc
+            # By type only: an exception's message can quote the note, and this ends in report.json.
+            raise _BatchFailed(f"500 internal-error: {type(exc).__name__}") from exc
         return _from_response(task, batch, response)
 
     return await _predict(task, records, call, batch_size=batch_size, concurrency=concurrency)

@@ -90,12 +90,11 @@ def build_examples(
     too_long = 0
     for record in records:
         for ask, output in model_outputs(task, record):
-            prompt_ids = renderer.tokenizer.encode(
-                renderer.render(build_messages(task, ask.payload, ask.part)), add_special_tokens=False
-            )
+            # As the runner builds it: a note (or a span copied from it) is text, never a control token.
+            prompt_ids = renderer.prompt_ids(build_messages(task, ask.payload, ask.part))
             completion_ids = renderer.tokenizer.encode(
-                serialize_output(ask.schema, output) + eos_token, add_special_tokens=False
-            )
+                serialize_output(ask.schema, output), add_special_tokens=False, split_special_tokens=True
+            ) + renderer.tokenizer.encode(eos_token, add_special_tokens=False)
             if len(prompt_ids) + len(completion_ids) > max_seq_len:
                 too_long += 1
                 continue

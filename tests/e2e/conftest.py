@@ -12,6 +12,8 @@ Each runs once per test session and records what its probes answered while it st
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -33,6 +35,7 @@ from app.tasks.manifests import load_tasks
 from app.training.tiny_model import build_tiny_adapter
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR
 from tests.support.forms import BIG_FORM, write_big_form
+from tests.support.logscan import Sent, scan, summary
 from tests.support.qwen3 import build_random_qwen3
 
 STARTUP_TIMEOUT_S = 600
@@ -73,7 +76,40 @@ class LiveServer:
     probes: list[Probe] = field(default_factory=list)
 
     def client(self, timeout: float = 600) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        return recording_client(self.url, timeout)
+
+
+# What the e2e tests sent and were answered, and every log they made: checked for clinical text
+# once the session is over (`logs_hold_no_clinical_text`).
+SENT = Sent()
+LOGS: list[Path] = []
+
+
+def recording_client(url: str, timeout: float = 600) -> httpx.Client:
+    """An httpx client that records the texts it sends and the spans it gets back."""
+
+    def on_request(request: httpx.Request) -> None:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            with contextlib.suppress(ValueError):
+                SENT.record_body(json.loads(request.content))
+
+    def on_response(response: httpx.Response) -> None:
+        if response.headers.get("content-type", "").startswith("application/json"):
+            response.read()
+            with contextlib.suppress(ValueError):
+                SENT.record_answer(response.json())
+
+    return httpx.Client(
+        base_url=url, timeout=timeout, event_hooks={"request": [on_request], "response": [on_response]}
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logs_hold_no_clinical_text() -> Iterator[None]:
+    """Every log of every server, engine and CLI run of the session: no note text, no span."""
+    yield
+    if report := scan(LOGS, SENT):
+        pytest.fail(f"clinical text in {len(report)} log(s):\n{summary(report)}")
 
 
 @dataclass(frozen=True)
@@ -145,6 +181,7 @@ def start_server(
     """Spawn `medlora serve` and poll it until /readyz says 200; the probes and seconds it took."""
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
+    LOGS.append(log_path)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     probes: list[Probe] = []

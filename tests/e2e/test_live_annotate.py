@@ -24,7 +24,7 @@ from app.batch.journal import recover
 from app.settings import REPO_ROOT
 from app.training.synthetic import examples_for_task, write_jsonl
 from tests.conftest import shipped_task
-from tests.e2e.conftest import LiveServer
+from tests.e2e.conftest import LOGS, LiveServer
 
 pytestmark = pytest.mark.e2e
 TASK = "classify-it-note-type"
@@ -57,6 +57,7 @@ def test_annotate_in_process_survives_kill_9_and_resumes_exactly_once(live_serve
     ids = archive(tmp_path / "notes.jsonl", 300, seed=5)
     out = tmp_path / "out.jsonl"
     cmd = annotate_cmd("--input", str(tmp_path / "notes.jsonl"), "--output", str(out), "--concurrency", "16")
+    LOGS.append(tmp_path / "run1.log")
     log = (tmp_path / "run1.log").open("wb")
     # Own process group, so that SIGKILL also takes vLLM's engine-core child, as a crash would.
     proc = subprocess.Popen(
@@ -73,6 +74,8 @@ def test_annotate_in_process_survives_kill_9_and_resumes_exactly_once(live_serve
     assert 40 <= len(before) < len(ids), "the kill must land mid-run"
 
     second = subprocess.run(cmd, cwd=REPO_ROOT, env=env_for(live_server), capture_output=True, timeout=900)
+    (tmp_path / "run2.log").write_bytes(second.stderr)
+    LOGS.append(tmp_path / "run2.log")
     assert second.returncode == 0, second.stderr.decode()[-3000:]
     summary = json.loads(second.stdout.decode().splitlines()[-1])
     lines = recover(out)

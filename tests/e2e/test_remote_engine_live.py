@@ -33,7 +33,7 @@ from app.engine.remote.engine import RemoteEngine
 from app.engine.remote.server_args import vllm_server_args
 from app.settings import REPO_ROOT, Settings
 from app.training.tiny_model import build_tiny_adapter
-from tests.e2e.conftest import RandomModel, free_port, skip_unless_e2e
+from tests.e2e.conftest import LOGS, RandomModel, free_port, skip_unless_e2e
 
 pytestmark = pytest.mark.e2e
 
@@ -81,6 +81,7 @@ class Cluster:
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> Process:
+    LOGS.append(log_path)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -115,6 +115,10 @@ class RemoteEngine:
     def ready(self) -> bool:
         return any(r.healthy for r in self._pool.replicas.values())
 
+    @property
+    def failure(self) -> str | None:
+        return None  # replicas come and go; the gateway itself never needs a restart for them
+
     def describe(self) -> dict[str, Any]:
         """For /readyz: every replica and why it is out of rotation."""
         return {

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, field_validator
 from app.tasks.chunking import Chunk, shift
 from app.tasks.gold import check_span, max_length, string_field
 from app.tasks.grounding import Span, ground_answer, piece_boundaries
-from app.tasks.protocol import ID_PATTERN, In, ModelInfo, SpansResponse, TaskRequest, no_surrogates
+from app.tasks.protocol import ID_DESCRIPTION, ID_PATTERN, In, ModelInfo, SpansResponse, TaskRequest, no_surrogates
 from app.tasks.schema import GROUNDED
 from app.tasks.scoring import calibration, check_parallel, mean, rounded
 from app.tasks.types.base import (
@@ -40,7 +40,7 @@ _UNANSWERABLE_SHARE = 0.2
 
 
 class QaItemIn(In):
-    id: str = Field(pattern=ID_PATTERN, examples=["q1"])
+    id: str = Field(pattern=ID_PATTERN, description=ID_DESCRIPTION, examples=["q1"])
     context: str
     question: str = Field(min_length=1, max_length=QUESTION_MAX_CHARS)
 
