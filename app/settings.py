@@ -96,7 +96,10 @@ class Settings(BaseSettings):
     background_max_admitted_generations: int = Field(
         128,
         ge=1,
-        description="Most generations of batch jobs, `annotate` and `eval` in the engine at once (they wait: no 429).",
+        description=(
+            "Most generations of batch jobs, `annotate` and `eval` in the engine at once. They wait (no 429) and "
+            "take only the room interactive requests leave: none while those fill their bound or wait."
+        ),
     )
     batch_dir: Path = Field(
         Path.home() / ".local" / "share" / "medlora" / "batches",

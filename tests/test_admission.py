@@ -153,6 +153,33 @@ def test_a_cancelled_waiter_leaves_nothing_behind() -> None:
     run(go())
 
 
+def test_background_work_takes_only_the_room_interactive_requests_leave() -> None:
+    interactive, background = pool(4, wait_s=5), pool(4, wait_s=None)
+    background.yield_to(interactive)
+
+    async def go() -> list[str]:
+        order: list[str] = []
+
+        async def hold(admission: Admission, name: str, n: int, seconds: float) -> None:
+            async with admission.admit(n, None):
+                order.append(f"{name} in")
+                await asyncio.sleep(seconds)
+            order.append(f"{name} out")
+
+        assert background.room == 4  # interactive idle: the whole bound
+        async with interactive.admit(2, None):
+            assert background.room == 2  # half the interactive bound in use: half the room
+            async with interactive.admit(2, None):
+                assert background.room == 0
+                batch = asyncio.create_task(hold(background, "batch", 1, 0))
+                await asyncio.sleep(0.02)
+                order.append("interactive out")
+        await batch
+        return order
+
+    assert run(go()) == ["interactive out", "batch in", "batch out"]
+
+
 # -- through the gateway -----------------------------------------------------------------
 
 

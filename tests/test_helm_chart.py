@@ -491,10 +491,13 @@ def test_auth_keys_can_come_from_an_existing_secret() -> None:
     assert env_of(container(objects, ENGINE))["VLLM_API_KEY"]["secretKeyRef"] == key_ref
 
 
-def test_auth_disabled_sets_no_key_files() -> None:
+def test_auth_disabled_sets_no_key_files_and_says_so_to_the_gateway() -> None:
     objects = rendered("auth-disabled")
     env = env_of(container(objects, GATEWAY))
     assert "MEDLORA_API_KEYS_FILE" not in env and "MEDLORA_ADMIN_KEYS_FILE" not in env
+    # The gateway binds 0.0.0.0 and refuses to do so without keys unless told it is deliberate.
+    assert env["MEDLORA_HOST"] == "0.0.0.0" and env["MEDLORA_ALLOW_UNAUTHENTICATED"] == "true"
+    assert "MEDLORA_ALLOW_UNAUTHENTICATED" not in env_of(container(rendered("combined-defaults"), GATEWAY))
     notes = render_files(SCENARIOS["auth-disabled"])[f"{CHART.name}/templates/NOTES.txt"]
     assert "WARNING" in notes
 
@@ -822,6 +825,7 @@ def test_rendered_alert_rules_pass_promtool_check(mode: str, tmp_path: Path) -> 
         "MedloraNotReady",
         "MedloraEngineQueueSaturated",
         "MedloraGatewaySaturated",
+        "MedloraShedding",
     }
     assert alert_names(spec) == (expected | {"MedloraNoHealthyEngine"} if mode == "split" else expected)
     exprs = {r["alert"]: r["expr"] for g in spec["groups"] for r in g["rules"]}
@@ -853,10 +857,12 @@ def test_each_alert_fires_on_synthetic_series_and_client_errors_do_not_count() -
     tests = yaml.safe_load(ALERT_TESTS.read_text())
     fired = {t["alertname"] for group in tests["tests"] for t in group["alert_rule_test"] if t["exp_alerts"]}
     assert fired == alert_names(rule_spec(PLAIN_RULES_VALUES))  # every alert has a firing case
-    # A case with failing requests but only client-side outcomes expects no alert.
+    # A case with failing requests but only client-side outcomes expects no error alert (429s at the
+    # admission bound have an alert of their own, MedloraShedding).
     client_only = [g for g in tests["tests"] if outcomes(g) and not outcomes(g) & SERVER_ERRORS]
     assert {"invalid-request", "payload-too-large"} <= set().union(*map(outcomes, client_only)) - {"ok"}
-    assert all(not t["exp_alerts"] for g in client_only for t in g["alert_rule_test"])
+    errors_alerts = [t for g in client_only for t in g["alert_rule_test"] if t["alertname"] != "MedloraShedding"]
+    assert errors_alerts and all(not t["exp_alerts"] for t in errors_alerts)
     out = run_promtool("test", "rules", str(ALERT_TESTS), cwd=REPO_ROOT)
     assert "SUCCESS" in out
 

@@ -93,8 +93,28 @@ class Admission:
         self.used = 0
         self._by_key: Counter[str | None] = Counter()
         self._waiters: deque[_Waiter] = deque()
+        self._yields_to: Admission | None = None
+        self._yielding: list[Admission] = []  # pools that wake when this one frees room
         metrics.admitted.labels(pool).set(0)
         metrics.waiting.labels(pool).set(0)
+
+    def yield_to(self, other: Admission) -> None:
+        """Take only the room `other` leaves: this pool's bound shrinks in proportion to what
+        `other` holds, to nothing while `other` is full or has requests waiting. Background work
+        yields so to interactive requests, at any load: it fills the engine when they leave room
+        and stops starting generations when they need it (those running finish)."""
+        self._yields_to = other
+        other._yielding.append(self)
+
+    @property
+    def room(self) -> int:
+        """The bound at this moment (the whole limit unless this pool yields to another)."""
+        other = self._yields_to
+        if other is None:
+            return self.limit
+        if other._waiters:
+            return 0
+        return math.floor(self.limit * (other.limit - other.used) / other.limit)
 
     def key_limit(self, key: str | None) -> int:
         limit = self.key_limits.get(key, self.per_key) if key is not None else self.per_key
@@ -105,7 +125,7 @@ class Admission:
         return max(1, math.ceil(self.wait_s or 1))
 
     def _fits_pool(self, weight: int) -> bool:
-        return self.used + weight <= self.limit
+        return self.used + weight <= self.room
 
     def _fits_key(self, weight: int, key: str | None) -> bool:
         return self._by_key[key] + weight <= self.key_limit(key)
@@ -121,7 +141,13 @@ class Admission:
         if self._by_key[key] <= 0:
             del self._by_key[key]
         self.metrics.admitted.labels(self.pool).set(self.used)
+        self._changed()
+
+    def _changed(self) -> None:
+        """Room freed here: admit this pool's waiters, then those of pools yielding to it."""
         self._wake()
+        for pool in self._yielding:
+            pool._wake()
 
     def _wake(self) -> None:
         """Admit waiters in arrival order. One the pool cannot hold stops the scan (a large
@@ -169,7 +195,7 @@ class Admission:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
             self.metrics.waiting.labels(self.pool).set(len(self._waiters))
-            self._wake()
+            self._changed()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise self._refusal(weight, key) from None

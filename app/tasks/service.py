@@ -83,6 +83,7 @@ class Service:
         self.background = Admission(
             "background", settings.background_max_admitted_generations, admission_metrics, wait_s=None
         )
+        self.background.yield_to(self.interactive)
         self.startup_error: str | None = None
         self.draining = False  # SIGTERM: finish what runs, take nothing new
         self.in_flight = 0  # task calls between their checks and their answer
