@@ -71,6 +71,7 @@ class FakeEngine:
         self.fail_start: Exception | None = None
         self.failure: str | None = None  # set by a test: the engine died
         self.active = 0  # generations running now, and the most at once
+        self.events: list[str] = []  # "done:<request id>", "unload:<adapter>", in order
         self.max_active = 0
 
     @property
@@ -96,6 +97,7 @@ class FakeEngine:
             raise
         finally:
             self.active -= 1
+            self.events.append(f"done:{request.request_id}")
         out = self.respond(request)
         if isinstance(out, GenerationResult):
             return out
@@ -111,6 +113,7 @@ class FakeEngine:
     async def unload_adapter(self, adapter: AdapterHandle) -> None:
         self.loaded.pop(adapter.key, None)
         self.unloaded.append(adapter.key)
+        self.events.append(f"unload:{adapter.key}")
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "fake"}

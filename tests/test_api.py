@@ -320,6 +320,9 @@ def test_hot_swap_in_flight_requests_finish_on_old_adapter(client_for: Any, tmp_
     assert after.json()["model"]["adapter_version"] == "2"
     assert engine.calls[-1].adapter is not None and engine.calls[-1].adapter.key == "ner-it-clinical@2"
     assert "ner-it-clinical@1" in engine.unloaded
+    # The delete waited: version 1 left the engine only after the request leasing it had its answer.
+    (slow,) = [c.request_id for c in engine.calls if c.adapter is not None and c.adapter.key == "ner-it-clinical@1"]
+    assert engine.events.index(f"done:{slow}") < engine.events.index("unload:ner-it-clinical@1")
 
 
 def test_adapter_bound_to_a_task_cannot_be_deleted(client_for: Any) -> None:

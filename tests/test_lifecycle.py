@@ -44,14 +44,20 @@ def test_a_dead_engine_answers_retryably_then_fails_liveness_readiness_and_the_g
     assert "failed" in body["detail"]
 
 
-def test_draining_refuses_new_requests_while_running_ones_finish(client_for: Any) -> None:
-    client, engine = client_for(lambda r: ner_output(("febbre", "SYMPTOM")), delay_s=0.5)
-    service = client.app.state.service  # type: ignore[attr-defined]
+def request_in_flight(client: Any, engine: Any) -> tuple[threading.Thread, list[Any]]:
+    """A request sent from a thread, returned once the engine has it; its response lands in the list."""
     running: list[Any] = []
     thread = threading.Thread(target=lambda: running.append(client.post("/v1/ner", json=NER)))
     thread.start()
     while not engine.calls:
         threading.Event().wait(0.01)
+    return thread, running
+
+
+def test_draining_refuses_new_requests_while_running_ones_finish(client_for: Any) -> None:
+    client, engine = client_for(lambda r: ner_output(("febbre", "SYMPTOM")), delay_s=0.5)
+    service = client.app.state.service  # type: ignore[attr-defined]
+    thread, running = request_in_flight(client, engine)
     service.begin_drain()
     assert service.in_flight == 1
     body = assert_problem(client.post("/v1/ner", json=NER), 503, "not-ready")
@@ -67,11 +73,7 @@ def test_draining_refuses_new_requests_while_running_ones_finish(client_for: Any
 def test_past_the_grace_period_what_still_runs_gets_a_retryable_503(client_for: Any) -> None:
     client, engine = client_for(lambda r: ner_output(), delay_s=30)
     service = client.app.state.service  # type: ignore[attr-defined]
-    running: list[Any] = []
-    thread = threading.Thread(target=lambda: running.append(client.post("/v1/ner", json=NER)))
-    thread.start()
-    while not engine.calls:
-        threading.Event().wait(0.01)
+    thread, running = request_in_flight(client, engine)
     service.begin_drain()
     client.portal.call(service.stop_in_flight)  # type: ignore[union-attr]
     thread.join(timeout=10)
