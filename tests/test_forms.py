@@ -16,6 +16,7 @@ from app.tasks.confidence import locate
 from app.tasks.manifests import load_tasks
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR, shipped_task
 from tests.fakes import last_input, prompt_of, sample, write_fake_adapter
+from tests.support.chunk_edges import first_chunk_ends_after
 from tests.support.forms import big_form_items, write_big_form
 
 TASK = "crf-it-dyspnea"
@@ -281,3 +282,48 @@ def test_a_few_shot_example_of_a_form_shows_each_item_group_its_own_items(tmp_pa
         per_group.append(len(answer))
     assert shown == [name for name in filled if name in example.output]
     assert len(per_group) == 2 and min(per_group) > 0  # both groups' items came from the one note
+
+
+def test_a_text_value_cut_at_a_chunk_edge_yields_to_the_whole_one_without_a_conflict(client_for: Any) -> None:
+    text = first_chunk_ends_after("quadro di scompenso cardiaco ", "acuto in paziente anziano ", 1500, 200)
+
+    def respond(request: GenerationRequest) -> str:
+        chunk, out = last_input(request), {}
+        if "working_diagnosis" in asked_items(request):
+            if "scompenso cardiaco acuto" in chunk:
+                out["working_diagnosis"] = "scompenso cardiaco acuto"
+            elif chunk.endswith("scompenso cardiaco "):  # the diagnosis cut by the chunk's edge
+                out["working_diagnosis"] = "scompenso cardiaco"
+        return json.dumps(out)
+
+    # The cut copy is the more confident: it must still not win, nor be an alternative.
+    logprob = _item_logprob(
+        {("working_diagnosis", "scompenso cardiaco"): 0.9, ("working_diagnosis", "scompenso cardiaco acuto"): 0.6}
+    )
+    client, engine = client_for(respond, logprob=logprob)
+    diagnosis = items_of(post(client, text))["working_diagnosis"]
+    assert any(last_input(call).endswith("scompenso cardiaco ") for call in engine.calls)
+    start = text.index("scompenso cardiaco acuto")
+    assert (diagnosis["value"], diagnosis["confidence"]) == ("scompenso cardiaco acuto", 0.6)
+    assert (diagnosis["conflict"], diagnosis["alternatives"]) == (False, [])
+    assert [(e["start"], e["end"]) for e in diagnosis["evidence"]] == [(start, start + 24)]
+
+
+def test_evidence_cut_at_a_chunk_edge_is_not_kept_beside_the_whole_evidence(client_for: Any) -> None:
+    text = first_chunk_ends_after("all'arrivo TC 38,2 ", "°C e brivido ", 1500, 200)
+
+    def respond(request: GenerationRequest) -> str:
+        chunk, out = last_input(request), {}
+        if "temperature" in asked_items(request):
+            if "TC 38,2 °C" in chunk:
+                out["temperature"] = ["TC 38,2 °C", 38.2]
+            elif chunk.endswith("TC 38,2 "):
+                out["temperature"] = ["TC 38,2", 38.2]
+        return json.dumps(out)
+
+    client, engine = client_for(respond)
+    temperature = items_of(post(client, text))["temperature"]
+    assert any(last_input(call).endswith("TC 38,2 ") for call in engine.calls)
+    start = text.index("TC 38,2 °C")
+    assert temperature["value"] == 38.2 and not temperature["conflict"]
+    assert [(e["start"], e["end"]) for e in temperature["evidence"]] == [(start, start + 10)]

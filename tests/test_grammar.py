@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +202,37 @@ def test_a_flag_tail_can_require_one_flag(lltok: Any) -> None:
         assert accepts(lltok, grammar, output), output
     for output in ['{"v":["prova"]}', '{"v":["prova","z","x"]}', '{"v":["prova","x","x"]}']:
         assert not accepts(lltok, grammar, output), output
+
+
+def _accepts_as_written(lltok: Any, grammar: str, output: str) -> bool:
+    """As `accepts`, tokenizing the bytes as they are: Qwen3's tokenizer NFC-normalizes text
+    (`tokenize_str` would turn "a" + U+0300 into "à"), a model can still write decomposed bytes."""
+    matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+    assert not matcher.is_error(), matcher.get_error()
+    ok = matcher.consume_tokens(lltok.greedy_tokenize(output))
+    return bool(ok and not matcher.is_error() and matcher.is_accepting())
+
+
+def test_decomposed_accents_stay_with_their_letters_in_the_grammar(lltok: Any) -> None:
+    source = unicodedata.normalize("NFD", "Residente in città, febbre a 38,5 °C, più volte.")
+    grammar = compile_grammar(ner_schema(), source)
+    city, more = unicodedata.normalize("NFD", "città"), unicodedata.normalize("NFD", "più volte")
+    assert _accepts_as_written(lltok, grammar, ner_json((city, "TEST"), (more, "TEST")))
+    assert _accepts_as_written(lltok, grammar, ner_json(("febbre a 38,5", "TEST")))
+    assert not _accepts_as_written(lltok, grammar, ner_json(("citta", "TEST")))  # between "a" and its accent
+    assert not _accepts_as_written(lltok, grammar, ner_json(("pi", "TEST")))
+
+
+def test_a_letter_with_more_marks_than_a_piece_holds_still_has_a_span(lltok: Any) -> None:
+    zalgo = "a" + "\u0301" * 70 + " fine"
+    grammar = compile_grammar(ner_schema(), zalgo)
+    first = source_pieces(zalgo)[0]
+    assert first.startswith("a\u0301") and len(first) <= 32
+    assert _accepts_as_written(lltok, grammar, ner_json((first, "TEST")))
+
+
+def test_every_combining_mark_stays_with_the_letter_before_it() -> None:
+    marks = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c))[0] == "M"]
+    assert len(marks) > 2000
+    text = "".join("a" + mark + " " for mark in marks)
+    assert source_pieces(text) == [piece for mark in marks for piece in ("a" + mark, " ")]

@@ -9,7 +9,8 @@ from typing import Any
 
 from app.engine.base import GenerationRequest
 from app.tasks.confidence import locate
-from tests.fakes import last_input, sample
+from tests.fakes import confidences_at, last_input, part_ranges, sample
+from tests.support.chunk_edges import first_chunk_ends_after
 
 TASK = "re-it-medication"
 NOTE = "Terapia: amoxicillina 1 g per os ogni 8 ore. Sospeso warfarin."
@@ -155,3 +156,95 @@ def test_the_task_list_shows_the_relation_types_with_their_argument_labels(clien
         "duration": (["DRUG"], ["DURATION"]),
     }
     assert tasks["re-en-medication"]["type"] == "relations"
+
+
+def _entity_logprob(written: str, confidences: list[float]) -> Any:
+    """Every byte of the k-th entity at log(confidences[k]) (its per-token confidence), all else certain."""
+    return confidences_at(part_ranges("entities"), {written: confidences}, per_token=True)
+
+
+COMBINATION = "Terapia: amoxicillina/acido clavulanico 1 g per os ogni 12 ore."
+
+
+def test_a_relation_of_a_nested_entity_under_min_confidence_is_dropped_and_counted_not_moved(
+    client_for: Any,
+) -> None:
+    written = answer(
+        [["amoxicillina/acido clavulanico", "DRUG"], ["amoxicillina", "DRUG"], ["1 g", "DOSAGE"]],
+        [["dosage", 1, 2]],  # the dose given for the nested drug only
+    )
+    client, _ = client_for(lambda r: written, logprob=_entity_logprob(written, [0.9, 0.3, 0.9]))
+    doc = post(client, COMBINATION, min_confidence=0.5).json()["documents"][0]
+    assert [e["text"] for e in doc["entities"]] == ["amoxicillina/acido clavulanico", "1 g"]
+    assert doc["relations"] == []  # not handed to the combination the nested drug sits in
+    assert dropped(client, "relation_argument_dropped") == 1.0
+    assert dropped(client, "low_confidence") == 1.0
+
+
+def test_a_nested_entity_found_inside_the_overlap_keeps_its_own_relations(client_for: Any) -> None:
+    filler = "Decorso regolare, paziente vigile e collaborante, parametri stabili. "
+    text = filler * 20 + COMBINATION + " " + filler * 20
+    at = text.index("amoxicillina")
+
+    def respond(request: GenerationRequest) -> str:
+        if "amoxicillina/acido clavulanico 1 g" not in last_input(request):
+            return answer([], [])
+        return answer(
+            [["amoxicillina/acido clavulanico", "DRUG"], ["amoxicillina", "DRUG"], ["1 g", "DOSAGE"]],
+            [["dosage", 1, 2]],
+        )
+
+    client, engine = client_for(respond)
+    doc = post(client, text).json()["documents"][0]
+    assert sum("amoxicillina/acido" in last_input(call) for call in engine.calls) >= 2  # in the overlap
+    entities = {e["id"]: (e["text"], e["start"]) for e in doc["entities"]}
+    assert sorted(entities.values()) == [("1 g", at + 31), ("amoxicillina", at), ("amoxicillina/acido clavulanico", at)]
+    named = [(r["type"], entities[r["head"]][0], entities[r["tail"]][0]) for r in doc["relations"]]
+    assert named == [("dosage", "amoxicillina", "1 g")]
+
+
+def test_a_copy_cut_off_at_a_chunk_edge_hands_its_relations_to_the_whole_entity(client_for: Any) -> None:
+    text = first_chunk_ends_after("Prescritto 100 mg di acido ", "acetilsalicilico al giorno ", 1500, 200)
+    at = text.index("acido acetilsalicilico")
+
+    def respond(request: GenerationRequest) -> str:
+        chunk = last_input(request)
+        if "acido acetilsalicilico" in chunk:  # the whole drug, no relation seen here
+            return answer([["100 mg", "DOSAGE"], ["acido acetilsalicilico", "DRUG"]], [])
+        if chunk.endswith("di acido "):  # the drug's name cut by the chunk's edge
+            return answer([["100 mg", "DOSAGE"], ["acido", "DRUG"]], [["dosage", 1, 0]])
+        return answer([], [])
+
+    client, engine = client_for(respond)
+    doc = post(client, text).json()["documents"][0]
+    assert any(last_input(call).endswith("di acido ") for call in engine.calls)
+    entities = {e["id"]: (e["text"], e["start"]) for e in doc["entities"]}
+    assert sorted(entities.values()) == [("100 mg", at - 10), ("acido acetilsalicilico", at)]
+    named = [(r["type"], entities[r["head"]][0], entities[r["tail"]][0]) for r in doc["relations"]]
+    assert named == [("dosage", "acido acetilsalicilico", "100 mg")]
+
+
+def test_a_relation_whose_head_and_tail_merge_into_one_entity_is_dropped_and_counted() -> None:
+    from app.tasks.chunking import Chunk
+    from app.tasks.grounding import Span
+    from app.tasks.types.base import Tally, TaskInput
+    from app.tasks.types.relations import Relation, RelationsResult, RelationsType
+    from tests.conftest import shipped_task
+
+    text = "x alfa beta gamma delta y"
+    whole = Span(2, 23, "alfa beta gamma delta", "DRUG")
+    # The middle chunk sees the entity's middle: "beta" at its start and "gamma" at its end,
+    # each a copy cut off from the whole entity (found whole by the chunk that holds it).
+    start_cut, end_cut = Span(7, 11, "beta", "DRUG"), Span(12, 17, "gamma", "DRUG")
+    parts = [
+        RelationsResult([Span(2, 11, "alfa beta", "DRUG")], [], chunk=Chunk(0, text[:12])),
+        RelationsResult([whole], [], chunk=Chunk(0, text)),
+        RelationsResult([start_cut, end_cut], [Relation("dosage", start_cut, end_cut)], chunk=Chunk(7, text[7:18])),
+        RelationsResult([Span(12, 23, "gamma delta", "DRUG")], [], chunk=Chunk(12, text[12:])),
+    ]
+    tally = Tally()
+    item = TaskInput("d", {"text": text}, "text")
+    merged = RelationsType().merge(shipped_task(TASK), item, parts, tally)
+    assert merged.entities == [whole]
+    assert merged.relations == []
+    assert tally.dropped["relation_self"] == 1

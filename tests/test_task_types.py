@@ -166,3 +166,31 @@ def test_a_new_task_type_is_served_with_no_other_code_changed(client: TestClient
     upload = client.post("/v1/files", files={"file": ("in.jsonl", b"{}\n")}, data={"purpose": "batch"})
     batch = {"input_file_id": upload.json()["id"], "endpoint": "/v1/phrases", "completion_window": "24h"}
     assert client.post("/v1/batches", json=batch).status_code == 200
+
+
+BLANK = " \n\t "
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "task", "item", "nothing"),
+    [
+        ("ner", "ner-it-clinical", {"text": BLANK}, {"entities": []}),
+        ("relations", "re-it-medication", {"text": BLANK}, {"entities": [], "relations": []}),
+        ("classify", "classify-it-note-type", {"text": BLANK}, {"labels": [], "scores": {}}),
+        ("qa", "qa-it-clinical", {"context": BLANK, "question": "Quale terapia?"}, {"answer": None}),
+        ("forms", "crf-it-dyspnea", {"text": BLANK}, {}),
+    ],
+)
+def test_every_task_type_answers_a_blank_document_with_nothing_found_without_the_engine(
+    client_for: Any, endpoint: str, task: str, item: dict[str, str], nothing: dict[str, Any]
+) -> None:
+    # A model asked about an empty note answers something, confidently: it is never asked.
+    client, engine = client_for(lambda r: json.dumps({"labels": ["LAB_REPORT"]}))
+    items_field = "items" if endpoint == "qa" else "documents"
+    r = client.post(f"/v1/{endpoint}", json={"task": task, items_field: [{"id": "d", **item}]})
+    assert r.status_code == 200, r.text
+    (answered,) = r.json()[items_field]
+    assert {k: answered[k] for k in nothing} == nothing
+    if endpoint == "forms":
+        assert {i["status"] for i in answered["items"]} == {"unknown"}
+    assert engine.calls == []

@@ -8,20 +8,60 @@ are verbatim by construction, and the gateway still verifies them after decoding
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.tasks.ranges import date_regex, number_regex
 from app.tasks.schema import DECIMALS, DEFAULT_YEARS, GROUNDED, YEARS, flag_tail
 
-# Pieces are words, whitespace runs or single other characters: a span can start or end
-# at any word boundary but never inside a word or inside a JSON escape. Runs are capped
-# (words at 32 characters, whitespace at 8, i.e. at most 48 escaped characters) so that
-# some span always fits a grounded field's maxLength: otherwise a text made of one
-# very long "word" leaves the grammar no way forward and decoding stops mid-string.
-_PIECE = re.compile(r"\w{1,32}|\s{1,8}|[^\w\s]", re.UNICODE)
+# Pieces are words, whitespace runs or single other characters, each with the combining marks
+# that follow it: a span can start or end at any word boundary but never inside a word, inside
+# a JSON escape or between a letter and its accent. Runs are capped (words at 32 characters,
+# whitespace at 8, i.e. at most 48 escaped characters) so that some span always fits a
+# grounded field's maxLength: otherwise a text made of one very long "word" leaves the
+# grammar no way forward and decoding stops mid-string.
+PIECE_MAX_CHARS = 32
+_WHITESPACE_MAX_CHARS = 8
+# The planes that can hold combining marks: 3 to 13 are ideographs or unassigned, 15 and 16
+# private use (tests/test_grammar.py checks every code point). A quarter of the scan.
+_MARK_PLANES = (range(0x30000), range(0xE0000, 0xF0000))
+
+
+def _mark_ranges() -> str:
+    """The combining marks (Unicode categories Mn, Mc, Me) as regex class ranges. `re` has no
+    \\p{M}, and its `\\w` leaves marks out: in NFD text "città" is "citta" + U+0300."""
+    category = unicodedata.category
+    ranges: list[list[int]] = []
+    for code in itertools.chain(*_MARK_PLANES):
+        if category(chr(code))[0] == "M":
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    return "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
+
+
+def _piece_pattern() -> re.Pattern[str]:
+    marks, more = _mark_ranges(), PIECE_MAX_CHARS - 1
+    # A character keeps the combining marks that follow it, so that no span ends between a
+    # letter and its accent; a piece still holds at most PIECE_MAX_CHARS characters (none
+    # escaped in JSON but a first control character: at most 37 escaped ones). Only a
+    # character with more marks than that, or marks after whitespace, are cut between marks.
+    return re.compile(
+        rf"\w[\w{marks}]{{0,{more}}}(?![{marks}])"  # a word (or a slice of a long one), its marks
+        rf"|[^\w\s{marks}][{marks}]{{0,{more}}}(?![{marks}])"  # any other character, its marks
+        rf"|\s{{1,{_WHITESPACE_MAX_CHARS}}}"
+        rf"|\S[{marks}]{{0,{more}}}"  # a character with too many marks for one piece, stray marks
+    )
+
+
+# Built once, at import (a scan of the code points, about 0.05 s): built on first use, it
+# would cost the first request that grounds anything.
+_PIECE = _piece_pattern()
 
 # One JSON string unit: an unescaped character or an escape sequence. (`\/` is left out:
 # a bare `/` would end the Lark regex literal, and JSON never needs that escape.)
@@ -30,7 +70,8 @@ _JSON_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\bfnrt]|\\u[0-9a-fA-F]{4})'
 
 def source_pieces(text: str) -> list[str]:
     """Split text into the pieces a grounded span is made of (concatenation == text)."""
-    return _PIECE.findall(text)
+    pieces: list[str] = _PIECE.findall(text)
+    return pieces
 
 
 def json_escape(piece: str) -> str:

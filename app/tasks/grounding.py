@@ -5,7 +5,10 @@ Offsets are Python string indices (Unicode code points), 0-based, end-exclusive.
 Rule for repeated strings: a span may only start and end at piece boundaries (see
 `grammar.source_pieces`). The k-th entity a model emits with a given (text, label) is
 placed on the k-th such occurrence of that text; an entity emitted more often than its
-text occurs is a duplicate and is dropped. Surrounding whitespace is trimmed from a span
+text occurs is a duplicate and is dropped. Entity lists are written in document order, and
+are placed in that order: an occurrence that comes before the entity placed just before
+(an "amoxicillina" inside the "amoxicillina/acido clavulanico" written before it) is
+skipped for a later one while there is one. Surrounding whitespace is trimmed from a span
 (offsets move with it); a span that is empty after trimming is dropped.
 """
 
@@ -64,21 +67,32 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def ground_spans(
-    text: str, candidates: list[tuple[str, str, dict[str, Any]]], confidences: list[float | None] | None = None
+    text: str,
+    candidates: list[tuple[str, str, dict[str, Any]]],
+    confidences: list[float | None] | None = None,
+    *,
+    in_order: bool = False,
 ) -> GroundingResult:
     """Ground (span_text, label, attributes) triples emitted by the model against `text`;
-    `confidences`, parallel to them, travel with the spans."""
+    `confidences`, parallel to them, travel with the spans.
+
+    With `in_order` (an entity list, which the model writes in document order) a span is
+    placed on the first occurrence left that does not come before the span placed just
+    before it (by start, then end): "amoxicillina" written after "amoxicillina/acido
+    clavulanico" is the next one, not the one the combination starts with. An answer out of
+    that order falls back to the first occurrence left."""
     result = GroundingResult()
     bounds = piece_boundaries(text)
-    seen_count: Counter[tuple[str, str]] = Counter()
+    used: dict[tuple[str, str], set[int]] = {}
     taken: set[tuple[int, int, str]] = set()
+    after = (0, 0)
     for i, (span_text, label, attributes) in enumerate(candidates):
-        where, reason = _place(text, bounds, span_text, label, seen_count, taken)
+        where, reason = _place(text, bounds, span_text, label, used, taken, after if in_order else (0, 0))
         if where is None:
             result.dropped[reason] += 1
             result.placed.append(None)
             continue
-        start, end = where
+        start, end = after = where
         confidence = confidences[i] if confidences is not None else None
         result.placed.append(Span(start, end, text[start:end], label, dict(attributes), confidence))
     result.spans = sorted_spans(result.placed)
@@ -95,20 +109,24 @@ def _place(
     bounds: set[int],
     span_text: str,
     label: str,
-    seen_count: Counter[tuple[str, str]],
+    used: dict[tuple[str, str], set[int]],
     taken: set[tuple[int, int, str]],
+    after: tuple[int, int],
 ) -> tuple[tuple[int, int] | None, str]:
-    """Where one emitted span lies, (start, end), or (None, why it is dropped)."""
+    """Where one emitted span lies, (start, end), or (None, why it is dropped): the first
+    occurrence of its text not used by an earlier span of its text and label, preferring
+    those at or after `after`."""
     if not span_text.strip():
         return None, "empty"
     occurrences = aligned_occurrences(text, span_text, bounds)
     if not occurrences:
         return None, "not_in_source"
-    k = seen_count[(span_text, label)]
-    seen_count[(span_text, label)] += 1
-    if k >= len(occurrences):
+    done = used.setdefault((span_text, label), set())
+    left = [(k, _trim(text, at, at + len(span_text))) for k, at in enumerate(occurrences) if k not in done]
+    if not left:
         return None, "duplicate"
-    start, end = _trim(text, occurrences[k], occurrences[k] + len(span_text))
+    k, (start, end) = next(((k, where) for k, where in left if where >= after), left[0])
+    done.add(k)
     if (start, end, label) in taken:
         return None, "duplicate"
     taken.add((start, end, label))

@@ -2,7 +2,7 @@
 
 What the model writes: `{"labels": [label, ...]}`. Over a long note a single-label task
 takes the majority over its chunks (ties to the task's label order); a multi-label task
-the union.
+the union. A blank document is not sent to the model: it has no labels and no scores.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ClassifyRequest(DocumentsRequest):
 
 class ClassifyDocumentOut(BaseModel):
     id: str
-    labels: list[str]
+    labels: list[str] = Field(description="Labels from the task's label set; none for a blank document.")
     scores: dict[str, float] = Field(
         default_factory=dict, description="Each label's confidence (the model's probability for it), by label."
     )
@@ -82,6 +82,10 @@ class ClassificationType(TaskType[ClassifyResult]):
 
     def format_lines(self, task: Task, part: str = "") -> list[str]:
         return [*listing("Labels:", task.manifest.labels), "", "Answer with one JSON object only."]
+
+    def blank(self, task: Task, item: TaskInput) -> ClassifyResult | None:
+        # Nothing to classify: no label rather than one the model would pick from no evidence.
+        return ClassifyResult([]) if not item.source.strip() else None
 
     def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[Answer], tally: Tally) -> ClassifyResult:
         answer = answers[0]

@@ -18,10 +18,12 @@ Big forms are split into item groups, one generation each, sized so that each gr
 worst-case answer stays under `generation.max_group_tokens` for text of one byte a
 character (max_tokens always uses the chunk's real worst case, and a chunk whose prompt and
 worst case do not fit the context is split further). Across chunks of a long note a filled
-value beats `unknown`; the same value found twice keeps both evidence spans and the higher
-confidence; a multiple choice unites its options; different values of one item are a
-conflict: the most confident wins (the first in the note when confidences tie or are
-missing), the item is flagged `conflict: true` and the others are listed as `alternatives`.
+value beats `unknown`; a value whose evidence (a text item: the value itself) is cut off at
+its chunk's edge yields to the one whose evidence another chunk saw whole, without a
+conflict; the same value found twice keeps both evidence spans and the higher confidence; a
+multiple choice unites its options; different values of one item are a conflict: the most
+confident wins (the first in the note when confidences tie or are missing), the item is
+flagged `conflict: true` and the others are listed as `alternatives`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 
-from app.tasks.chunking import Chunk, shift
+from app.tasks.chunking import Chunk, cut_off, shift
 from app.tasks.entities import overlaps
 from app.tasks.gold import check_span, is_int, list_field, string_field
 from app.tasks.grounding import Span, ground_spans, piece_boundaries
@@ -123,6 +125,7 @@ class FormItemResult:
 @dataclass
 class FormResult:
     items: dict[str, FormItemResult]  # every item of the form, in declared order
+    chunk: Chunk | None = None  # where a chunk's answer was found (its edges cut evidence off)
 
 
 @dataclass(frozen=True)
@@ -319,7 +322,7 @@ class FormType(TaskType[FormResult]):
 
     def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[Answer], tally: Tally) -> FormResult:
         items = self._items(task)
-        result = FormResult({name: FormItemResult() for name in items})
+        result = FormResult({name: FormItemResult() for name in items}, chunk)
         for answer in answers:
             written = {name: _split(items[name], output) for name, output in answer.output.items()}
             # Each item's evidence on its first occurrence (the item's name as its label: one
@@ -341,8 +344,8 @@ class FormType(TaskType[FormResult]):
     def merge(self, task: Task, item: TaskInput, parts: list[FormResult], tally: Tally) -> FormResult:
         merged: dict[str, FormItemResult] = {}
         for spec in task.manifest.items:
-            found = [p.items[spec.name].filled for p in parts if p.items[spec.name].filled is not None]
-            result = _merge_item(spec, [f for f in found if f is not None])
+            found = [(p.chunk, f) for p in parts if (f := p.items[spec.name].filled) is not None]
+            result = _merge_item(spec, _whole_values(found))
             if result.filled is not None and not keep_confident([result.filled], item.min_confidence, tally):
                 result = FormItemResult()
             merged[spec.name] = result
@@ -489,6 +492,17 @@ def _same(a: Value, b: Value) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     return a == b
+
+
+def _whole_values(found: list[tuple[Chunk | None, Filled]]) -> list[Filled]:
+    """The values found, less those whose evidence is a longer evidence of another chunk cut
+    off by their own chunk's edge: a cut copy is neither a conflict nor a second evidence."""
+    evidence = [span for _, f in found for span in f.evidence]
+    return [
+        f
+        for chunk, f in found
+        if chunk is None or not any(cut_off(span, chunk, other) for span in f.evidence for other in evidence)
+    ]
 
 
 def _merge_item(spec: FormItemSpec, found: list[Filled]) -> FormItemResult:

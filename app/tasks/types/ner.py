@@ -70,6 +70,7 @@ class NerResult:
     entities: list[Span]
     # Some chunk returned the schema's maxItems entities: there may be more than were listed.
     limit_reached: bool = False
+    chunk: Chunk | None = None  # where a chunk's result was found (its edges cut entities off)
 
 
 @register
@@ -101,10 +102,11 @@ class NerType(TaskType[NerResult]):
     def read(self, task: Task, item: TaskInput, chunk: Chunk, answers: list[Answer], tally: Tally) -> NerResult:
         answer = answers[0]
         entities = sorted_spans(read_entities(task, chunk, answer, tally))
-        return NerResult(entities, len(answer.output.get("entities", [])) >= entity_limit(task))
+        return NerResult(entities, len(answer.output.get("entities", [])) >= entity_limit(task), chunk)
 
     def merge(self, task: Task, item: TaskInput, parts: list[NerResult], tally: Tally) -> NerResult:
-        entities = keep_confident(merge_spans([part.entities for part in parts]), item.min_confidence, tally)
+        found = merge_spans([part.entities for part in parts], [part.chunk for part in parts])
+        entities = keep_confident(found, item.min_confidence, tally)
         limit_reached = any(part.limit_reached for part in parts)
         tally.returned = (tally.returned or 0) + len(entities)
         tally.limit_reached = tally.limit_reached or limit_reached

@@ -1,7 +1,8 @@
 """Extractive question answering: the shortest span of the context that answers, or null.
 
 What the model writes: `{"answer": "<verbatim span>"}` or `{"answer": null}`. Over a long
-context the first chunk (in document order) that answers wins.
+context the first chunk (in document order) that answers wins, unless its answer is cut off
+at its chunk's edge and another chunk found it whole: the whole answer wins then.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from app.tasks.chunking import Chunk, shift
+from app.tasks.chunking import Chunk, cut_off, shift
 from app.tasks.gold import check_span, max_length, string_field
 from app.tasks.grounding import Span, ground_answer, piece_boundaries
 from app.tasks.protocol import ID_DESCRIPTION, ID_PATTERN, In, ModelInfo, SpansResponse, TaskRequest, no_surrogates
@@ -72,6 +73,7 @@ class QaResponse(SpansResponse):
 class QaResult:
     answer: Span | None
     dropped: Counter[str] = field(default_factory=Counter)  # this chunk's ungroundable answers
+    chunk: Chunk | None = None  # where a chunk's answer was found (its edges cut answers off)
 
 
 @register
@@ -112,14 +114,16 @@ class QaType(TaskType[QaResult]):
         # questions; the per-token mean, 0.34, is overconfident for wrong spans).
         confidence = answer.confidence("answer") if text is not None else None
         span, grounded = ground_answer(chunk.text, text, confidence)
-        return QaResult(None if span is None else shift(span, chunk.start), grounded.dropped)
+        return QaResult(None if span is None else shift(span, chunk.start), grounded.dropped, chunk)
 
     def merge(self, task: Task, item: TaskInput, parts: list[QaResult], tally: Tally) -> QaResult:
         # Chunks are in document order: the first that answers wins, and the chunks after it
-        # are not looked at (nor are their ungroundable answers counted).
+        # are not looked at (nor are their ungroundable answers counted). An answer cut off
+        # at its chunk's edge yields to the whole answer another chunk found.
+        answers = [part.answer for part in parts if part.answer is not None]
         for part in parts:
             tally.dropped.update(part.dropped)
-            if part.answer is not None:
+            if part.answer is not None and not _cut_copy(part.answer, part.chunk, answers):
                 kept = keep_confident([part.answer], item.min_confidence, tally)
                 tally.returned = len(kept)
                 return QaResult(kept[0] if kept else None)
@@ -222,6 +226,11 @@ class QaType(TaskType[QaResult]):
                 }
             )
         return rows
+
+
+def _cut_copy(answer: Span, chunk: Chunk | None, answers: list[Span]) -> bool:
+    """Whether the answer is another chunk's longer answer cut off by its own chunk's edge."""
+    return chunk is not None and any(cut_off(answer, chunk, other) for other in answers)
 
 
 # -- metrics ---------------------------------------------------------------------------

@@ -6,13 +6,16 @@ What the model writes: `{"entities": [[text, label, attribute, ...], ...], "rela
 declares each relation type with the labels its head and tail may have. After decoding, a
 relation is returned only if both its arguments were grounded and their labels fit its type;
 anything else is dropped and counted (`relation_argument_missing`: a position past the
-entities written; `relation_argument_dropped`: an entity that could not be grounded;
-`relation_labels`: a label pair the type does not allow; `relation_self`: head == tail;
+entities written; `relation_argument_dropped`: an entity that could not be grounded or fell
+under min_confidence; `relation_labels`: a label pair the type does not allow;
+`relation_self`: head and tail the same entity, as written or once chunks are merged;
 `duplicate`).
 
 Long notes: relations are found within a chunk (both arguments in the same chunk). When
 overlapping chunks find the same entity, it is merged into one and keeps every relation any
-chunk found for it (a cut-off copy of an entity hands its relations to the whole one). A
+chunk found for it. A copy of an entity cut off at a chunk's edge (it reaches the edge, and
+the whole entity, found by another chunk, goes on past it) hands its relations to the whole
+one; an entity inside another one, away from the edges, is an entity of its own. A
 relation whose arguments never share a chunk is not found: chunks overlap by the manifest's
 `chunk_overlap_chars` (200 by default), so arguments closer than that are always together
 in some chunk.
@@ -28,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.tasks.chunking import Chunk, merge_spans
+from app.tasks.chunking import Chunk, merge_chunk_spans
 from app.tasks.entities import (
     EntityOut,
     check_entities,
@@ -113,6 +116,7 @@ class RelationsResult:
     relations: list[Relation]
     entity_limit_reached: bool = False
     relation_limit_reached: bool = False
+    chunk: Chunk | None = None  # where a chunk's result was found (its edges cut entities off)
 
 
 def _relation_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -212,17 +216,22 @@ class RelationsType(TaskType[RelationsResult]):
             relations,
             len(answer.output.get("entities", [])) >= entity_limit(task),
             len(written) >= int(_relation_schema(task.schema)["maxItems"]),
+            chunk,
         )
 
     def merge(self, task: Task, item: TaskInput, parts: list[RelationsResult], tally: Tally) -> RelationsResult:
-        merged = keep_confident(merge_spans([part.entities for part in parts]), item.min_confidence, tally)
+        found = merge_chunk_spans([part.entities for part in parts], [part.chunk for part in parts])
+        merged = keep_confident(found.spans, item.min_confidence, tally)
         by_key = {_span_key(s): s for s in merged}
         kept: dict[tuple[str, SpanKey, SpanKey], Relation] = {}
         for part in parts:
             for relation in part.relations:
-                head, tail = _whole(relation.head, by_key, merged), _whole(relation.tail, by_key, merged)
+                head, tail = _whole(relation.head, found.whole, by_key), _whole(relation.tail, found.whole, by_key)
                 if head is None or tail is None:  # an argument under min_confidence
                     tally.dropped["relation_argument_dropped"] += 1
+                    continue
+                if _span_key(head) == _span_key(tail):  # two copies of one entity, cut off by chunk edges
+                    tally.dropped["relation_self"] += 1
                     continue
                 identity = (relation.type, _span_key(head), _span_key(tail))
                 best = kept.get(identity)
@@ -385,14 +394,12 @@ def _unfit(spec: RelationTypeSpec, placed: list[Span | None], head_at: int, tail
     return None
 
 
-def _whole(span: Span, merged: Mapping[SpanKey, Span], spans: Sequence[Span]) -> Span | None:
-    """The merged entity a chunk's entity became: itself, or the whole entity it is a cut-off
-    copy of (merge_spans keeps the longer same-label span); None if it was left out."""
-    found = merged.get(_span_key(span))
-    if found is not None:
-        return found
-    covering = [s for s in spans if s.label == span.label and s.start <= span.start and span.end <= s.end]
-    return min(covering, key=lambda s: s.end - s.start) if covering else None
+def _whole(span: Span, cut_from: Mapping[SpanKey, Span], kept: Mapping[SpanKey, Span]) -> Span | None:
+    """The merged entity a chunk's entity became: itself, or the whole entity it is a copy of
+    cut off at its chunk's edge; None if that was left out (under min_confidence). An entity
+    inside another is never handed its relations: only a cut-off copy is."""
+    whole = cut_from.get(_span_key(span))
+    return kept.get(_span_key(whole if whole is not None else span))
 
 
 def _arg(entity: Mapping[str, Any]) -> dict[str, Any]:
