@@ -60,6 +60,9 @@ INVALID_LINE = ProblemType("invalid-line", "Input line is invalid", 400)
 EMPTY_TEXT = ProblemType("empty-text", "Note is empty", 422)
 BATCH_NOT_CANCELLABLE = ProblemType("batch-not-cancellable", "Batch is already finished", 409)
 FILE_IN_USE = ProblemType("file-in-use", "File is used by an unfinished batch", 409)
+# 409, not 413 or 429: the request is fine and small, and waiting alone does not help; what
+# the key already holds (files, unfinished batches) must shrink: delete a file, end a batch.
+QUOTA_EXCEEDED = ProblemType("quota-exceeded", "This key is at its batch storage or batch count quota", 409)
 
 
 @dataclass

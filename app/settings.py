@@ -110,6 +110,27 @@ class Settings(BaseSettings):
     )
     batch_max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest batch input file, in bytes.")
     batch_max_lines: int = Field(50_000, ge=1, description="Most lines in one batch input file.")
+    batch_max_files_per_key: int = Field(
+        100,
+        ge=1,
+        description=(
+            "Most batch input files one API key may keep stored (outputs not counted); more is refused with 409 "
+            "quota-exceeded until the key deletes one. Without authentication, for all callers together."
+        ),
+    )
+    batch_max_upload_bytes_per_key: int = Field(
+        1024 * 1024 * 1024,
+        ge=1,
+        description="Most bytes of batch input files one API key may keep stored (the same rules as the file count).",
+    )
+    batch_max_active_batches_per_key: int = Field(
+        8,
+        ge=1,
+        description=(
+            "Most unfinished batches one API key may have at once (they share MEDLORA_BATCH_CONCURRENCY); another "
+            "is refused with 409 quota-exceeded until one finishes or is cancelled."
+        ),
+    )
     log_level: str = Field("INFO", description="Log level.")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, time allowed for requests in flight to finish before the server exits."

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +344,110 @@ def test_relation_and_form_tasks_are_annotated_with_their_own_output_shapes(
     for row in recover(tmp_path / "crf.jsonl"):
         items = {i["name"]: i for i in row["items"]}
         assert len(items) == 28 and items["working_diagnosis"]["value"] == f"farmaco{row['id'][1:]}"
+
+
+# -- defects: each test below failed on the code before its fix ----------------------------
+
+
+def test_an_id_that_is_not_valid_unicode_is_an_error_line_and_reruns_resume_past_it(
+    make_fake_service: FakeServiceFactory, tmp_path: Path
+) -> None:
+    jsonl_input = write_lines(
+        tmp_path / "in.jsonl",
+        [*notes(1), json.dumps({"id": "n\ud800", "text": "farmacoS"}), *notes(1, start=1)],  # the escape \ud800
+    )
+    csv_input = tmp_path / "in.csv"
+    csv_input.write_bytes(b"id,text\nc1,farmacoA\nc\xe8,farmacoB\nc3,farmacoC\n")  # a Latin-1 byte in an id
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("farmacoA")
+    (folder / os.fsdecode(b"caff\xe8.txt")).write_text("farmacoB")  # a file name that is not UTF-8
+    for source, bad_position, good in (
+        (jsonl_input, "line 2", ["n0", "n1"]),
+        (csv_input, "row 2", ["c1", "c3"]),
+        (folder, "file caff\\xe8.txt (name not UTF-8)", ["a"]),
+    ):
+        out = tmp_path / f"out-{source.name}.jsonl"
+        for rerun in (False, True):
+            service, engine = make_fake_service(ner_first_word)
+            summary = run(service, source, out)
+            assert sorted(ids_of(out)) == good
+            (error,) = recover(an.default_errors_path(out))
+            assert (error["position"], error["id"]) == (bad_position, None)
+            assert error["error"]["type"] == "urn:medlora:problem:invalid-line"
+            if rerun:  # everything was already done
+                assert (summary.already_done, summary.annotated, summary.failed, len(engine.calls)) == (
+                    len(good) + 1,
+                    0,
+                    0,
+                    0,
+                )
+        an.default_errors_path(out).read_bytes().decode("utf-8")  # valid UTF-8 throughout
+
+
+def test_a_csv_or_jsonl_with_a_byte_order_mark_is_read(make_fake_service: FakeServiceFactory, tmp_path: Path) -> None:
+    service, _ = make_fake_service(ner_first_word)
+    csv_input = tmp_path / "in.csv"
+    csv_input.write_bytes(b"\xef\xbb\xbfid,text\nc1,farmacoA\n")  # as Excel saves "CSV UTF-8"
+    jsonl_input = write_lines(tmp_path / "in.jsonl", [b"\xef\xbb\xbf" + notes(1)[0].encode()])
+    for source in (csv_input, jsonl_input):
+        out = tmp_path / f"out-{source.suffix[1:]}.jsonl"
+        summary = run(service, source, out)
+        assert (summary.annotated, summary.failed) == (1, 0)
+
+
+def test_a_failed_journal_write_leaves_no_partial_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "j.jsonl"
+    real_write = os.write
+
+    def full_disk(fd: int, data: Any) -> int:
+        real_write(fd, bytes(data)[:7])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with Journal(path) as journal:
+        journal.open()
+        journal.append({"id": "a"})
+        monkeypatch.setattr(os, "write", full_disk)
+        with pytest.raises(OSError):
+            journal.append({"id": "b", "text": "lost"})
+        monkeypatch.setattr(os, "write", real_write)
+        journal.append({"id": "c"})  # space was freed: the journal goes on
+    assert recover(path) == [{"id": "a"}, {"id": "c"}]
+
+
+def test_a_journal_that_cannot_cut_a_failed_write_refuses_more_and_its_reopening_cuts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "j.jsonl"
+    real_write = os.write
+
+    def short(fd: int, data: Any) -> int:
+        return real_write(fd, bytes(data)[:5])
+
+    def broken(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with Journal(path) as journal:
+        journal.open()
+        journal.append({"id": "a"})
+        monkeypatch.setattr(os, "write", short)
+        monkeypatch.setattr(os, "ftruncate", broken)
+        with pytest.raises(OSError):
+            journal.append({"id": "b"})
+        monkeypatch.undo()
+        with pytest.raises(OSError):  # appending now would bury the torn line in the middle
+            journal.append({"id": "c"})
+    with Journal(path) as journal:
+        assert journal.open() == [{"id": "a"}]
+        journal.append({"id": "c"})
+    assert recover(path) == [{"id": "a"}, {"id": "c"}]
+
+
+def test_a_record_that_is_not_valid_unicode_is_still_journaled_as_a_valid_json_line(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    with Journal(path) as journal:
+        journal.open()
+        journal.append({"id": "x\udce8", "text": "è"})
+        journal.append({"id": "y"})
+    path.read_bytes().decode("utf-8")
+    assert recover(path) == [{"id": "x\udce8", "text": "è"}, {"id": "y"}]

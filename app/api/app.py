@@ -64,6 +64,7 @@ def create_app(service: Service, auth: Authenticator, extensions: Sequence[Exten
     )
     app.state.service = service
     app.state.auth = auth
+    app.state.extensions = list(extensions)
     limit_for = body_limit_for(service.settings)
 
     @app.middleware("http")

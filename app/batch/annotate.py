@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import csv
 import json
+import os
 import re
 import sys
 import time
@@ -36,7 +38,7 @@ from app.api.client import (
     post_with_retries,
     wait_ready,
 )
-from app.batch.journal import Journal, JournalError, recover
+from app.batch.journal import Journal, JournalError, encode_line, recover
 from app.problems import DUPLICATE_ID, EMPTY_TEXT, INVALID_LINE, TIMEOUT, Problem, unexpected
 from app.settings import Settings
 from app.tasks.calls import BATCH_PRIORITY, call_json
@@ -79,14 +81,15 @@ def _record(position: str, number: int, raw_id: Any, values: dict[str, Any], fie
         raw_id = str(raw_id)
     if not isinstance(raw_id, str) or not raw_id or len(raw_id) > _ID_MAX or re.search(r"[\x00-\x1f]", raw_id):
         return _invalid(position, number, f"needs an id: a string of 1-{_ID_MAX} characters without control characters")
+    if not _is_unicode(raw_id):
+        # Not in the error line either: the errors file is UTF-8, and the position says which record.
+        return _invalid(position, number, "the id is not valid Unicode (a lone surrogate, or a byte that is not UTF-8)")
     payload: dict[str, str] = {}
     for name in fields:
         value = values.get(name)
         if not isinstance(value, str):
             return _invalid(position, number, f"field {name!r} must be a string", raw_id)
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
+        if not _is_unicode(value):
             return _invalid(position, number, f"field {name!r} is not valid UTF-8", raw_id)
         payload[name] = value
     if not payload[fields[0]].strip():
@@ -94,10 +97,21 @@ def _record(position: str, number: int, raw_id: Any, values: dict[str, Any], fie
     return InputRecord(position, number, raw_id, payload)
 
 
+def _is_unicode(text: str) -> bool:
+    """No lone surrogates: from a JSON `\\ud800` escape, or a bad byte kept by surrogateescape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_jsonl(path: Path, fields: Fields) -> Generator[InputRecord, None, None]:
     number = 0
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
+            if line_no == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # some editors start UTF-8 files with one
             if not raw.strip():
                 continue  # blank lines are not records
             number += 1
@@ -119,7 +133,8 @@ def read_jsonl(path: Path, fields: Fields) -> Generator[InputRecord, None, None]
 def read_csv(path: Path, fields: Fields, columns: Columns) -> Generator[InputRecord, None, None]:
     wanted = {"id": columns.id, **{name: getattr(columns, name, name) for name in fields}}
     # surrogateescape keeps bad bytes as lone surrogates, so one bad row is rejected, not the file.
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [col for col in wanted.values() if col not in (reader.fieldnames or [])]
         if missing:
@@ -136,6 +151,12 @@ def read_folder(path: Path, fields: Fields) -> Generator[InputRecord, None, None
     for number, file in enumerate(files, start=1):
         rel = file.relative_to(path).as_posix()
         position = f"file {rel}"
+        if not _is_unicode(rel):
+            # Shown with \xNN escapes, and marked: every valid name's position ends in ".txt",
+            # so this one (the resume key of its error line) can be no other file's.
+            shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+            yield _invalid(f"file {shown} (name not UTF-8)", number, "the file name is not valid UTF-8")
+            continue
         try:
             text = file.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
@@ -181,7 +202,7 @@ class Shard:
     def owns(self, record: InputRecord) -> bool:
         # By id, so that every copy of an id lands in the same shard (duplicates are caught
         # there); records without a usable id go by their number.
-        key = zlib.crc32(record.id.encode()) if record.id is not None else record.number
+        key = zlib.crc32(record.id.encode("utf-8", "surrogatepass")) if record.id is not None else record.number
         return key % self.count == self.index
 
 
@@ -562,7 +583,7 @@ def merge_shards(records: Iterator[InputRecord], shard_outputs: list[Path], outp
         for shard_output in [p for p in shard_outputs if not p.name.endswith(".errors.jsonl")]:
             for path, merged in ((shard_output, merged_out), (default_errors_path(shard_output), merged_err)):
                 for line in recover(path):
-                    merged.write((json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+                    merged.write(encode_line(line))
                     if merged is merged_out:
                         key = str(line.get("id"))
                         id_count[key] = id_count.get(key, 0) + 1

@@ -1,44 +1,138 @@
-"""OpenAI Batch API routes: `/v1/files` and `/v1/batches`, in the shapes the `openai` client expects."""
+"""OpenAI Batch API routes: `/v1/files` and `/v1/batches`, in the shapes the `openai` client expects.
+
+Their limits live in the request models, so the OpenAPI document shows them (endpoint and
+completion window as enums, bounded metadata and ids). Each API key (without authentication:
+the one anonymous owner) has quotas on what it keeps: stored upload files and their bytes,
+and unfinished batches. Beyond one, a request is refused with 409 `quota-exceeded`: waiting
+alone does not help, the key must delete a file or let a batch finish (or cancel it).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Annotated, Any
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Path, Query, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.api.auth import Caller, CallerDep
 from app.batch.jobs import COMPLETION_WINDOWS, BatchRunner, batch_endpoints
-from app.batch.store import FINAL_STATUSES, Batch, BatchStore, StoredFile, new_id
+from app.batch.journal import replace_durably
+from app.batch.store import FINAL_STATUSES, Batch, BatchStore, StoredFile, Usage, new_id
 from app.problems import (
     BATCH_NOT_CANCELLABLE,
     FILE_IN_USE,
     INVALID_REQUEST,
     NOT_FOUND,
     PAYLOAD_TOO_LARGE,
+    QUOTA_EXCEEDED,
     Problem,
 )
 from app.settings import Settings
 from app.tasks.service import Service
 
 _CHUNK = 1 << 20
+ID_MAX_CHARS = 128  # ids this service makes are under 50 characters
+BatchId = Annotated[str, Path(max_length=ID_MAX_CHARS)]
+FileId = Annotated[str, Path(max_length=ID_MAX_CHARS)]
+
+
+class Purpose(enum.StrEnum):
+    """What an upload is for: only batch input, as in the OpenAI API."""
+
+    BATCH = "batch"
+
+
+class CompletionWindow(enum.StrEnum):
+    """Only 24 hours, as in the OpenAI API."""
+
+    H24 = "24h"
+
+
+def _batch_endpoint(value: str) -> str:
+    if value not in batch_endpoints():
+        raise ValueError(f"must be one of {sorted(batch_endpoints())}")
+    return value
+
+
+def _endpoint_enum(schema: dict[str, Any]) -> None:
+    # Read when the document is made, as the validator reads it per request: a task type can
+    # be registered after this module is imported, and its endpoint takes batches too.
+    schema["enum"] = sorted(batch_endpoints())
+
+
+BatchEndpoint = Annotated[str, AfterValidator(_batch_endpoint), Field(json_schema_extra=_endpoint_enum)]
+# OpenAI's bounds on batch metadata: 16 pairs, keys up to 64 characters, values up to 512.
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input_file_id: str = Field(max_length=128)
-    endpoint: str = Field(description="A task endpoint: /v1/ner, /v1/qa, /v1/classify, ...")
-    completion_window: str = Field(description='Only "24h", as in the OpenAI API.')
-    metadata: dict[str, str] | None = None
+    input_file_id: str = Field(max_length=ID_MAX_CHARS)
+    endpoint: BatchEndpoint = Field(description="A task endpoint: /v1/ner, /v1/qa, /v1/classify, ...")
+    completion_window: CompletionWindow = Field(description='Only "24h", as in the OpenAI API.')
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        None, max_length=16, description="Up to 16 pairs; keys up to 64 characters, values up to 512."
+    )
+
+
+def _quota(what: str, limit: int) -> Problem:
+    return Problem(QUOTA_EXCEEDED, f"this key is at its quota of {what}: {limit}", {"limit": limit})
+
+
+def _upload_quota(settings: Settings) -> Callable[[Usage], None]:
+    def check(usage: Usage) -> None:
+        """Refuse if the key's stored uploads, this one included, are over a quota."""
+        if usage.files > settings.batch_max_files_per_key:
+            raise _quota("stored batch files; delete one first", settings.batch_max_files_per_key)
+        if usage.bytes > settings.batch_max_upload_bytes_per_key:
+            raise _quota("bytes of stored batch files; delete some first", settings.batch_max_upload_bytes_per_key)
+
+    return check
+
+
+class _LineCounter:
+    """Counts the non-blank lines of a file fed in chunks: the lines a batch job answers
+    (`jobs.input_lines` skips the blank ones, by the same test)."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self._open_has_text = False  # the line the last chunk ended inside has text so far
+
+    def feed(self, chunk: bytes) -> None:
+        *ended, rest = chunk.split(b"\n")
+        for index, piece in enumerate(ended):
+            if piece.strip() or (index == 0 and self._open_has_text):
+                self.lines += 1
+        self._open_has_text = bool(rest.strip()) or (not ended and self._open_has_text)
+
+    def finish(self) -> int:
+        return self.lines + self._open_has_text
+
+
+def _store_chunk(handle: IO[bytes], chunk: bytes, counter: _LineCounter) -> None:
+    handle.write(chunk)
+    counter.feed(chunk)
+
+
+def _sync_and_close(handle: IO[bytes]) -> None:
+    # The data reaches the disk before the rename that makes it visible: after a power
+    # loss the file is either absent or whole.
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
 
 
 def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> APIRouter:
     router = APIRouter(tags=["batch"])
+    upload_quota = _upload_quota(settings)
 
     async def get_batch(batch_id: str, caller: Caller) -> Batch:
         batch = await asyncio.to_thread(store.get_batch, batch_id)
@@ -48,34 +142,42 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
         return batch
 
     @router.post("/v1/files")
-    async def upload_file(caller: CallerDep, file: UploadFile, purpose: str = Form(...)) -> dict[str, Any]:
-        if purpose != "batch":
-            raise Problem(INVALID_REQUEST, f"purpose must be 'batch', not {purpose!r}")
+    async def upload_file(caller: CallerDep, file: UploadFile, purpose: Annotated[Purpose, Form()]) -> dict[str, Any]:
+        used = await asyncio.to_thread(store.upload_usage, caller.name)
+        upload_quota(Usage(used.files + 1, used.bytes))  # refused before it is copied into the store
+        room = settings.batch_max_upload_bytes_per_key - used.bytes
         file_id = new_id("file")
         final = store.file_path(file_id)
         partial = final.with_suffix(".part")
-        size, newlines, last, limit = 0, 0, b"\n", settings.batch_max_upload_bytes
+        size, limit, counter = 0, settings.batch_max_upload_bytes, _LineCounter()
         handle = await asyncio.to_thread(open, partial, "wb")
         try:
             while chunk := await file.read(_CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise Problem(PAYLOAD_TOO_LARGE, f"file exceeds the limit of {limit} bytes")
-                newlines += chunk.count(b"\n")
-                last = chunk[-1:]
-                await asyncio.to_thread(handle.write, chunk)
-            handle.close()
-            lines = newlines + (last != b"\n")
-            if size == 0:
-                raise Problem(INVALID_REQUEST, "the file is empty")
+                if size > room:
+                    upload_quota(Usage(used.files + 1, used.bytes + size))
+                await asyncio.to_thread(_store_chunk, handle, chunk, counter)
+            await asyncio.to_thread(_sync_and_close, handle)
+            lines = counter.finish()
+            if lines == 0:
+                raise Problem(INVALID_REQUEST, "the file is empty (no line that is not blank)")
             if lines > settings.batch_max_lines:
                 raise Problem(PAYLOAD_TOO_LARGE, f"{lines} lines exceed the limit of {settings.batch_max_lines}")
-            await asyncio.to_thread(os.replace, partial, final)
+            await asyncio.to_thread(replace_durably, partial, final)
         finally:
             handle.close()
             partial.unlink(missing_ok=True)
         name = file.filename or "upload.jsonl"
-        record = await asyncio.to_thread(store.add_file, file_id, purpose, name, size, lines, caller.name)
+        try:
+            # Checked again with the insert: another upload of this key may have finished meanwhile.
+            record = await asyncio.to_thread(
+                store.add_file, file_id, purpose.value, name, size, lines, caller.name, check=upload_quota
+            )
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
         return record.describe()
 
     @router.get("/v1/files")
@@ -90,50 +192,54 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
         return record
 
     @router.get("/v1/files/{file_id}")
-    async def retrieve_file(file_id: str, caller: CallerDep) -> dict[str, Any]:
+    async def retrieve_file(file_id: FileId, caller: CallerDep) -> dict[str, Any]:
         return (await get_file(file_id, caller)).describe()
 
     @router.get("/v1/files/{file_id}/content")
-    async def file_content(file_id: str, caller: CallerDep) -> FileResponse:
+    async def file_content(file_id: FileId, caller: CallerDep) -> FileResponse:
         record = await get_file(file_id, caller)
         return FileResponse(store.file_path(record.id), media_type="application/jsonl", filename=record.filename)
 
     @router.delete("/v1/files/{file_id}")
-    async def delete_file(file_id: str, caller: CallerDep) -> dict[str, Any]:
+    async def delete_file(file_id: FileId, caller: CallerDep) -> dict[str, Any]:
         await get_file(file_id, caller)
         if await asyncio.to_thread(store.file_in_use, file_id):
             raise Problem(FILE_IN_USE, f"file {file_id!r} is the input of an unfinished batch")
         await asyncio.to_thread(store.delete_file, file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 
+    def active_quota(active: int) -> None:
+        if active >= settings.batch_max_active_batches_per_key:
+            limit = settings.batch_max_active_batches_per_key
+            raise _quota("unfinished batches; wait for one to finish or cancel one", limit)
+
     @router.post("/v1/batches")
     async def create_batch(body: BatchCreate, caller: CallerDep) -> dict[str, Any]:
-        if body.endpoint not in batch_endpoints():
-            raise Problem(INVALID_REQUEST, f"endpoint must be one of {sorted(batch_endpoints())}")
-        if body.completion_window not in COMPLETION_WINDOWS:
-            raise Problem(INVALID_REQUEST, f"completion_window must be one of {sorted(COMPLETION_WINDOWS)}")
         source = await get_file(body.input_file_id, caller)
-        if source.purpose != "batch":
+        if source.purpose != Purpose.BATCH.value:
             raise Problem(INVALID_REQUEST, f"file {source.id!r} was not uploaded with purpose 'batch'")
         now = int(time.time())
+        window = body.completion_window.value
         batch = Batch(
             id=new_id("batch"),
             endpoint=body.endpoint,
             input_file_id=source.id,
-            completion_window=body.completion_window,
+            completion_window=window,
             created_at=now,
-            expires_at=now + COMPLETION_WINDOWS[body.completion_window],
+            expires_at=now + COMPLETION_WINDOWS[window],
             metadata=body.metadata,
             owner=caller.name,
-            total=source.lines,
+            total=source.lines,  # its non-blank lines: each ends in the output or the error file
         )
-        await asyncio.to_thread(store.save_batch, batch)
+        await asyncio.to_thread(store.add_batch, batch, active_quota)
         runner.start(batch.id)
         return batch.describe()
 
     @router.get("/v1/batches")
     async def list_batches(
-        caller: CallerDep, limit: int = Query(20, ge=1, le=100), after: str | None = Query(None, max_length=128)
+        caller: CallerDep,
+        limit: int = Query(20, ge=1, le=100),
+        after: str | None = Query(None, max_length=ID_MAX_CHARS),
     ) -> dict[str, Any]:
         batches = [b for b in await asyncio.to_thread(store.batches) if caller.may_see(b.owner)]
         if after is not None:
@@ -149,11 +255,11 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
         }
 
     @router.get("/v1/batches/{batch_id}")
-    async def retrieve_batch(batch_id: str, caller: CallerDep) -> dict[str, Any]:
+    async def retrieve_batch(batch_id: BatchId, caller: CallerDep) -> dict[str, Any]:
         return (await get_batch(batch_id, caller)).describe()
 
     @router.post("/v1/batches/{batch_id}/cancel")
-    async def cancel_batch(batch_id: str, caller: CallerDep) -> dict[str, Any]:
+    async def cancel_batch(batch_id: BatchId, caller: CallerDep) -> dict[str, Any]:
         batch = await get_batch(batch_id, caller)
         if batch.status in FINAL_STATUSES:
             raise Problem(BATCH_NOT_CANCELLABLE, f"batch {batch_id!r} is already {batch.status}")

@@ -3,7 +3,8 @@
 Layout under the store's root: `store.sqlite3`, `files/<file id>.jsonl` (uploads and
 finished outputs), `batches/<batch id>/{output,errors}.jsonl` (journals being written).
 The database is small and touched a few times a second at most, so one connection
-behind a lock, called from worker threads, is all it needs.
+behind a lock, called from worker threads, is all it needs. The same lock makes a quota
+check and the insert it allows one step, so concurrent uploads cannot both take the last place.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,14 @@ _SELECT_FILES = f"SELECT {_FILE_COLUMNS} FROM files"
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one key (owner) keeps stored: its uploaded batch input files."""
+
+    files: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -145,15 +155,38 @@ class BatchStore:
         return self.files_dir / f"{file_id}.jsonl"
 
     def add_file(
-        self, file_id: str, purpose: str, filename: str, size: int, lines: int, owner: str | None = None
+        self,
+        file_id: str,
+        purpose: str,
+        filename: str,
+        size: int,
+        lines: int,
+        owner: str | None = None,
+        *,
+        check: Callable[[Usage], None] | None = None,
     ) -> StoredFile:
+        """Record a file; `check` sees the owner's uploads with this one added, and may raise to refuse it."""
         record = StoredFile(file_id, purpose, filename, size, lines, int(time.time()), owner)
         with self._lock:
+            if check is not None:
+                used = self._upload_usage(owner)
+                check(Usage(used.files + 1, used.bytes + size))
             self._db.execute(
                 f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (record.id, record.purpose, record.filename, record.bytes, record.lines, record.created_at, owner),
             )
         return record
+
+    def upload_usage(self, owner: str | None) -> Usage:
+        with self._lock:
+            return self._upload_usage(owner)
+
+    def _upload_usage(self, owner: str | None) -> Usage:
+        # `IS`, not `=`: without authentication the owner is NULL, one anonymous owner.
+        files, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE purpose = 'batch' AND owner IS ?", (owner,)
+        ).fetchone()
+        return Usage(int(files), int(size))
 
     def get_file(self, file_id: str) -> StoredFile | None:
         with self._lock:
@@ -191,6 +224,16 @@ class BatchStore:
                 "INSERT INTO batches VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET data = excluded.data, status = excluded.status",
                 (batch.id, batch.to_json(), batch.status, batch.created_at),
+            )
+
+    def add_batch(self, batch: Batch, check: Callable[[int], None]) -> None:
+        """Record a new batch; `check` sees how many unfinished batches its owner has, and may raise to refuse it."""
+        marks = ",".join("?" * len(ACTIVE_STATUSES))
+        with self._lock:
+            rows = self._db.execute(f"SELECT data FROM batches WHERE status IN ({marks})", ACTIVE_STATUSES).fetchall()
+            check(sum(1 for (data,) in rows if Batch.from_json(data).owner == batch.owner))
+            self._db.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?)", (batch.id, batch.to_json(), batch.status, batch.created_at)
             )
 
     def get_batch(self, batch_id: str) -> Batch | None:

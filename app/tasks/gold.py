@@ -7,6 +7,8 @@ clinical text itself.
 
 from __future__ import annotations
 
+import datetime
+import re
 from typing import Any, TypeGuard
 
 from app.tasks.types.base import BadRecord
@@ -15,6 +17,21 @@ from app.tasks.types.base import BadRecord
 def is_int(value: Any) -> TypeGuard[int]:
     # bool is an int subclass; `true` as an offset is a data bug, not offset 1.
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The one form a date item takes (the grammar writes it, the schema's pattern says it).
+# date.fromisoformat alone also reads week dates (2024-W10-1) and 20240312 on Python 3.11+.
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def iso_date(value: Any) -> datetime.date | None:
+    """The calendar date written as YYYY-MM-DD (ASCII digits), or None for anything else."""
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        return None
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:  # the right shape, but no such day (2024-02-30)
+        return None
 
 
 def string_field(obj: dict[str, Any], key: str, where: str = "") -> str:

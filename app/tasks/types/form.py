@@ -28,7 +28,6 @@ flagged `conflict: true` and the others are listed as `alternatives`.
 
 from __future__ import annotations
 
-import datetime
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -40,7 +39,7 @@ from pydantic import BaseModel, Field
 
 from app.tasks.chunking import Chunk, cut_off, shift
 from app.tasks.entities import overlaps
-from app.tasks.gold import check_span, is_int, list_field, string_field
+from app.tasks.gold import check_span, is_int, iso_date, list_field, string_field
 from app.tasks.grounding import Span, ground_spans, piece_boundaries
 from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
 from app.tasks.ranges import canonical_number, format_number, is_number, scaled
@@ -592,10 +591,7 @@ def _checked_value(spec: FormItemSpec, value: Any, where: str) -> Value:
         return canonical_number(value, decimals)
     if spec.kind == "date":
         first, last = spec.years or DEFAULT_YEARS
-        try:
-            day = datetime.date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else None
-        except ValueError:
-            day = None
+        day = iso_date(value)
         if day is None or not first <= day.year <= last:
             raise BadRecord(f"{where}: must be an ISO date YYYY-MM-DD in {first}-{last}")
         return str(value)
