@@ -63,6 +63,7 @@ FILE_IN_USE = ProblemType("file-in-use", "File is used by an unfinished batch", 
 # 409, not 413 or 429: the request is fine and small, and waiting alone does not help; what
 # the key already holds (files, unfinished batches) must shrink: delete a file, end a batch.
 QUOTA_EXCEEDED = ProblemType("quota-exceeded", "This key is at its batch storage or batch count quota", 409)
+STORAGE_FULL = ProblemType("storage-full", "No space left to store it", 507)
 
 
 @dataclass

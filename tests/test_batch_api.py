@@ -210,6 +210,16 @@ def test_cancel_keeps_finished_lines_and_finished_batches_cannot_be_cancelled(st
     assert [o["custom_id"] for o in content(oai, wait_for(oai, batch2.id, {"completed"}).output_file_id)] == ["z"]
 
 
+def test_an_empty_upload_is_a_batch_with_nothing_to_do(start: Started) -> None:
+    _, _, oai = start()
+    for data in (b"", b"\n  \n"):
+        uploaded = oai.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+        batch = oai.batches.create(input_file_id=uploaded.id, endpoint="/v1/ner", completion_window="24h")  # type: ignore[arg-type]
+        done = wait_for(oai, batch.id, {"completed"})
+        assert done.request_counts is not None and (done.request_counts.total, done.request_counts.completed) == (0, 0)
+        assert done.output_file_id is None and done.error_file_id is None
+
+
 def test_upload_and_create_errors_are_problems(start: Started) -> None:
     client, _, oai = start(batch_max_lines=3, batch_max_upload_bytes=2000)
 
@@ -219,7 +229,6 @@ def test_upload_and_create_errors_are_problems(start: Started) -> None:
     cases = [
         (upload(jsonl([line("a", "x")] * 4)), 413, "payload-too-large"),
         (upload(b"x" * 2001), 413, "payload-too-large"),
-        (upload(b""), 422, "invalid-request"),
         (upload(jsonl([line("a", "x")]), purpose="fine-tune"), 422, "invalid-request"),
         (client.get("/v1/batches/batch-nope"), 404, "not-found"),
         (client.get("/v1/files/file-nope/content"), 404, "not-found"),

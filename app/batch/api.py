@@ -11,26 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import os
 import time
 from collections.abc import Callable
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Path, Query, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.api.auth import Caller, CallerDep
+from app.api.openapi import problems
 from app.batch.jobs import COMPLETION_WINDOWS, BatchRunner, batch_endpoints
 from app.batch.journal import replace_durably
 from app.batch.store import FINAL_STATUSES, Batch, BatchStore, StoredFile, Usage, new_id
 from app.problems import (
     BATCH_NOT_CANCELLABLE,
     FILE_IN_USE,
-    INVALID_REQUEST,
     NOT_FOUND,
     PAYLOAD_TOO_LARGE,
     QUOTA_EXCEEDED,
+    STORAGE_FULL,
     Problem,
 )
 from app.settings import Settings
@@ -81,6 +83,94 @@ class BatchCreate(BaseModel):
     metadata: dict[MetadataKey, MetadataValue] | None = Field(
         None, max_length=16, description="Up to 16 pairs; keys up to 64 characters, values up to 512."
     )
+
+
+# -- response models: the OpenAI shapes, typed for the OpenAPI document -------------------
+
+BatchStatus = Literal[
+    "validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"
+]
+
+
+class FilePurpose(enum.StrEnum):
+    BATCH = "batch"  # an upload: a batch's input
+    BATCH_OUTPUT = "batch_output"  # a finished batch's output or error file
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: FilePurpose
+    status: Literal["processed"] = "processed"
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
+class RequestCounts(BaseModel):
+    total: int = Field(description="Lines the job answers: the input's non-blank lines.")
+    completed: int
+    failed: int
+
+
+class BatchError(BaseModel):
+    code: str
+    message: str
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchError]
+
+
+class BatchObject(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: BatchStatus
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    expires_at: int
+    in_progress_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def _file(record: StoredFile) -> FileObject:
+    return FileObject.model_validate(record.describe())
+
+
+def _batch(batch: Batch) -> BatchObject:
+    return BatchObject.model_validate(batch.describe())
 
 
 def _quota(what: str, limit: int) -> Problem:
@@ -141,8 +231,8 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
             raise Problem(NOT_FOUND, f"no batch {batch_id!r}")
         return batch
 
-    @router.post("/v1/files")
-    async def upload_file(caller: CallerDep, file: UploadFile, purpose: Annotated[Purpose, Form()]) -> dict[str, Any]:
+    @router.post("/v1/files", responses=problems(QUOTA_EXCEEDED, STORAGE_FULL))
+    async def upload_file(caller: CallerDep, file: UploadFile, purpose: Annotated[Purpose, Form()]) -> FileObject:
         used = await asyncio.to_thread(store.upload_usage, caller.name)
         upload_quota(Usage(used.files + 1, used.bytes))  # refused before it is copied into the store
         room = settings.batch_max_upload_bytes_per_key - used.bytes
@@ -160,12 +250,16 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
                     upload_quota(Usage(used.files + 1, used.bytes + size))
                 await asyncio.to_thread(_store_chunk, handle, chunk, counter)
             await asyncio.to_thread(_sync_and_close, handle)
+            # An empty file is a batch with nothing to do (it completes at once), not an error:
+            # the contract allows any file, and a generated client may well send one.
             lines = counter.finish()
-            if lines == 0:
-                raise Problem(INVALID_REQUEST, "the file is empty (no line that is not blank)")
             if lines > settings.batch_max_lines:
                 raise Problem(PAYLOAD_TOO_LARGE, f"{lines} lines exceed the limit of {settings.batch_max_lines}")
             await asyncio.to_thread(replace_durably, partial, final)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise Problem(STORAGE_FULL, "no space left to store the file; nothing was kept") from None
+            raise
         finally:
             handle.close()
             partial.unlink(missing_ok=True)
@@ -178,12 +272,12 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
         except BaseException:
             final.unlink(missing_ok=True)
             raise
-        return record.describe()
+        return _file(record)
 
     @router.get("/v1/files")
-    async def list_files(caller: CallerDep, purpose: str | None = None) -> dict[str, Any]:
-        files = await asyncio.to_thread(store.list_files, purpose)
-        return {"object": "list", "data": [f.describe() for f in files if caller.may_see(f.owner)]}
+    async def list_files(caller: CallerDep, purpose: FilePurpose | None = None) -> FileList:
+        files = await asyncio.to_thread(store.list_files, purpose.value if purpose else None)
+        return FileList(data=[_file(f) for f in files if caller.may_see(f.owner)])
 
     async def get_file(file_id: str, caller: Caller) -> StoredFile:
         record = await asyncio.to_thread(store.get_file, file_id)
@@ -191,33 +285,44 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
             raise Problem(NOT_FOUND, f"no file {file_id!r}")
         return record
 
-    @router.get("/v1/files/{file_id}")
-    async def retrieve_file(file_id: FileId, caller: CallerDep) -> dict[str, Any]:
-        return (await get_file(file_id, caller)).describe()
+    @router.get("/v1/files/{file_id}", responses=problems(NOT_FOUND))
+    async def retrieve_file(file_id: FileId, caller: CallerDep) -> FileObject:
+        return _file(await get_file(file_id, caller))
 
-    @router.get("/v1/files/{file_id}/content")
+    @router.get(
+        "/v1/files/{file_id}/content",
+        response_class=FileResponse,
+        responses={
+            200: {
+                "description": "The file, as JSON lines.",
+                "content": {"application/jsonl": {"schema": {"type": "string"}}},
+            },
+            **problems(NOT_FOUND),
+        },
+    )
     async def file_content(file_id: FileId, caller: CallerDep) -> FileResponse:
         record = await get_file(file_id, caller)
         return FileResponse(store.file_path(record.id), media_type="application/jsonl", filename=record.filename)
 
-    @router.delete("/v1/files/{file_id}")
-    async def delete_file(file_id: FileId, caller: CallerDep) -> dict[str, Any]:
+    @router.delete("/v1/files/{file_id}", responses=problems(NOT_FOUND, FILE_IN_USE))
+    async def delete_file(file_id: FileId, caller: CallerDep) -> FileDeleted:
         await get_file(file_id, caller)
         if await asyncio.to_thread(store.file_in_use, file_id):
             raise Problem(FILE_IN_USE, f"file {file_id!r} is the input of an unfinished batch")
         await asyncio.to_thread(store.delete_file, file_id)
-        return {"id": file_id, "object": "file", "deleted": True}
+        return FileDeleted(id=file_id, deleted=True)
 
     def active_quota(active: int) -> None:
         if active >= settings.batch_max_active_batches_per_key:
             limit = settings.batch_max_active_batches_per_key
             raise _quota("unfinished batches; wait for one to finish or cancel one", limit)
 
-    @router.post("/v1/batches")
-    async def create_batch(body: BatchCreate, caller: CallerDep) -> dict[str, Any]:
+    @router.post("/v1/batches", responses=problems(NOT_FOUND, QUOTA_EXCEEDED))
+    async def create_batch(body: BatchCreate, caller: CallerDep) -> BatchObject:
         source = await get_file(body.input_file_id, caller)
         if source.purpose != Purpose.BATCH.value:
-            raise Problem(INVALID_REQUEST, f"file {source.id!r} was not uploaded with purpose 'batch'")
+            # A batch's own output is no batch input: there is no input file with that id.
+            raise Problem(NOT_FOUND, f"file {source.id!r} is not a batch input (its purpose is {source.purpose!r})")
         now = int(time.time())
         window = body.completion_window.value
         batch = Batch(
@@ -233,40 +338,39 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
         )
         await asyncio.to_thread(store.add_batch, batch, active_quota)
         runner.start(batch.id)
-        return batch.describe()
+        return _batch(batch)
 
     @router.get("/v1/batches")
     async def list_batches(
         caller: CallerDep,
         limit: int = Query(20, ge=1, le=100),
         after: str | None = Query(None, max_length=ID_MAX_CHARS),
-    ) -> dict[str, Any]:
+    ) -> BatchList:
         batches = [b for b in await asyncio.to_thread(store.batches) if caller.may_see(b.owner)]
         if after is not None:
             ids = [b.id for b in batches]
             batches = batches[ids.index(after) + 1 :] if after in ids else []
         page = batches[:limit]
-        return {
-            "object": "list",
-            "data": [b.describe() for b in page],
-            "first_id": page[0].id if page else None,
-            "last_id": page[-1].id if page else None,
-            "has_more": len(batches) > limit,
-        }
+        return BatchList(
+            data=[_batch(b) for b in page],
+            first_id=page[0].id if page else None,
+            last_id=page[-1].id if page else None,
+            has_more=len(batches) > limit,
+        )
 
-    @router.get("/v1/batches/{batch_id}")
-    async def retrieve_batch(batch_id: BatchId, caller: CallerDep) -> dict[str, Any]:
-        return (await get_batch(batch_id, caller)).describe()
+    @router.get("/v1/batches/{batch_id}", responses=problems(NOT_FOUND))
+    async def retrieve_batch(batch_id: BatchId, caller: CallerDep) -> BatchObject:
+        return _batch(await get_batch(batch_id, caller))
 
-    @router.post("/v1/batches/{batch_id}/cancel")
-    async def cancel_batch(batch_id: BatchId, caller: CallerDep) -> dict[str, Any]:
+    @router.post("/v1/batches/{batch_id}/cancel", responses=problems(NOT_FOUND, BATCH_NOT_CANCELLABLE))
+    async def cancel_batch(batch_id: BatchId, caller: CallerDep) -> BatchObject:
         batch = await get_batch(batch_id, caller)
         if batch.status in FINAL_STATUSES:
             raise Problem(BATCH_NOT_CANCELLABLE, f"batch {batch_id!r} is already {batch.status}")
         runner.cancel(batch_id)
-        view = batch.describe()
+        view = _batch(batch)
         if batch.status in ("validating", "in_progress"):
-            view["status"] = "cancelling"  # what the job's next save records
+            view.status = "cancelling"  # what the job's next save records
         return view
 
     return router
