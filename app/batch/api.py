@@ -295,14 +295,16 @@ def batch_router(settings: Settings, store: BatchStore, runner: BatchRunner) -> 
         responses={
             200: {
                 "description": "The file, as JSON lines.",
-                "content": {"application/jsonl": {"schema": {"type": "string"}}},
+                # Bytes (JSON lines inside): a type every client generator reads, where
+                # application/jsonl is registered nowhere yet.
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
             },
             **problems(NOT_FOUND),
         },
     )
     async def file_content(file_id: FileId, caller: CallerDep) -> FileResponse:
         record = await get_file(file_id, caller)
-        return FileResponse(store.file_path(record.id), media_type="application/jsonl", filename=record.filename)
+        return FileResponse(store.file_path(record.id), media_type="application/octet-stream", filename=record.filename)
 
     @router.delete("/v1/files/{file_id}", responses=problems(NOT_FOUND, FILE_IN_USE))
     async def delete_file(file_id: FileId, caller: CallerDep) -> FileDeleted:

@@ -67,12 +67,18 @@ def test_a_generated_client_annotates_runs_a_batch_and_reads_problems(
     )
     from medlora_client.models import (  # type: ignore[import-not-found]
         BatchCreate,
+        BatchCreateEndpoint,
         BodyUploadFileV1FilesPost,
+        CompletionWindow,
         DocumentIn,
         FormRequest,
+        FormRequestTask,
         NerRequest,
+        NerRequestTask,
         Problem,
+        Purpose,
         RelationsRequest,
+        RelationsRequestTask,
     )
     from medlora_client.types import File  # type: ignore[import-not-found]
 
@@ -80,18 +86,20 @@ def test_a_generated_client_annotates_runs_a_batch_and_reads_problems(
     api = Client(base_url=live_server.url, timeout=httpx.Timeout(600.0), raise_on_unexpected_status=True)
     docs = [DocumentIn(id="d1", text=NOTE)]
 
-    ner = ner_v1_ner_post.sync(client=api, body=NerRequest(task="ner-it-clinical", documents=docs))
+    ner = ner_v1_ner_post.sync(client=api, body=NerRequest(task=NerRequestTask("ner-it-clinical"), documents=docs))
     assert ner.task == "ner-it-clinical" and ner.documents[0].id == "d1"
     for entity in ner.documents[0].entities:
         assert NOTE[entity.start : entity.end] == entity.text
 
     relations = relations_v1_relations_post.sync(
-        client=api, body=RelationsRequest(task="re-it-medication", documents=docs)
+        client=api, body=RelationsRequest(task=RelationsRequestTask("re-it-medication"), documents=docs)
     )
     ids = {e.id for e in relations.documents[0].entities}
     assert all(r.head in ids and r.tail in ids for r in relations.documents[0].relations)
 
-    form = forms_v1_forms_post.sync(client=api, body=FormRequest(task="crf-it-dyspnea", documents=docs))
+    form = forms_v1_forms_post.sync(
+        client=api, body=FormRequest(task=FormRequestTask("crf-it-dyspnea"), documents=docs)
+    )
     items = form.documents[0].items
     assert [i.name for i in items][:3] == ["visit_date", "age", "sex"] and all(
         i.status in ("filled", "unknown") for i in items
@@ -99,7 +107,8 @@ def test_a_generated_client_annotates_runs_a_batch_and_reads_problems(
 
     # A problem comes back as the typed Problem, its type one of the documented URNs.
     duplicate = ner_v1_ner_post.sync(
-        client=api, body=NerRequest(task="ner-it-clinical", documents=[DocumentIn(id="x", text="a")] * 2)
+        client=api,
+        body=NerRequest(task=NerRequestTask("ner-it-clinical"), documents=[DocumentIn(id="x", text="a")] * 2),
     )
     assert isinstance(duplicate, Problem)
     assert duplicate.type_.value == "urn:medlora:problem:duplicate-id" and duplicate.status == 422
@@ -120,12 +129,17 @@ def test_a_generated_client_annotates_runs_a_batch_and_reads_problems(
     uploaded = upload_file_v1_files_post.sync(
         client=api,
         body=BodyUploadFileV1FilesPost(
-            file=File(payload=io.BytesIO(payload), file_name="requests.jsonl"), purpose="batch"
+            file=File(payload=io.BytesIO(payload), file_name="requests.jsonl"), purpose=Purpose.BATCH
         ),
     )
     assert uploaded.bytes_ == len(payload) and uploaded.purpose == "batch"
     batch = create_batch_v1_batches_post.sync(
-        client=api, body=BatchCreate(input_file_id=uploaded.id, endpoint="/v1/ner", completion_window="24h")
+        client=api,
+        body=BatchCreate(
+            input_file_id=uploaded.id,
+            endpoint=BatchCreateEndpoint("/v1/ner"),
+            completion_window=CompletionWindow("24h"),
+        ),
     )
     deadline = time.monotonic() + 600
     while batch.status not in ("completed", "failed", "cancelled", "expired"):
