@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from app.engine.vllm_logs import LOGGING_CONFIG
 from app.settings import REPO_ROOT
 from bench.models import random_qwen3_env, random_qwen3_settings
 
@@ -184,6 +185,7 @@ def start_vllm_server(cache_dir: Path, port: int, log_path: Path) -> subprocess.
     env = {
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_LOGGING_CONFIG_PATH": str(LOGGING_CONFIG),  # as the chart's engine pods: no note text in logs
         "VLLM_NO_USAGE_STATS": "1",
         # The in-process engine sets this from settings; a server reads it from its environment.
         "VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kvcache_gib),

@@ -38,6 +38,7 @@ import httpx
 
 from app.batch.journal import recover
 from app.engine.remote.server_args import vllm_server_args
+from app.engine.vllm_logs import LOGGING_CONFIG
 from app.settings import REPO_ROOT, Settings
 from app.tasks.manifests import load_tasks
 from app.training.synthetic import examples_for_task, write_jsonl
@@ -199,6 +200,7 @@ def replica(base: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_LOGGING_CONFIG_PATH": str(LOGGING_CONFIG),  # as the chart's engine pods: no note text in logs
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # see tests/e2e/test_remote_engine_live.py

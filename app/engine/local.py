@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from app.engine.base import AdapterHandle, EngineDead, EngineError, GenerationRequest, GenerationResult
+from app.engine.vllm_logs import LOGGING_CONFIG, LOGGING_CONFIG_ENV
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class VllmEngine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.cpu_kvcache_gib))
         # The engine core runs in a spawned process: it must not inherit (fork) this one's state.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        # vLLM's own logs without the notes' text (app/engine/vllm_logs.py), in every process of
+        # the engine; an operator's own logging config wins.
+        os.environ.setdefault(LOGGING_CONFIG_ENV, str(LOGGING_CONFIG))
         started = time.perf_counter()
         # Building AsyncLLM (config, model load, engine-core process start) takes tens of
         # seconds of blocking work: in a thread, so the event loop keeps answering /livez.

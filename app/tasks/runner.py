@@ -10,6 +10,7 @@ or unvalidated result is never returned.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -30,8 +31,9 @@ from app.problems import ENGINE_UNAVAILABLE, GENERATION_FAILED, Problem
 from app.tasks.adapters import AdapterUse
 from app.tasks.chunking import Chunk, split_text
 from app.tasks.confidence import TokenConfidences
-from app.tasks.grammar import compile_grammar, json_escape
+from app.tasks.grammar import PIECE_MAX_CHARS, compile_grammar, json_escape
 from app.tasks.metrics import Metrics
+from app.tasks.normalization import NfcText
 from app.tasks.prompts import PromptRenderer, build_messages
 from app.tasks.schema import worst_case_bytes
 from app.tasks.types.base import Answer, Ask, Tally, Task, TaskInput
@@ -40,8 +42,10 @@ log = logging.getLogger("medlora.tasks")
 
 T = TypeVar("T")
 
-# Below this a chunk is not split further to fit the context; the request fails instead.
-_MIN_CHUNK_CHARS = 64
+# Below this a chunk is not split further to fit the context; the request fails instead. As
+# small as it can be without cutting a piece (a word of up to 32 characters): a chunk of emoji,
+# 4 bytes each, needs about 40 characters for NER's worst case to fit the context.
+_MIN_CHUNK_CHARS = PIECE_MAX_CHARS
 
 
 Gate = asyncio.Semaphore
@@ -60,10 +64,12 @@ class RunStats:
 
 @dataclass(frozen=True)
 class Plan:
-    """A request's work, known before it is admitted: each item's chunks (None: answered
-    without the model) and the generations each chunk needs."""
+    """A request's work, known before it is admitted: each item as the model reads it (its
+    source in NFC), the way back to the source sent (None: it was NFC already), its chunks
+    (None: answered without the model) and the generations each chunk needs."""
 
     items: list[TaskInput]
+    originals: list[NfcText | None]
     chunks: list[list[Chunk] | None]
     asks_per_chunk: int
 
@@ -192,7 +198,7 @@ class TaskRunner:
                     raise Problem(
                         GENERATION_FAILED, "input does not fit the model context even in the smallest chunk"
                     ) from None
-                half = max(len(chunk.text) // 2, _MIN_CHUNK_CHARS // 2)
+                half = max(len(chunk.text) // 2, _MIN_CHUNK_CHARS)
                 parts = split_text(chunk.text, half, min(gen.chunk_overlap_chars, half // 4))
                 await gather_first_error([one(Chunk(chunk.start + p.start, p.text)) for p in parts])
 
@@ -206,6 +212,11 @@ class TaskRunner:
         gen = task.manifest.generation
         chunks: list[list[Chunk] | None] = []
         asks_per_chunk = 0
+        originals = [NfcText.of(item.source) for item in items]
+        items = [
+            item if nfc is None else dataclasses.replace(item, payload=item.with_source(nfc.text))
+            for item, nfc in zip(items, originals, strict=True)
+        ]
         for item in items:
             if task.kind.blank(task, item) is not None:
                 chunks.append(None)
@@ -214,7 +225,7 @@ class TaskRunner:
             chunks.append(parts)
             if not asks_per_chunk:  # the same for every chunk of a task (a form's item groups)
                 asks_per_chunk = len(task.kind.asks(task, item.with_source(parts[0].text)))
-        return Plan(items, chunks, asks_per_chunk)
+        return Plan(items, originals, chunks, asks_per_chunk)
 
     async def run(
         self,
@@ -232,26 +243,31 @@ class TaskRunner:
         gate = asyncio.Semaphore(concurrency or max(plan.generations, 1))
         stats = stats if stats is not None else RunStats()
 
-        async def one(item: TaskInput, chunks: list[Chunk] | None) -> Any:
+        async def one(item: TaskInput, original: NfcText | None, chunks: list[Chunk] | None) -> Any:
             if chunks is None:
                 return kind.blank(task, item)
             done = await self._over_chunks(task, adapter, item, chunks, priority, gate, stats)
-            return await asyncio.to_thread(self._conclude, task, adapter, item, done)
+            return await asyncio.to_thread(self._conclude, task, adapter, item, original, done)
 
-        return await gather_first_error(
-            [one(item, chunks) for item, chunks in zip(plan.items, plan.chunks, strict=True)]
-        )
+        work = zip(plan.items, plan.originals, plan.chunks, strict=True)
+        return await gather_first_error([one(*each) for each in work])
 
     def _conclude(
-        self, task: Task, adapter: AdapterUse, item: TaskInput, done: list[tuple[Chunk, list[Answer]]]
+        self,
+        task: Task,
+        adapter: AdapterUse,
+        item: TaskInput,
+        original: NfcText | None,
+        done: list[tuple[Chunk, list[Answer]]],
     ) -> Any:
-        """Ground each chunk's answers and merge them into the item's result."""
+        """Ground each chunk's answers, merge them into the item's result, and move its spans
+        back to the text sent when the model read it in NFC."""
         kind = task.kind
         tally = Tally()
         parts = [kind.read(task, item, chunk, answers, tally) for chunk, answers in done]
         result = kind.merge(task, item, parts, tally)
         self._publish(task, adapter, tally)
-        return result
+        return result if original is None else kind.to_original(task, result, original)
 
     def _publish(self, task: Task, adapter: AdapterUse, tally: Tally) -> None:
         labels = (task.name, adapter.key)

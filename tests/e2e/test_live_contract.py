@@ -28,7 +28,7 @@ from tests.e2e.conftest import LiveServer, RandomModel, free_port, server_env, s
 
 pytestmark = pytest.mark.e2e
 
-SECONDS = int(os.environ.get("MEDLORA_SCHEMATHESIS_SECONDS", "150"))
+SECONDS = int(os.environ.get("MEDLORA_SCHEMATHESIS_SECONDS", "120"))
 SEED = "20261201"
 ADMIN_KEY = "contract-admin-key-0123456789"
 LIMITS = {

@@ -31,6 +31,7 @@ from app.api.auth import hash_key
 from app.engine.base import GenerationRequest
 from app.engine.remote.engine import RemoteEngine
 from app.engine.remote.server_args import vllm_server_args
+from app.engine.vllm_logs import LOGGING_CONFIG
 from app.settings import REPO_ROOT, Settings
 from app.training.tiny_model import build_tiny_adapter
 from tests.e2e.conftest import LOGS, RandomModel, free_port, skip_unless_e2e
@@ -94,6 +95,7 @@ def start_replica(base_dir: Path, port: int, log_path: Path) -> Process:
     env = {
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_LOGGING_CONFIG_PATH": str(LOGGING_CONFIG),  # as the chart's engine pods: no note text in logs
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         # Two replicas, a gateway and the tests share two cores. With vLLM's default thread

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from app.tasks.chunking import Chunk
 from app.tasks.confidence import Node, TokenConfidences, locate
+from app.tasks.normalization import NfcText, remap_spans
 from app.tasks.protocol import ModelInfo, TaskRequest
 from app.tasks.spec import TaskManifest
 
@@ -274,6 +275,11 @@ class TaskType(ABC, Generic[R]):
     @abstractmethod
     def merge(self, task: Task, item: TaskInput, parts: list[R], tally: Tally) -> R:
         """The results of a note's chunks (in document order) as one."""
+
+    def to_original(self, task: Task, result: R, text: NfcText) -> R:
+        """A result grounded in the NFC form of a note, with every span moved back to the note
+        as sent (offsets and text); see app/tasks/normalization.py."""
+        return remap_spans(result, text.remap)
 
     @abstractmethod
     def respond(self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[R]) -> BaseModel:

@@ -28,11 +28,12 @@ flagged `conflict: true` and the others are listed as `alternatives`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
@@ -41,6 +42,7 @@ from app.tasks.chunking import Chunk, cut_off, shift
 from app.tasks.entities import overlaps
 from app.tasks.gold import check_span, is_int, iso_date, list_field, string_field
 from app.tasks.grounding import Span, ground_spans, piece_boundaries
+from app.tasks.normalization import NfcText, remap_spans
 from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
 from app.tasks.ranges import canonical_number, format_number, is_number, scaled
 from app.tasks.schema import DECIMALS, DEFAULT_YEARS, GROUNDED, YEARS, SpanBytes, worst_case_bytes
@@ -340,6 +342,15 @@ class FormType(TaskType[FormResult]):
                 result.items[name].filled = Filled(value, (shift(span, chunk.start),), confidence)
         return result
 
+    def to_original(self, task: Task, result: FormResult, text: NfcText) -> FormResult:
+        # A text item's value is its evidence, a verbatim span: the characters sent, too.
+        moved = remap_spans(result, text.remap)
+        kinds = {spec.name: spec.kind for spec in task.manifest.items}
+        for name, item in moved.items.items():
+            if kinds[name] == "text":
+                item.filled, item.alternatives = _verbatim(item.filled), [_verbatim(a) for a in item.alternatives]
+        return moved
+
     def merge(self, task: Task, item: TaskInput, parts: list[FormResult], tally: Tally) -> FormResult:
         merged: dict[str, FormItemResult] = {}
         for spec in task.manifest.items:
@@ -536,6 +547,21 @@ def _best_confidence(found: list[Filled]) -> float | None:
 
 def _evidence_out(spans: Sequence[Span]) -> list[EvidenceOut]:
     return [EvidenceOut(start=s.start, end=s.end, text=s.text) for s in spans]
+
+
+@overload
+def _verbatim(filled: Filled) -> Filled: ...
+
+
+@overload
+def _verbatim(filled: None) -> None: ...
+
+
+def _verbatim(filled: Filled | None) -> Filled | None:
+    """A text item's value as its (first) evidence span's text."""
+    if filled is None or not filled.evidence:
+        return filled
+    return dataclasses.replace(filled, value=filled.evidence[0].text)
 
 
 def _item_out(name: str, result: FormItemResult) -> FormItemOut:

@@ -1,0 +1,91 @@
+"""Notes in NFC, as the model reads them, and the way back to the characters that were sent.
+
+Qwen's tokenizer normalizes text to NFC, so a note written decomposed ("citta" + U+0300, as
+macOS and some PDF exports write it) reaches the model composed. llguidance computes the
+tokens of forced bytes through that same tokenizer: a grammar built over the decomposed bytes
+offers the composed token inside a span and then refuses it, a dead end mid-answer. So the
+runner gives the prompt, the grammar and grounding the NFC text, and every span it grounds is
+moved back to the text the client sent: offsets and `text` are always those of the input.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from app.tasks.grounding import Span
+
+T = TypeVar("T")
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+@dataclass(frozen=True)
+class NfcText:
+    """A text and its NFC form, cut into segments that normalize on their own: segment k is
+    `original[original_bounds[k]:original_bounds[k + 1]]` and becomes
+    `text[nfc_bounds[k]:nfc_bounds[k + 1]]`."""
+
+    original: str
+    text: str
+    original_bounds: tuple[int, ...]
+    nfc_bounds: tuple[int, ...]
+
+    @classmethod
+    def of(cls, original: str) -> NfcText | None:
+        """None when the text is NFC already (nearly always: nothing to map)."""
+        if unicodedata.is_normalized("NFC", original):
+            return None
+        original_bounds, nfc_bounds, parts = [0], [0], []
+        segment = ""
+        for i, char in enumerate(original):
+            # A new segment starts at a character that composes with nothing before it: a
+            # starter whose NFC with the segment so far is the two normalized apart (Hangul
+            # jamo and other composing starters stay with what they compose with).
+            if segment and unicodedata.combining(char) == 0 and _nfc(segment + char) == _nfc(segment) + _nfc(char):
+                parts.append(_nfc(segment))
+                original_bounds.append(i)
+                nfc_bounds.append(nfc_bounds[-1] + len(parts[-1]))
+                segment = ""
+            segment += char
+        parts.append(_nfc(segment))
+        original_bounds.append(len(original))
+        nfc_bounds.append(nfc_bounds[-1] + len(parts[-1]))
+        return cls(original, "".join(parts), tuple(original_bounds), tuple(nfc_bounds))
+
+    def to_original(self, start: int, end: int) -> tuple[int, int]:
+        """Offsets in the NFC text as offsets in the original: a bound inside a segment (a piece
+        of the NFC text can end inside none, but be safe) widens to the whole segment."""
+        first = bisect.bisect_right(self.nfc_bounds, start) - 1
+        last = bisect.bisect_left(self.nfc_bounds, end)
+        return self.original_bounds[first], self.original_bounds[min(last, len(self.original_bounds) - 1)]
+
+    def remap(self, span: Span) -> Span:
+        start, end = self.to_original(span.start, span.end)
+        return dataclasses.replace(span, start=start, end=end, text=self.original[start:end])
+
+
+def remap_spans(value: T, remap: Callable[[Span], Span]) -> T:
+    """`value` with every Span inside it (through dataclasses, lists, tuples and dicts) remapped."""
+    return _walk(value, remap)  # type: ignore[no-any-return]
+
+
+def _walk(value: Any, remap: Callable[[Span], Span]) -> Any:
+    if isinstance(value, Span):
+        return remap(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: _walk(getattr(value, f.name), remap) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changes)
+    if isinstance(value, list):
+        return [_walk(v, remap) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_walk(v, remap) for v in value)
+    if isinstance(value, dict):
+        return {k: _walk(v, remap) for k, v in value.items()}
+    return value

@@ -1,0 +1,85 @@
+"""A note that is not NFC is read by the model in NFC (its tokenizer normalizes), so the prompt,
+the grammar and grounding use the NFC text, and every span goes back to the characters sent."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.tasks.grounding import Span
+from app.tasks.normalization import NfcText
+from tests.fakes import last_input, ner_output
+
+NFD_NOTE = unicodedata.normalize("NFD", "Dispnea a riposo, ortopnea; città: Forlì. Caffè.")
+
+# Letters, combining marks, Hangul jamo (which compose with each other), singletons NFC changes
+# (ANGSTROM SIGN, OHM SIGN), CJK compatibility ideographs, and ASCII around them.
+awkward = st.text(
+    st.sampled_from(
+        [*"aeiou AEIOU.,;", *"\u0300\u0301\u0308\u0323", *"\u1100\u1161\u11a8", *"\u212b\u2126\uf900\u00e8\U0001f642"]
+    ),
+    max_size=60,
+)
+
+
+@given(awkward)
+@settings(max_examples=400)
+def test_the_nfc_text_is_what_the_tokenizer_would_make_of_the_note(text: str) -> None:
+    nfc = NfcText.of(text)
+    if nfc is None:
+        assert unicodedata.is_normalized("NFC", text)
+        return
+    assert nfc.text == unicodedata.normalize("NFC", text)
+    # Every segment maps whole: original and NFC bounds walk the two texts in step.
+    for k in range(len(nfc.original_bounds) - 1):
+        piece = text[nfc.original_bounds[k] : nfc.original_bounds[k + 1]]
+        assert nfc.text[nfc.nfc_bounds[k] : nfc.nfc_bounds[k + 1]] == unicodedata.normalize("NFC", piece)
+
+
+def test_a_span_of_the_nfc_text_maps_back_to_the_characters_sent() -> None:
+    nfc = NfcText.of(NFD_NOTE)
+    assert nfc is not None and nfc.text == unicodedata.normalize("NFC", NFD_NOTE)
+    start = nfc.text.index("città")
+    span = nfc.remap(Span(start, start + len("città"), "città", "X"))
+    assert NFD_NOTE[span.start : span.end] == span.text == unicodedata.normalize("NFD", "città")
+    assert NfcText.of("già NFC") is None
+
+
+def test_a_decomposed_note_is_read_composed_and_answered_with_its_own_characters(client_for: Any) -> None:
+    seen: list[str] = []
+
+    def respond(request: Any) -> str:
+        seen.append(last_input(request))
+        return ner_output(("città", "SYMPTOM"), ("Caffè", "DRUG"))  # what a model writes: NFC text
+
+    client, _ = client_for(respond)
+    body = {"task": "ner-it-clinical", "documents": [{"id": "d", "text": NFD_NOTE}]}
+    r = client.post("/v1/ner", json=body)
+    assert r.status_code == 200, r.text
+    assert seen == [unicodedata.normalize("NFC", NFD_NOTE)]  # the prompt, and the grammar's source
+    entities = r.json()["documents"][0]["entities"]
+    assert [e["label"] for e in entities] == ["SYMPTOM", "DRUG"]
+    for entity in entities:
+        assert NFD_NOTE[entity["start"] : entity["end"]] == entity["text"]  # the characters sent
+        assert not unicodedata.is_normalized("NFC", entity["text"])
+
+
+def test_a_form_text_value_is_the_characters_sent(client_for: Any) -> None:
+    note = unicodedata.normalize("NFD", "Diagnosi: polmonite basale destra, già nota.")
+
+    def respond(request: Any) -> str:
+        prompt = bytes(request.prompt_token_ids).decode()
+        item = "working_diagnosis"
+        span = "polmonite basale destra, già nota"
+        return json.dumps({item: unicodedata.normalize("NFC", span)} if f"- {item} (" in prompt else {})
+
+    client, _ = client_for(respond)
+    r = client.post("/v1/forms", json={"task": "crf-it-dyspnea", "documents": [{"id": "d", "text": note}]})
+    assert r.status_code == 200, r.text
+    (item,) = [i for i in r.json()["documents"][0]["items"] if i["name"] == "working_diagnosis"]
+    (evidence,) = item["evidence"]
+    assert note[evidence["start"] : evidence["end"]] == evidence["text"] == item["value"]
