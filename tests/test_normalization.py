@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 
 from app.tasks.grounding import Span
 from app.tasks.normalization import NfcText
+from app.tasks.types.base import Tally
+from app.tasks.types.ner import NerResult
+from tests.conftest import shipped_task
 from tests.fakes import last_input, ner_output
 
 NFD_NOTE = unicodedata.normalize("NFD", "Dispnea a riposo, ortopnea; città: Forlì. Caffè.")
@@ -20,7 +23,12 @@ NFD_NOTE = unicodedata.normalize("NFD", "Dispnea a riposo, ortopnea; città: For
 # (ANGSTROM SIGN, OHM SIGN), CJK compatibility ideographs, and ASCII around them.
 awkward = st.text(
     st.sampled_from(
-        [*"aeiou AEIOU.,;", *"\u0300\u0301\u0308\u0323", *"\u1100\u1161\u11a8", *"\u212b\u2126\uf900\u00e8\U0001f642"]
+        [
+            *"aeiou AEIOU.,;\u2029\n",
+            *"\u0300\u0301\u0308\u0323",
+            *"\u1100\u1161\u11a8",
+            *"\u212b\u2126\uf900\u00e8\U0001f642",
+        ]
     ),
     max_size=60,
 )
@@ -34,10 +42,13 @@ def test_the_nfc_text_is_what_the_tokenizer_would_make_of_the_note(text: str) ->
         assert unicodedata.is_normalized("NFC", text)
         return
     assert nfc.text == unicodedata.normalize("NFC", text)
-    # Every segment maps whole: original and NFC bounds walk the two texts in step.
+    # Every piece maps whole: original and NFC bounds walk the two texts in step, and only what
+    # normalization changes is mapped as a block (everything else one character to one).
     for k in range(len(nfc.original_bounds) - 1):
         piece = text[nfc.original_bounds[k] : nfc.original_bounds[k + 1]]
-        assert nfc.text[nfc.nfc_bounds[k] : nfc.nfc_bounds[k + 1]] == unicodedata.normalize("NFC", piece)
+        normal = nfc.text[nfc.nfc_bounds[k] : nfc.nfc_bounds[k + 1]]
+        assert normal == unicodedata.normalize("NFC", piece)
+        assert len(piece) == 1 or normal != piece
 
 
 def test_a_span_of_the_nfc_text_maps_back_to_the_characters_sent() -> None:
@@ -47,6 +58,33 @@ def test_a_span_of_the_nfc_text_maps_back_to_the_characters_sent() -> None:
     span = nfc.remap(Span(start, start + len("città"), "città", "X"))
     assert NFD_NOTE[span.start : span.end] == span.text == unicodedata.normalize("NFD", "città")
     assert NfcText.of("già NFC") is None
+
+
+def test_a_span_of_unchanged_characters_is_not_widened_over_their_neighbours() -> None:
+    # A combining mark after a paragraph separator composes with nothing and NFC leaves both
+    # alone, but they share a segment: a span of the mark alone stays the mark alone, not a span
+    # that starts with whitespace (found at volume on real vLLM).
+    note = "e\u0301 \u2029\u0301x"
+    nfc = NfcText.of(note)
+    assert nfc is not None and nfc.text == "\u00e9 \u2029\u0301x"
+    span = nfc.remap(Span(3, 5, "\u0301x", "X"))
+    assert (span.start, span.end, span.text) == (4, 6, "\u0301x")
+    assert nfc.remap(Span(0, 1, "\u00e9", "X")).text == "e\u0301"
+
+
+def test_two_spans_that_become_one_in_the_characters_sent_are_returned_once() -> None:
+    # A letter with more marks than a piece holds (32) may be cut inside them; NFC put the marks
+    # in canonical order, so both cuts fall in one changed piece: one span of the text sent.
+    note = "x" + "\u0301\u0323" * 20 + " y"
+    nfc = NfcText.of(note)
+    assert nfc is not None
+    task = shipped_task("ner-it-clinical")
+    short = Span(0, 33, nfc.text[:33], "SYMPTOM", confidence=0.4)
+    whole = Span(0, 41, nfc.text[:41], "SYMPTOM", confidence=0.7)
+    tally = Tally(returned=2)
+    result = task.kind.to_original(task, NerResult([short, whole]), nfc, tally)
+    assert [(e.start, e.end, e.text, e.confidence) for e in result.entities] == [(0, 41, note[:41], 0.7)]
+    assert tally.returned == 1
 
 
 def test_a_decomposed_note_is_read_composed_and_answered_with_its_own_characters(client_for: Any) -> None:

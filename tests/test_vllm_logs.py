@@ -12,7 +12,7 @@ from app.engine.vllm_logs import LOGGING_CONFIG, RequestTextFilter
 
 # What vLLM 0.32's guidance backend logged for a note ("... mother with diabetes ... left arm").
 LLGUIDANCE_ERROR = (
-    'Parser Error: token "\u00d9" doesn\'t satisfy the grammar; forced bytes: got \'U\'; applying \'\u00c3\'\n'
+    "Parser Error: token \"\u00d9\" doesn't satisfy the grammar; forced bytes: got 'U'; applying '\u00c3'\n"
     '</state><grammar>\nstart: obj7\nSPAN0: %regex {"substring_chunks": ["mother", " ", "with", " ", "diabetes"]}'
 )
 

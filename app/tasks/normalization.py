@@ -26,11 +26,20 @@ def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 @dataclass(frozen=True)
 class NfcText:
-    """A text and its NFC form, cut into segments that normalize on their own: segment k is
+    """A text and its NFC form, cut into pieces: piece k is
     `original[original_bounds[k]:original_bounds[k + 1]]` and becomes
-    `text[nfc_bounds[k]:nfc_bounds[k + 1]]`."""
+    `text[nfc_bounds[k]:nfc_bounds[k + 1]]`, either one character unchanged or the part of a
+    segment that normalizes on its own (from a starter that composes with nothing before it)
+    that normalization changes."""
 
     original: str
     text: str
@@ -43,25 +52,38 @@ class NfcText:
         if unicodedata.is_normalized("NFC", original):
             return None
         original_bounds, nfc_bounds, parts = [0], [0], []
+
+        def close(segment: str) -> None:
+            # Only what normalization changes is mapped as a block: the characters a segment
+            # shares with its NFC form at either end (a mark after a paragraph separator, kept
+            # in the separator's segment) map one to one, so a span that starts or ends among
+            # them is not widened over whitespace or past its length limit.
+            normal = _nfc(segment)
+            prefix = _common_prefix(segment, normal)
+            suffix = min(_common_prefix(segment[::-1], normal[::-1]), min(len(segment), len(normal)) - prefix)
+            pieces = [1] * prefix + [0] + [1] * suffix if len(segment) > prefix + suffix else [1] * len(segment)
+            middle = (len(segment) - prefix - suffix, len(normal) - prefix - suffix)
+            for size in pieces:
+                original_size, nfc_size = (size, size) if size else middle
+                original_bounds.append(original_bounds[-1] + original_size)
+                nfc_bounds.append(nfc_bounds[-1] + nfc_size)
+            parts.append(normal)
+
         segment = ""
-        for i, char in enumerate(original):
+        for char in original:
             # A new segment starts at a character that composes with nothing before it: a
             # starter whose NFC with the segment so far is the two normalized apart (Hangul
             # jamo and other composing starters stay with what they compose with).
             if segment and unicodedata.combining(char) == 0 and _nfc(segment + char) == _nfc(segment) + _nfc(char):
-                parts.append(_nfc(segment))
-                original_bounds.append(i)
-                nfc_bounds.append(nfc_bounds[-1] + len(parts[-1]))
+                close(segment)
                 segment = ""
             segment += char
-        parts.append(_nfc(segment))
-        original_bounds.append(len(original))
-        nfc_bounds.append(nfc_bounds[-1] + len(parts[-1]))
+        close(segment)
         return cls(original, "".join(parts), tuple(original_bounds), tuple(nfc_bounds))
 
     def to_original(self, start: int, end: int) -> tuple[int, int]:
-        """Offsets in the NFC text as offsets in the original: a bound inside a segment (a piece
-        of the NFC text can end inside none, but be safe) widens to the whole segment."""
+        """Offsets in the NFC text as offsets in the original: a bound inside a changed piece
+        widens to the whole piece."""
         first = bisect.bisect_right(self.nfc_bounds, start) - 1
         last = bisect.bisect_left(self.nfc_bounds, end)
         return self.original_bounds[first], self.original_bounds[min(last, len(self.original_bounds) - 1)]

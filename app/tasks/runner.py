@@ -266,8 +266,10 @@ class TaskRunner:
         tally = Tally()
         parts = [kind.read(task, item, chunk, answers, tally) for chunk, answers in done]
         result = kind.merge(task, item, parts, tally)
+        if original is not None:
+            result = kind.to_original(task, result, original, tally)
         self._publish(task, adapter, tally)
-        return result if original is None else kind.to_original(task, result, original)
+        return result
 
     def _publish(self, task: Task, adapter: AdapterUse, tally: Tally) -> None:
         labels = (task.name, adapter.key)

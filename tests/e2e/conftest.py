@@ -99,9 +99,7 @@ def recording_client(url: str, timeout: float = 600) -> httpx.Client:
             with contextlib.suppress(ValueError):
                 SENT.record_answer(response.json())
 
-    return httpx.Client(
-        base_url=url, timeout=timeout, event_hooks={"request": [on_request], "response": [on_response]}
-    )
+    return httpx.Client(base_url=url, timeout=timeout, event_hooks={"request": [on_request], "response": [on_response]})
 
 
 @pytest.fixture(scope="session", autouse=True)

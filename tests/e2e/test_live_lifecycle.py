@@ -172,21 +172,29 @@ def test_sigterm_drains_in_flight_work_refuses_new_and_the_batch_resumes_after_r
         thread.start()
         deadline = time.monotonic() + 60
         wait_until_interactive_work_runs(client, deadline)
+        signalled = time.monotonic()
         gateway.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         refused = ner(client, 1, "late")
         ready = client.get("/readyz")
         thread.join()
+        finished = time.monotonic() - signalled
     assert refused.status_code == 503 and refused.json()["type"] == "urn:medlora:problem:not-ready", refused.text
     assert refused.headers["retry-after"]
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
     assert running[0].status_code == 200, running[0].text  # in flight at SIGTERM: finished, not cut
     check_grounded(running[0], 4 * ADMITTED, "drain")
     assert gateway.proc.wait(timeout=180) == 0
+    exited = time.monotonic() - signalled
     # Whatever the job wrote is whole lines; it is still active, and the restarted service finishes it.
     journal = gateway.work / "batches" / "batches" / gateway.batch_id / "output.jsonl"
     done_before = [json.loads(line)["custom_id"] for line in journal.read_text().splitlines()]
     assert 0 < len(done_before) < BATCH_LINES
+    print(
+        f"\n[e2e] drain: the request in flight ({4 * ADMITTED} generations) answered {finished:.1f} s after"
+        f" SIGTERM, the process exited 0 after {exited:.1f} s; the batch had {len(done_before)} of"
+        f" {BATCH_LINES} lines, whole"
+    )
     gateway.start()
     with gateway.client() as client:
         deadline = time.monotonic() + 900
@@ -214,13 +222,17 @@ def test_a_killed_engine_answers_in_flight_requests_retryably_and_the_process_ex
         thread.start()
         deadline = time.monotonic() + 60
         wait_until_interactive_work_runs(client, deadline)
+        killed = time.monotonic()
         engine_core(gateway.proc.pid).kill()
         thread.join(timeout=120)
         assert not thread.is_alive(), "a request hung on a dead engine"
+        answered = time.monotonic() - killed
     (response,) = results
     assert response.status_code == 503, response.text
     assert response.json()["type"] == "urn:medlora:problem:engine-unavailable" and response.headers["retry-after"]
     # Not a live pod with a dead engine: the process exits, for Kubernetes to start a fresh one.
     assert gateway.proc.wait(timeout=120) == EXIT_FAILED
+    exited = time.monotonic() - killed
+    print(f"\n[e2e] engine death: the request in flight got 503 after {answered:.1f} s, exit 3 after {exited:.1f} s")
     log = gateway.logs[-1].read_text(errors="replace")
     assert '"event": "engine died"' in log and "Traceback" not in log.split('"event": "engine died"')[1][:2000]

@@ -456,8 +456,10 @@ def _span_problems(text: str, span: Mapping[str, Any], max_chars: int, returned:
         return [("span_text_mismatch", f"text {got!r} != document[{start}:{end}] {text[start:end]!r}")]
     if got.strip() != got:
         return [("span_not_trimmed", repr(span))]
-    if len(got) > max_chars:
-        return [("span_too_long", f"{len(got)} > {max_chars} chars")]
+    # The schema bounds the span the model writes, in the NFC text it reads: a decomposed note's
+    # span, in the characters sent, is longer by the marks NFC composed.
+    if len(unicodedata.normalize("NFC", got)) > max_chars:
+        return [("span_too_long", f"{len(unicodedata.normalize('NFC', got))} > {max_chars} chars (NFC)")]
     if _splits_a_letter(text, start) or _splits_a_letter(text, end):
         return [("span_splits_a_letter_from_its_mark", f"[{start}:{end}] {text[max(start - 2, 0) : end + 2]!a}")]
     return []

@@ -276,7 +276,7 @@ class TaskType(ABC, Generic[R]):
     def merge(self, task: Task, item: TaskInput, parts: list[R], tally: Tally) -> R:
         """The results of a note's chunks (in document order) as one."""
 
-    def to_original(self, task: Task, result: R, text: NfcText) -> R:
+    def to_original(self, task: Task, result: R, text: NfcText, tally: Tally) -> R:
         """A result grounded in the NFC form of a note, with every span moved back to the note
         as sent (offsets and text); see app/tasks/normalization.py."""
         return remap_spans(result, text.remap)

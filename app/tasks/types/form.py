@@ -342,7 +342,7 @@ class FormType(TaskType[FormResult]):
                 result.items[name].filled = Filled(value, (shift(span, chunk.start),), confidence)
         return result
 
-    def to_original(self, task: Task, result: FormResult, text: NfcText) -> FormResult:
+    def to_original(self, task: Task, result: FormResult, text: NfcText, tally: Tally) -> FormResult:
         # A text item's value is its evidence, a verbatim span: the characters sent, too.
         moved = remap_spans(result, text.remap)
         kinds = {spec.name: spec.kind for spec in task.manifest.items}

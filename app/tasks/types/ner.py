@@ -29,6 +29,7 @@ from app.tasks.entities import (
 )
 from app.tasks.gold import list_field, string_field
 from app.tasks.grounding import Span, sorted_spans
+from app.tasks.normalization import NfcText, remap_spans
 from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
 from app.tasks.scoring import calibration
 from app.tasks.types.base import (
@@ -111,6 +112,19 @@ class NerType(TaskType[NerResult]):
         tally.returned = (tally.returned or 0) + len(entities)
         tally.limit_reached = tally.limit_reached or limit_reached
         return NerResult(entities, limit_reached)
+
+    def to_original(self, task: Task, result: NerResult, text: NfcText, tally: Tally) -> NerResult:
+        # Two spans that end at different characters of one piece NFC changed (marks it put in
+        # canonical order) are, in the characters sent, the same span: returned once.
+        entities: list[Span] = []
+        for span in remap_spans(result.entities, text.remap):
+            last = entities[-1] if entities else None
+            if last is not None and (last.start, last.end, last.label) == (span.start, span.end, span.label):
+                entities[-1] = max(last, span, key=lambda s: s.confidence or 0.0)
+                tally.returned = max((tally.returned or 0) - 1, 0)
+            else:
+                entities.append(span)
+        return NerResult(entities, result.limit_reached)
 
     def respond(self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[NerResult]) -> NerResponse:
         return NerResponse(
