@@ -20,9 +20,19 @@ if [[ "$engine" == "cpu" ]]; then
   # torch ('operator torchvision::nms does not exist'); text models never need them.
   .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 fi
-if [[ "${1:-}" == "--dev" ]] && ! command -v promtool >/dev/null; then
-  # promtool checks the Prometheus alert rules in the test suite (Debian's prometheus package).
+if [[ "${1:-}" == "--dev" ]]; then
+  # Debian packages the tests use: promtool checks the Prometheus alert rules; chromium and
+  # its driver run the page tests (tests/e2e/test_live_ui.py). Installed only where missing.
+  # Chromium takes its recommended packages (fonts among them, for readable screenshots).
   sudo_cmd=""; [[ "$(id -u)" != 0 ]] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install() { DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$@" >/dev/null; }
+  browser=()
+  command -v chromium >/dev/null || browser+=(chromium)
+  command -v chromedriver >/dev/null || browser+=(chromium-driver)
+  if ! command -v promtool >/dev/null || (( ${#browser[@]} )); then
+    $sudo_cmd apt-get update -qq
+    command -v promtool >/dev/null || apt_install --no-install-recommends prometheus
+    if (( ${#browser[@]} )); then apt_install "${browser[@]}"; fi
+  fi
 fi
 .venv/bin/python -c "import vllm, app; print('medlora installed with vllm', vllm.__version__)"

@@ -19,6 +19,7 @@ from app.api.limits import BodyLimit, body_limit_for
 from app.api.openapi import TaskEndpoint, install_openapi
 from app.api.registry import registry_router
 from app.api.tasks import task_router
+from app.api.ui import ui_router
 from app.problems import PAYLOAD_TOO_LARGE, Problem
 from app.tasks.calls import endpoints
 from app.tasks.service import Service
@@ -108,6 +109,7 @@ def create_app(service: Service, auth: Authenticator, extensions: Sequence[Exten
     for extension in extensions:
         app.include_router(extension.router)
     app.include_router(health_router(service))
+    app.include_router(ui_router())
     install_openapi(
         app, auth_enabled=auth.enabled, limits=service.input_limits, endpoints=lambda: task_endpoints(service)
     )
