@@ -456,7 +456,7 @@ def test_write_and_read_back(tmp_path: Path, make_fake_service: MakeService) -> 
     records = load(task, tmp_path, NER_ROWS)
     predictions = run_in_process(service, task, records)
     report = build_report(task, records, predictions, run="x", data="d", adapter=None, few_shot=None, seconds=0.5)
-    write_report(tmp_path / "out", report, records, predictions)
+    write_report(tmp_path / "out", report, records, predictions, task)
     assert read_predictions(tmp_path / "out" / "predictions.jsonl", records) == predictions
     rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["d1", "d2", "d3"]

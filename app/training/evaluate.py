@@ -7,7 +7,8 @@ predictions, and the report says how many failed and why. A failed batch is retr
 item first, so that one bad document does not sink its 15 neighbours.
 
 Reports: `report.json` (metrics and run facts), `predictions.jsonl` (one line per record,
-in data order: id and prediction, with `error` where the request failed) and `report.md`.
+in data order: id and prediction, with `error` where the request failed), `report.md` and
+`report.html` (charts, viewable offline: app/training/html_report.py).
 `medlora compare` puts several reports side by side in one markdown table.
 """
 
@@ -38,6 +39,7 @@ from app.tasks.spec import AdapterRef, Example, LabelSpec, TaskManifest
 from app.tasks.types import task_type
 from app.tasks.types.base import Task
 from app.training.datasets import DataError, Record, load_records, model_outputs
+from app.training.html_report import render_html
 
 # Problems that no retry or smaller batch can fix: the run is misconfigured, so it stops.
 _FATAL_STATUS = {400, 401, 403, 404, 409}
@@ -283,15 +285,17 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(
-    out_dir: Path, report: dict[str, Any], records: list[Record], predictions: list[dict[str, Any]]
+    out_dir: Path, report: dict[str, Any], records: list[Record], predictions: list[dict[str, Any]], task: Task
 ) -> Path:
-    """Write report.json, predictions.jsonl and report.md into out_dir; return out_dir."""
+    """Write report.json, predictions.jsonl, report.md and report.html into out_dir; return out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     with (out_dir / "predictions.jsonl").open("w", encoding="utf-8", newline="\n") as out:
         for record, prediction in zip(records, predictions, strict=True):
             out.write(json.dumps({"id": record.id, "prediction": prediction}, ensure_ascii=False) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    page = render_html(task, report, report_rows(report), records, predictions)
+    (out_dir / "report.html").write_text(page, encoding="utf-8")
     return out_dir
 
 
@@ -508,7 +512,7 @@ def eval_main(args: argparse.Namespace) -> int:
         few_shot=args.few_shot,
         seconds=seconds,
     )
-    out_dir = write_report(_out_dir(args, task.name, name), report, records, predictions)
+    out_dir = write_report(_out_dir(args, task.name, name), report, records, predictions, task)
     print(markdown_table({name: report_rows(report)}))
     print(f"{report['n']} records, {report['failed']} failed; report in {out_dir}/", file=sys.stderr)
     if report["failed"]:

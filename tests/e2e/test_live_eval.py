@@ -43,7 +43,10 @@ def test_eval_report_matches_its_saved_predictions(live_server: LiveServer, tmp_
         few_shot=None,
         seconds=time.perf_counter() - started,
     )
-    out = write_report(tmp_path / "eval", report, records, predictions)
+    out = write_report(tmp_path / "eval", report, records, predictions, task)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count("<svg") >= 2 and "http://" not in page.replace("http://www.w3.org/", "")
+    assert not [r.id for r in records if r.payload["text"][:40] in page]  # labels and numbers, never notes
 
     saved = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert saved["n"] == 6
