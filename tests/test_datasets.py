@@ -224,7 +224,14 @@ def serve_ner(task: Task, record: Record, pairs: list[tuple[Ask, dict[str, Any]]
 
 def serve(task: Task, record: Record, pairs: list[tuple[Ask, dict[str, Any]]]) -> dict[str, Any]:
     """The prediction (the response item read back) the service gives when the model answers
-    every ask of every chunk as `pairs` has it: read, merge and respond, as the runner does."""
+    every ask of every chunk as `pairs` has it."""
+    prediction: dict[str, Any] = task.kind.prediction(served_document(task, record, pairs))
+    return prediction
+
+
+def served_document(task: Task, record: Record, pairs: list[tuple[Ask, dict[str, Any]]]) -> dict[str, Any]:
+    """The response item the service gives when the model answers every ask of every chunk as
+    `pairs` has it: read, merge and respond, as the runner does."""
     item = TaskInput(record.id, record.payload, task.kind.source_field)
     tally = Tally()
     parts, at = [], 0
@@ -236,9 +243,8 @@ def serve(task: Task, record: Record, pairs: list[tuple[Ask, dict[str, Any]]]) -
     assert at == len(pairs) and not tally.dropped
     result = task.kind.merge(task, item, parts, tally)
     response = task.kind.respond(task, ModelInfo(base="b", adapter=None, adapter_version=None), [item], [result])
-    document = response.model_dump()[task.kind.items_field][0]
-    prediction: dict[str, Any] = task.kind.prediction(document)
-    return prediction
+    document: dict[str, Any] = response.model_dump()[task.kind.items_field][0]
+    return document
 
 
 def entity_key(entity: dict[str, Any]) -> tuple[int, int, str]:
@@ -388,3 +394,22 @@ def test_synthetic_round_trip(tmp_path: Path, name: str) -> None:
             assert len(record.gold["items"]) == len(row["items"])
         else:
             assert record.gold["labels"] == row["labels"]
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_a_served_answer_as_a_gold_record_is_the_gold_it_was_served_from(tmp_path: Path, name: str) -> None:
+    # gold_fields turns a reviewed answer into training and evaluation data: what parse_gold
+    # (medlora train and eval) reads back must be exactly the annotations the answer holds.
+    task = TASKS[name]
+    rows = examples_for_task(shipped_task(name), 30, seed=5)
+    path = tmp_path / f"{name}.jsonl"
+    write_jsonl(path, rows)
+    for record in load_records(task, path):
+        if task.type == "classification" and not record.gold["labels"]:
+            continue
+        document = served_document(task, record, model_outputs(task, record))
+        payload, gold = task.kind.parse_gold(
+            task, {"id": record.id, **record.payload, **task.kind.gold_fields(document)}
+        )
+        assert payload == record.payload
+        assert gold == record.gold

@@ -86,6 +86,9 @@ class PhrasesType(TaskType[list[Span]]):
     def empty_prediction(self) -> dict[str, Any]:
         return {"phrases": []}
 
+    def gold_fields(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {"phrases": item["phrases"]}
+
     def score(self, task: Task, golds: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, Any]:
         return {"n": len(golds)}
 

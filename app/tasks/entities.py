@@ -143,6 +143,11 @@ def entity_target(task: Task, entity: Mapping[str, Any]) -> list[Any]:
     return [entity["text"], entity["label"], *(n for n in names if entity["attributes"].get(n))]
 
 
+def gold_entity(entity: Mapping[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A response entity as a gold record's (what parse_gold_entities reads)."""
+    return {k: entity[k] for k in (*extra, "start", "end", "text", "label", "attributes") if k in entity}
+
+
 def entity_prediction(entity: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("start", "end", "text", "label", "attributes", "confidence")
     return {k: entity.get(k) for k in keys}

@@ -299,6 +299,12 @@ class TaskType(ABC, Generic[R]):
         """A response item read back in the gold shape (for scoring)."""
 
     @abstractmethod
+    def gold_fields(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A response item as the annotation fields of a gold record (what `parse_gold` reads,
+        beside the id and the input fields): a reviewed answer becomes training and evaluation
+        data as it stands. Confidences and other response-only fields are left out."""
+
+    @abstractmethod
     def empty_prediction(self) -> dict[str, Any]:
         """The prediction of an item whose request failed."""
 

@@ -153,6 +153,10 @@ class ClassificationType(TaskType[ClassifyResult]):
     def empty_prediction(self) -> dict[str, Any]:
         return {"labels": []}
 
+    def gold_fields(self, item: dict[str, Any]) -> dict[str, Any]:
+        # A blank note's answer has no label; a gold record needs one (the reviewer picks it).
+        return {"labels": list(item["labels"])}
+
     def score(self, task: Task, golds: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, Any]:
         cls = classification_scores(
             [g["labels"] for g in golds], [p.get("labels", []) for p in predictions], labels=task.label_names

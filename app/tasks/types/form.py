@@ -432,6 +432,20 @@ class FormType(TaskType[FormResult]):
             outputs.append(output)
         return outputs
 
+    def gold_fields(self, item: dict[str, Any]) -> dict[str, Any]:
+        # Conflicts and alternatives are the reviewer's to settle: the value shown is the one kept.
+        return {
+            "items": [
+                {
+                    "name": entry["name"],
+                    "status": entry["status"],
+                    "value": entry["value"],
+                    "evidence": [{k: e[k] for k in ("start", "end", "text")} for e in entry["evidence"]],
+                }
+                for entry in item["items"]
+            ]
+        }
+
     def prediction(self, item: dict[str, Any]) -> dict[str, Any]:
         return {
             "items": {

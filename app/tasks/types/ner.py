@@ -23,6 +23,7 @@ from app.tasks.entities import (
     entity_limit,
     entity_prediction,
     entity_target,
+    gold_entity,
     ner_scores,
     parse_gold_entities,
     read_entities,
@@ -154,6 +155,9 @@ class NerType(TaskType[NerResult]):
 
     def empty_prediction(self) -> dict[str, Any]:
         return {"entities": []}
+
+    def gold_fields(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {"entities": [gold_entity(e) for e in item["entities"]]}
 
     def score(self, task: Task, golds: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, Any]:
         gold_entities = [g["entities"] for g in golds]

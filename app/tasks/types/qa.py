@@ -179,6 +179,10 @@ class QaType(TaskType[QaResult]):
     def empty_prediction(self) -> dict[str, Any]:
         return {"answer": None}
 
+    def gold_fields(self, item: dict[str, Any]) -> dict[str, Any]:
+        answer = item["answer"]
+        return {"answer": None if answer is None else {k: answer[k] for k in ("start", "end", "text")}}
+
     def score(self, task: Task, golds: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = qa_scores(
             [g["answer"] for g in golds], [p.get("answer") for p in predictions]

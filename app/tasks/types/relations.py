@@ -40,6 +40,7 @@ from app.tasks.entities import (
     entity_limit,
     entity_prediction,
     entity_target,
+    gold_entity,
     key,
     ner_scores,
     overlaps,
@@ -321,6 +322,12 @@ class RelationsType(TaskType[RelationsResult]):
             if key(r["head"]) in position and key(r["tail"]) in position
         ]
         return [{"entities": [entity_target(task, e) for e in inside], "relations": relations[:limit]}]
+
+    def gold_fields(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "entities": [gold_entity(e, ("id",)) for e in item["entities"]],
+            "relations": [{"type": r["type"], "head": r["head"], "tail": r["tail"]} for r in item["relations"]],
+        }
 
     def prediction(self, item: dict[str, Any]) -> dict[str, Any]:
         by_id = {e["id"]: e for e in item["entities"]}
