@@ -359,13 +359,18 @@ def test_classification_labels_in_every_chunk(tmp_path: Path) -> None:
     assert len(pairs) > 1 and all(o == {"labels": ["LAB_REPORT"]} for _, o in pairs)
 
 
+def synthetic_records(tmp_path: Path, name: str, n: int, seed: int) -> tuple[list[dict[str, Any]], list[Record]]:
+    """`n` synthetic rows for a shipped task, and the records loading them gives."""
+    rows = examples_for_task(shipped_task(name), n, seed=seed)
+    path = tmp_path / f"{name}.jsonl"
+    write_jsonl(path, rows)
+    return rows, load_records(TASKS[name], path)
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_synthetic_round_trip(tmp_path: Path, name: str) -> None:
     task = TASKS[name]
-    rows = examples_for_task(shipped_task(name), 60, seed=3)
-    path = tmp_path / f"{name}.jsonl"
-    write_jsonl(path, rows)
-    records = load_records(task, path)  # every synthetic line loads cleanly
+    rows, records = synthetic_records(tmp_path, name, 60, seed=3)  # every synthetic line loads cleanly
     assert [r.id for r in records] == [row["id"] for row in rows]
     assert [r.line for r in records] == list(range(1, 61))
     for record, row in zip(records, rows, strict=True):
@@ -401,10 +406,7 @@ def test_a_served_answer_as_a_gold_record_is_the_gold_it_was_served_from(tmp_pat
     # gold_fields turns a reviewed answer into training and evaluation data: what parse_gold
     # (medlora train and eval) reads back must be exactly the annotations the answer holds.
     task = TASKS[name]
-    rows = examples_for_task(shipped_task(name), 30, seed=5)
-    path = tmp_path / f"{name}.jsonl"
-    write_jsonl(path, rows)
-    for record in load_records(task, path):
+    for record in synthetic_records(tmp_path, name, 30, seed=5)[1]:
         if task.type == "classification" and not record.gold["labels"]:
             continue
         document = served_document(task, record, model_outputs(task, record))
