@@ -72,19 +72,25 @@ def test_a_span_of_unchanged_characters_is_not_widened_over_their_neighbours() -
     assert nfc.remap(Span(0, 1, "\u00e9", "X")).text == "e\u0301"
 
 
-def test_two_spans_that_become_one_in_the_characters_sent_are_returned_once() -> None:
-    # A letter with more marks than a piece holds (32) may be cut inside them; NFC put the marks
-    # in canonical order, so both cuts fall in one changed piece: one span of the text sent.
-    note = "x" + "\u0301\u0323" * 20 + " y"
+def test_a_span_cut_inside_marks_nfc_reordered_keeps_only_what_maps_exactly() -> None:
+    # A letter with more marks than a piece holds (32) may be cut inside them. NFC put the marks
+    # in canonical order (each dot below before the acutes), so no run of the characters sent
+    # is the part before the cut: the span gives up that letter and its marks rather than grow
+    # past its length limit or over a neighbour (found at volume: 108 characters for 80).
+    note = "ab x" + "\u0301\u0323" * 20 + " y"
     nfc = NfcText.of(note)
     assert nfc is not None
+    cut = Span(0, 37, nfc.text[:37], "SYMPTOM", confidence=0.4)  # "ab x" and 33 of x's 40 marks
+    assert nfc.remap(cut).text == "ab"
+    inside = Span(4, 37, nfc.text[4:37], "SYMPTOM", confidence=0.4)  # the marks alone
+    assert nfc.remap(inside).start == nfc.remap(inside).end  # nothing maps exactly
+    whole = Span(0, 44, nfc.text[:44], "SYMPTOM", confidence=0.7)
+    assert nfc.remap(whole).text == note[:44]
     task = shipped_task("ner-it-clinical")
-    short = Span(0, 33, nfc.text[:33], "SYMPTOM", confidence=0.4)
-    whole = Span(0, 41, nfc.text[:41], "SYMPTOM", confidence=0.7)
-    tally = Tally(returned=2)
-    result = task.kind.to_original(task, NerResult([short, whole]), nfc, tally)
-    assert [(e.start, e.end, e.text, e.confidence) for e in result.entities] == [(0, 41, note[:41], 0.7)]
-    assert tally.returned == 1
+    tally = Tally(returned=3)
+    result = task.kind.to_original(task, NerResult([cut, inside, whole]), nfc, tally)
+    assert [(e.start, e.end, e.text) for e in result.entities] == [(0, 2, "ab"), (0, 44, note[:44])]
+    assert tally.returned == 2 and tally.dropped["normalization"] == 1
 
 
 def test_a_decomposed_note_is_read_composed_and_answered_with_its_own_characters(client_for: Any) -> None:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from app.tasks.chunking import Chunk, shift
 from app.tasks.gold import check_span, is_int, max_length
-from app.tasks.grounding import Span, ground_spans, piece_boundaries
+from app.tasks.grounding import Span, ground_spans, piece_boundaries, sorted_spans
 from app.tasks.schema import GROUNDED, enum_values, flag_tail
 from app.tasks.scoring import PRF, check_parallel, rounded
 from app.tasks.types.base import Answer, BadRecord, Tally, Task
@@ -141,6 +141,21 @@ def entity_target(task: Task, entity: Mapping[str, Any]) -> list[Any]:
     """One gold entity as the model writes it."""
     names = task.attribute_names
     return [entity["text"], entity["label"], *(n for n in names if entity["attributes"].get(n))]
+
+
+def settle_spans(spans: Iterable[Span], tally: Tally) -> list[Span]:
+    """Spans moved back from a note's NFC form (normalization.py), in document order again: one
+    that kept nothing is dropped (`normalization`), and two that became the same span (their
+    ends fell in one run of marks NFC reordered) are one, with the higher confidence."""
+    kept: dict[tuple[int, int, str], Span] = {}
+    for span in spans:
+        if span.start == span.end:
+            tally.dropped["normalization"] += 1
+            continue
+        key = (span.start, span.end, span.label)
+        if key not in kept or (span.confidence or 0.0) > (kept[key].confidence or 0.0):
+            kept[key] = span
+    return sorted_spans(kept.values())
 
 
 def gold_entity(entity: Mapping[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:

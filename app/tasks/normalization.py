@@ -45,6 +45,9 @@ class NfcText:
     text: str
     original_bounds: tuple[int, ...]
     nfc_bounds: tuple[int, ...]
+    # Per piece, the original bounds of the segment (a character and the marks it carries)
+    # the piece belongs to.
+    segments: tuple[tuple[int, int], ...]
 
     @classmethod
     def of(cls, original: str) -> NfcText | None:
@@ -52,6 +55,7 @@ class NfcText:
         if unicodedata.is_normalized("NFC", original):
             return None
         original_bounds, nfc_bounds, parts = [0], [0], []
+        segments: list[tuple[int, int]] = []
 
         def close(segment: str) -> None:
             # Only what normalization changes is mapped as a block: the characters a segment
@@ -63,6 +67,8 @@ class NfcText:
             suffix = min(_common_prefix(segment[::-1], normal[::-1]), min(len(segment), len(normal)) - prefix)
             pieces = [1] * prefix + [0] + [1] * suffix if len(segment) > prefix + suffix else [1] * len(segment)
             middle = (len(segment) - prefix - suffix, len(normal) - prefix - suffix)
+            at = original_bounds[-1]
+            segments.extend([(at, at + len(segment))] * len(pieces))
             for size in pieces:
                 original_size, nfc_size = (size, size) if size else middle
                 original_bounds.append(original_bounds[-1] + original_size)
@@ -79,16 +85,32 @@ class NfcText:
                 segment = ""
             segment += char
         close(segment)
-        return cls(original, "".join(parts), tuple(original_bounds), tuple(nfc_bounds))
+        return cls(original, "".join(parts), tuple(original_bounds), tuple(nfc_bounds), tuple(segments))
 
     def to_original(self, start: int, end: int) -> tuple[int, int]:
-        """Offsets in the NFC text as offsets in the original: a bound inside a changed piece
-        widens to the whole piece."""
+        """Offsets in the NFC text as offsets in the original. A bound inside a piece NFC
+        changed has no exact counterpart (NFC reordered or composed the characters around it:
+        a cut inside a run of stacked marks longer than a piece): the span gives up that
+        character and its marks, so that it never grows past its length limit or over a
+        neighbour. Surrounding whitespace is trimmed; the result may be empty (start == end)."""
         first = bisect.bisect_right(self.nfc_bounds, start) - 1
+        if first < len(self.segments) and self.nfc_bounds[first] != start:
+            original_start = self.segments[first][1]
+        else:
+            original_start = self.original_bounds[first]
         last = bisect.bisect_left(self.nfc_bounds, end)
-        return self.original_bounds[first], self.original_bounds[min(last, len(self.original_bounds) - 1)]
+        if last < len(self.nfc_bounds) and self.nfc_bounds[last] == end:
+            original_end = self.original_bounds[last]
+        else:
+            original_end = self.segments[last - 1][0]
+        while original_start < original_end and self.original[original_start].isspace():
+            original_start += 1
+        while original_end > original_start and self.original[original_end - 1].isspace():
+            original_end -= 1
+        return original_start, max(original_end, original_start)
 
     def remap(self, span: Span) -> Span:
+        """The span in the original text; empty (start == end) when nothing of it maps exactly."""
         start, end = self.to_original(span.start, span.end)
         return dataclasses.replace(span, start=start, end=end, text=self.original[start:end])
 

@@ -535,7 +535,9 @@ def form_value_ok(spec: FormItemSpec, value: Any) -> bool:
             return False
         first, last = spec.years or (1900, 2100)
         return first <= year <= last
-    return isinstance(value, str) and 0 < len(value) <= (spec.max_length or TEXT_MAX_CHARS)
+    # A text value is a span of the note: its length limit counts the NFC characters the model wrote.
+    limit = spec.max_length or TEXT_MAX_CHARS
+    return isinstance(value, str) and 0 < len(unicodedata.normalize("NFC", value)) <= limit
 
 
 def _form_problems(task: Task, text: str, doc: dict[str, Any], returned: Counter[str]) -> list[Failure]:

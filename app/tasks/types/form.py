@@ -347,8 +347,13 @@ class FormType(TaskType[FormResult]):
         moved = remap_spans(result, text.remap)
         kinds = {spec.name: spec.kind for spec in task.manifest.items}
         for name, item in moved.items.items():
+            # Evidence that kept nothing (normalization.py) goes; a value left without evidence
+            # is not returned (an alternative that still has its evidence takes its place).
+            mapped = [_mapped(f, tally) for f in (item.filled, *item.alternatives) if f is not None]
+            values = [f for f in mapped if f is not None]
             if kinds[name] == "text":
-                item.filled, item.alternatives = _verbatim(item.filled), [_verbatim(a) for a in item.alternatives]
+                values = [_verbatim(f) for f in values]
+            item.filled, item.alternatives = (values[0], values[1:]) if values else (None, [])
         return moved
 
     def merge(self, task: Task, item: TaskInput, parts: list[FormResult], tally: Tally) -> FormResult:
@@ -561,6 +566,12 @@ def _best_confidence(found: list[Filled]) -> float | None:
 
 def _evidence_out(spans: Sequence[Span]) -> list[EvidenceOut]:
     return [EvidenceOut(start=s.start, end=s.end, text=s.text) for s in spans]
+
+
+def _mapped(filled: Filled, tally: Tally) -> Filled | None:
+    evidence = tuple(span for span in filled.evidence if span.start < span.end)
+    tally.dropped["normalization"] += len(filled.evidence) - len(evidence)
+    return dataclasses.replace(filled, evidence=evidence) if evidence else None
 
 
 @overload

@@ -27,6 +27,7 @@ from app.tasks.entities import (
     ner_scores,
     parse_gold_entities,
     read_entities,
+    settle_spans,
 )
 from app.tasks.gold import list_field, string_field
 from app.tasks.grounding import Span, sorted_spans
@@ -115,16 +116,8 @@ class NerType(TaskType[NerResult]):
         return NerResult(entities, limit_reached)
 
     def to_original(self, task: Task, result: NerResult, text: NfcText, tally: Tally) -> NerResult:
-        # Two spans that end at different characters of one piece NFC changed (marks it put in
-        # canonical order) are, in the characters sent, the same span: returned once.
-        entities: list[Span] = []
-        for span in remap_spans(result.entities, text.remap):
-            last = entities[-1] if entities else None
-            if last is not None and (last.start, last.end, last.label) == (span.start, span.end, span.label):
-                entities[-1] = max(last, span, key=lambda s: s.confidence or 0.0)
-                tally.returned = max((tally.returned or 0) - 1, 0)
-            else:
-                entities.append(span)
+        entities = settle_spans(remap_spans(result.entities, text.remap), tally)
+        tally.returned = len(entities)
         return NerResult(entities, result.limit_reached)
 
     def respond(self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[NerResult]) -> NerResponse:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, field_validator
 from app.tasks.chunking import Chunk, cut_off, shift
 from app.tasks.gold import check_span, max_length, string_field
 from app.tasks.grounding import Span, ground_answer, piece_boundaries
+from app.tasks.normalization import NfcText
 from app.tasks.protocol import ID_DESCRIPTION, ID_PATTERN, In, ModelInfo, SpansResponse, TaskRequest, no_surrogates
 from app.tasks.schema import GROUNDED
 from app.tasks.scoring import calibration, check_parallel, mean, rounded
@@ -128,6 +129,13 @@ class QaType(TaskType[QaResult]):
                 tally.returned = len(kept)
                 return QaResult(kept[0] if kept else None)
         return QaResult(None)
+
+    def to_original(self, task: Task, result: QaResult, text: NfcText, tally: Tally) -> QaResult:
+        answer = None if result.answer is None else text.remap(result.answer)
+        if answer is not None and answer.start == answer.end:  # nothing of it maps exactly
+            tally.dropped["normalization"] += 1
+            tally.returned, answer = 0, None
+        return QaResult(answer)
 
     def respond(self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[QaResult]) -> QaResponse:
         return QaResponse(

@@ -46,10 +46,12 @@ from app.tasks.entities import (
     overlaps,
     parse_gold_entities,
     read_entities,
+    settle_spans,
     totals,
 )
 from app.tasks.gold import list_field, string_field
 from app.tasks.grounding import Span, sorted_spans
+from app.tasks.normalization import NfcText, remap_spans
 from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
 from app.tasks.schema import enum_values
 from app.tasks.scoring import calibration
@@ -244,6 +246,29 @@ class RelationsType(TaskType[RelationsResult]):
         limit = any(p.entity_limit_reached for p in parts)
         tally.limit_reached = tally.limit_reached or limit
         return RelationsResult(merged, relations, limit, any(p.relation_limit_reached for p in parts))
+
+    def to_original(self, task: Task, result: RelationsResult, text: NfcText, tally: Tally) -> RelationsResult:
+        # As for NER (entities.settle_spans); a relation follows its arguments: gone with an
+        # argument that kept nothing, and one relation where two became the same.
+        entities = settle_spans(remap_spans(result.entities, text.remap), tally)
+        by_key = {_span_key(s): s for s in entities}
+        kept: dict[tuple[str, SpanKey, SpanKey], Relation] = {}
+        for relation in result.relations:
+            head, tail = text.remap(relation.head), text.remap(relation.tail)
+            if _span_key(head) not in by_key or _span_key(tail) not in by_key:
+                tally.dropped["relation_argument_dropped"] += 1
+            elif _span_key(head) == _span_key(tail):
+                tally.dropped["relation_self"] += 1
+            else:
+                identity = (relation.type, _span_key(head), _span_key(tail))
+                best = kept.get(identity)
+                if best is None or (relation.confidence or 0.0) > (best.confidence or 0.0):
+                    kept[identity] = Relation(
+                        relation.type, by_key[identity[1]], by_key[identity[2]], relation.confidence
+                    )
+        relations = sorted(kept.values(), key=lambda r: (_span_key(r.head), _span_key(r.tail), r.type))
+        tally.returned = len(entities)
+        return RelationsResult(entities, relations, result.entity_limit_reached, result.relation_limit_reached)
 
     def respond(
         self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[RelationsResult]
