@@ -25,7 +25,7 @@ awkward = st.text(
     st.sampled_from(
         [
             *"aeiou AEIOU.,;\u2029\n",
-            *"\u0300\u0301\u0308\u0323",
+            *"\u0300\u0301\u0308\u0323\u034f\u20dd\xad",
             *"\u1100\u1161\u11a8",
             *"\u212b\u2126\uf900\u00e8\U0001f642",
         ]

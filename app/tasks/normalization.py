@@ -80,7 +80,10 @@ class NfcText:
             # A new segment starts at a character that composes with nothing before it: a
             # starter whose NFC with the segment so far is the two normalized apart (Hangul
             # jamo and other composing starters stay with what they compose with).
-            if segment and unicodedata.combining(char) == 0 and _nfc(segment + char) == _nfc(segment) + _nfc(char):
+            # A mark of combining class 0 (U+034F, the enclosing marks) stays with the letter it
+            # follows too: a span must not start or end between them.
+            starter = unicodedata.combining(char) == 0 and not unicodedata.category(char).startswith("M")
+            if segment and starter and _nfc(segment + char) == _nfc(segment) + _nfc(char):
                 close(segment)
                 segment = ""
             segment += char
