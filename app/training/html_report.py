@@ -21,6 +21,7 @@ from typing import Any
 from app.tasks.entities import ner_scores
 from app.tasks.scoring import PRF
 from app.tasks.types.base import Task
+from app.tasks.types.classification import classification_scores
 from app.training.datasets import Record
 
 MISSED = "(missed)"
@@ -76,18 +77,10 @@ def per_label_prf(task: Task, records: Sequence[Record], predictions: Sequence[d
         predicted = [p.get("entities", []) for p in predictions]
         return dict(ner_scores(gold, predicted).per_label_strict)
     if task.type == "classification":
-        counts = {label: Counter[str]() for label in task.label_names}
-        for record, prediction in zip(records, predictions, strict=True):
-            wanted, got = set(record.gold["labels"]), set(prediction.get("labels", []))
-            for label in task.label_names:
-                counts[label]["tp"] += label in wanted and label in got
-                counts[label]["fp"] += label not in wanted and label in got
-                counts[label]["fn"] += label in wanted and label not in got
-        return {
-            label: PRF.from_counts(c["tp"], c["fp"], c["fn"])
-            for label, c in counts.items()
-            if c["tp"] + c["fp"] + c["fn"]
-        }
+        scores = classification_scores(
+            [r.gold["labels"] for r in records], [p.get("labels", []) for p in predictions], labels=task.label_names
+        )
+        return {label: prf for label, prf in scores.per_label.items() if prf.tp + prf.fp + prf.fn}
     return {}
 
 

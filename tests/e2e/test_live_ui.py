@@ -25,10 +25,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.e2e.conftest import LiveServer, recording_client
+from tests.support.volume import ENDPOINTS
 
 pytestmark = pytest.mark.e2e
 
-ENDPOINTS = {"ner": "ner", "qa": "qa", "classification": "classify", "relations": "relations", "form": "forms"}
 NOTES = {
     "ner-it-clinical": "Paziente di 72 anni con febbre e tosse produttiva; nega dolore toracico. "
     "Terapia: amoxicillina 1 g per os ogni 8 ore.",
