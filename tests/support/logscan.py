@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 _WORD = re.compile(r"[^\W\d_]{3,}")
+# A snake_case identifier (a form item's name such as `chest_pain`, which schemathesis reuses as
+# an adapter name) is the task's schema, not a note's words: a note is prose, and prose is not
+# written with underscores. Without this, `chest_pain@1` in an admin log reads as "chest pain".
+_IDENTIFIER = re.compile(r"\w*[^\W_]_[^\W_]\w*")
 _TEXT_FIELDS = ("text", "context", "question")
 
 
@@ -59,6 +63,11 @@ def words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
+def log_words(log_text: str) -> list[str]:
+    """The words of a log, its snake_case identifiers left out."""
+    return words(_IDENTIFIER.sub(" ", log_text))
+
+
 @cache
 def clinical_terms() -> frozenset[str]:
     """Distinctive words (6 letters or more) of the names of drugs, disorders, symptoms and
@@ -89,7 +98,7 @@ def _ordinary_words() -> frozenset[str]:
 
 def leaks(log_text: str, sent: Sent) -> list[str]:
     """What of the clinical text the log holds (empty: nothing)."""
-    logged = words(log_text)
+    logged = log_words(log_text)
     logged_words, logged_trigrams = set(logged), _trigrams(logged)
     found = sorted(clinical_terms() & logged_words)
     for text in sent.texts:
