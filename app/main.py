@@ -1,4 +1,4 @@
-"""Composition root: the whole gateway (task service, HTTP routes, batch jobs) from settings."""
+"""Composition root: the whole gateway (task service, HTTP routes, batch jobs, review) from settings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from app.api.app import create_app
 from app.api.auth import Authenticator
 from app.batch.api import BatchJobs
+from app.review.api import ReviewDesk
 from app.settings import Settings
 from app.tasks.service import Service, build_service
 
@@ -16,7 +17,8 @@ def build_app(settings: Settings, service: Service | None = None) -> FastAPI:
     engine and the adapters start in the background once the server listens."""
     service = service or build_service(settings)
     auth = Authenticator(settings.api_keys_file, settings.admin_keys_file)
-    return create_app(service, auth, [BatchJobs(settings, service)])
+    jobs = BatchJobs(settings, service)
+    return create_app(service, auth, [jobs, ReviewDesk(settings, service, jobs.answered)])
 
 
 def app_for(service: Service) -> FastAPI:

@@ -64,6 +64,10 @@ FILE_IN_USE = ProblemType("file-in-use", "File is used by an unfinished batch", 
 # the key already holds (files, unfinished batches) must shrink: delete a file, end a batch.
 QUOTA_EXCEEDED = ProblemType("quota-exceeded", "This key is at its batch storage or batch count quota", 409)
 STORAGE_FULL = ProblemType("storage-full", "No space left to store it", 507)
+# Review: a save names the version it edits; another tab may have saved since.
+REVIEW_CONFLICT = ProblemType("review-conflict", "The review changed since this version was read", 409)
+INVALID_REVIEW = ProblemType("invalid-review", "The decision does not fit the note or its task", 422)
+BATCH_NOT_FINISHED = ProblemType("batch-not-finished", "The batch has no output yet", 409)
 
 
 @dataclass

@@ -131,6 +131,15 @@ class Settings(BaseSettings):
             "is refused with 409 quota-exceeded until one finishes or is cancelled."
         ),
     )
+    review_dir: Path = Field(
+        Path.home() / ".local" / "share" / "medlora" / "reviews",
+        description="Review store (SQLite): notes under review, the model's answers and the reviewers' decisions.",
+    )
+    review_max_notes_per_key: int = Field(
+        100_000,
+        ge=1,
+        description="Most notes one API key may keep under review; more are refused with 409 quota-exceeded.",
+    )
     log_level: str = Field("INFO", description="Log level.")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, time allowed for requests in flight to finish before the server exits."

@@ -21,6 +21,15 @@ from app.tasks.service import Service, build_service
 from app.tasks.types.base import Task
 from tests.fakes import FAKE_BASE, ByteLogprob, FakeEngine, FakeTokenizer, Responder, write_fake_adapter
 
+
+@pytest.fixture(autouse=True)
+def _stores_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway a test builds without naming its stores keeps them in a temporary folder, never
+    in the home directory of whoever runs the suite."""
+    for name in ("MEDLORA_BATCH_DIR", "MEDLORA_REVIEW_DIR"):
+        monkeypatch.setenv(name, str(tmp_path_factory.mktemp(name.lower())))
+
+
 TASKS_DIR = REPO_ROOT / "adapters"
 SCHEMAS_DIR = REPO_ROOT / "schemas"
 # What ships: the tests that list it fail when a task is added or lost without them.
@@ -62,7 +71,11 @@ def make_fake_service(fake_adapters_dir: Path) -> FakeServiceFactory:
         respond: Responder, *, delay_s: float = 0.0, logprob: ByteLogprob | None = None, **settings_overrides: object
     ) -> tuple[Service, FakeEngine]:
         engine = FakeEngine(respond, delay_s=delay_s, logprob=logprob)
-        defaults = {"tasks_dir": TASKS_DIR, "batch_dir": fake_adapters_dir.parent / "batches"}
+        defaults = {
+            "tasks_dir": TASKS_DIR,
+            "batch_dir": fake_adapters_dir.parent / "batches",
+            "review_dir": fake_adapters_dir.parent / "reviews",
+        }
         settings = Settings(
             model=FAKE_BASE,
             adapters_dir=fake_adapters_dir,

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
-from app.api.auth import CallerDep
+from app.api.auth import Caller, CallerDep
 from app.api.openapi import problems
 from app.problems import (
     DUPLICATE_ID,
@@ -79,17 +80,23 @@ def task_router(service: Service) -> APIRouter:
     return router
 
 
+async def run_request(
+    service: Service, kind: TaskType[Any], body: TaskRequest, request: Request, caller: Caller
+) -> BaseModel:
+    """One task request as the API runs it: interactive, cancelled (Abandoned) if the client goes away."""
+    return await execute(
+        service,
+        prepare(service, kind, body),
+        request_id=request.state.request_id,
+        watch=lambda work: cancel_on_disconnect(request, work),
+        client=caller.name,
+    )
+
+
 def _add_route(router: APIRouter, service: Service, kind: TaskType[Any]) -> None:
     async def run_task(body: TaskRequest, request: Request, caller: CallerDep) -> Any:
-        call = prepare(service, kind, body)
         try:
-            return await execute(
-                service,
-                call,
-                request_id=request.state.request_id,
-                watch=lambda work: cancel_on_disconnect(request, work),
-                client=caller.name,
-            )
+            return await run_request(service, kind, body, request, caller)
         except Abandoned:
             return Response(status_code=499)
 

@@ -23,11 +23,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from app.api.auth import Caller, CallerDep
 from app.api.openapi import problems
-from app.batch.jobs import COMPLETION_WINDOWS, BatchRunner, batch_endpoints
+from app.batch.jobs import COMPLETION_WINDOWS, BatchRunner, answered_lines, batch_endpoints
 from app.batch.journal import replace_durably
 from app.batch.store import FINAL_STATUSES, Batch, BatchStore, StoredFile, Usage, new_id
 from app.problems import (
     BATCH_NOT_CANCELLABLE,
+    BATCH_NOT_FINISHED,
     FILE_IN_USE,
     NOT_FOUND,
     PAYLOAD_TOO_LARGE,
@@ -385,6 +386,21 @@ class BatchJobs:
         self.store = BatchStore(settings.batch_dir)
         self.runner = BatchRunner(service, self.store, concurrency=settings.batch_concurrency)
         self.router = batch_router(settings, self.store, self.runner)
+
+    async def answered(self, batch_id: str, caller: Caller) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(request body, response body) of each line a finished batch of this caller answered."""
+        batch = await asyncio.to_thread(self.store.get_batch, batch_id)
+        if batch is None or not caller.may_see(batch.owner):
+            raise Problem(NOT_FOUND, f"no batch {batch_id!r}")
+        if batch.status not in FINAL_STATUSES:
+            raise Problem(BATCH_NOT_FINISHED, f"batch {batch_id!r} is {batch.status}: open it once it has finished")
+        if batch.output_file_id is None:
+            return []
+        output = self.store.file_path(batch.output_file_id)
+        source = self.store.file_path(batch.input_file_id)
+        if await asyncio.to_thread(self.store.get_file, batch.input_file_id) is None:
+            raise Problem(NOT_FOUND, f"the input file of batch {batch_id!r} was deleted: its notes are gone")
+        return await asyncio.to_thread(answered_lines, source, output, batch.endpoint)
 
     async def start(self) -> None:
         # Unfinished jobs pick up where they stopped; their lines wait for the engine.

@@ -109,6 +109,28 @@ def _parse_line(raw: bytes, endpoint: str) -> tuple[str, Any]:
     return custom_id, obj["body"]
 
 
+def answered_lines(input_path: Path, output_path: Path, endpoint: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(request body, response body) of every input line the batch answered, in input order:
+    what a reviewer opens. Lines that failed, or that the output does not hold, are left out."""
+    answers: dict[str, dict[str, Any]] = {}
+    with open(output_path, "rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                line = json.loads(raw)
+                response = line.get("response") or {}
+                if response.get("status_code") == 200:
+                    answers[line["custom_id"]] = response["body"]
+    pairs = []
+    for _, raw in input_lines(input_path):
+        try:
+            custom_id, body = _parse_line(raw, endpoint)
+        except Problem:
+            continue
+        if custom_id in answers:
+            pairs.append((body, answers[custom_id]))
+    return pairs
+
+
 class _ServiceFailed(Exception):
     """The service can run no line any more (a failed start, a dead engine): the job stops as at
     a shutdown, its status active and its lines unanswered, to resume after the restart."""

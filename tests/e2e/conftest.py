@@ -29,6 +29,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from app.settings import REPO_ROOT
 from app.tasks.manifests import load_tasks
@@ -209,6 +213,7 @@ def server_env(work: Path, port: int) -> dict[str, str]:
     return {
         **os.environ,
         "MEDLORA_BATCH_DIR": str(work / "batches"),
+        "MEDLORA_REVIEW_DIR": str(work / "reviews"),
         "MEDLORA_PORT": str(port),
         "MEDLORA_REQUEST_TIMEOUT_S": "300",
         "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -320,3 +325,33 @@ def demo_server(wheel_install: WheelInstall, tmp_path_factory: pytest.TempPathFa
         yield LiveServer(f"http://127.0.0.1:{port}", base, None, log_path, seconds, probes)
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "Debian's chromium and chromium-driver: scripts/install.sh --dev installs them"
+    options = Options()
+    options.binary_location = chromium
+    # Closed network: no background connections, no component updates, a fresh profile.
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1100",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    browser.set_page_load_timeout(60)
+    try:
+        yield browser
+    finally:
+        browser.quit()

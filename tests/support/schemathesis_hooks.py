@@ -1,7 +1,14 @@
-"""Schemathesis hooks (loaded through SCHEMATHESIS_HOOKS) for the one request rule JSON Schema
-cannot state: item ids unique within a request (a 422 `duplicate-id`, said in the field's
-description). Positive cases that break it are not valid requests, so they are not sent as such;
-negative cases keep them. Nothing else is filtered or changed."""
+"""Schemathesis hooks (loaded through SCHEMATHESIS_HOOKS) for the two request rules JSON Schema
+cannot state, each said in the operation's description:
+
+- item ids unique within a request (a 422 `duplicate-id`);
+- a review decision fits the note stored under that review (its offsets, words and labels; a
+  422 `invalid-review`): no schema of the request can know the note. A generated decision is
+  random, so a positive case of that save is no valid request once schemathesis has found a real
+  review and its version (its dependency analysis links them from earlier responses).
+
+Positive cases that break them are not sent as valid requests; negative cases keep them. Nothing
+else is filtered or changed. tests/test_review_api.py and the browser tests check valid saves."""
 
 from __future__ import annotations
 
@@ -24,8 +31,12 @@ def _repeats_an_id(body: Any) -> bool:
     return False
 
 
+def _saves_a_review(case: Any) -> bool:
+    return bool(case.operation.method.upper() == "PUT" and case.operation.path == "/v1/reviews/items/{review_id}")
+
+
 @schemathesis.hook
 def filter_case(context: schemathesis.HookContext, case: Any) -> bool:
     meta = case.meta
     positive = meta is not None and meta.generation.mode.is_positive
-    return not (positive and _repeats_an_id(case.body))
+    return not (positive and (_repeats_an_id(case.body) or _saves_a_review(case)))

@@ -304,6 +304,22 @@ class TaskType(ABC, Generic[R]):
         beside the id and the input fields): a reviewed answer becomes training and evaluation
         data as it stands. Confidences and other response-only fields are left out."""
 
+    def confidences(self, item: dict[str, Any]) -> list[float]:
+        """Every confidence in a response item (what review ranks notes by, the lowest first):
+        here each `confidence` field, at any depth."""
+        found: list[float] = []
+        stack: list[Any] = [item]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                value = node.get("confidence")
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    found.append(float(value))
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+        return found
+
     @abstractmethod
     def empty_prediction(self) -> dict[str, Any]:
         """The prediction of an item whose request failed."""

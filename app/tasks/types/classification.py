@@ -157,6 +157,11 @@ class ClassificationType(TaskType[ClassifyResult]):
         # A blank note's answer has no label; a gold record needs one (the reviewer picks it).
         return {"labels": list(item["labels"])}
 
+    def confidences(self, item: dict[str, Any]) -> list[float]:
+        # The chosen labels' scores: how sure the model was of what it answered.
+        scores = item.get("scores", {})
+        return [float(scores[label]) for label in item["labels"] if label in scores]
+
     def score(self, task: Task, golds: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, Any]:
         cls = classification_scores(
             [g["labels"] for g in golds], [p.get("labels", []) for p in predictions], labels=task.label_names

@@ -398,6 +398,7 @@ class FormType(TaskType[FormResult]):
             if name in seen:
                 raise BadRecord(f"{where}.name: {name} is listed twice")
             seen.add(str(name))
+            where = f"{where} ({name})"  # a schema name, never note text: messages say which item
             status = entry.get("status", "filled")
             if status == "unknown":
                 if entry.get("value") is not None or entry.get("evidence"):
