@@ -79,7 +79,8 @@ RUN apt-get update \
 
 # Unprivileged user with a fixed uid/gid (Kubernetes runAsNonRoot needs a numeric USER).
 # Writable at run time: /tmp, /home/medlora/.cache and /data/batches only (volumes when the
-# root filesystem is read-only); /app and /models stay read-only.
+# root filesystem is read-only); /app and /models stay read-only. The review store lives on the
+# batch volume (/data/batches/reviews): one volume to keep, back up and size.
 RUN groupadd --gid 10001 medlora \
     && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /home/medlora --create-home \
         --shell /usr/sbin/nologin medlora \
@@ -104,7 +105,8 @@ ENV PATH="/app/.venv/bin:${PATH}" \
     MEDLORA_MODEL=/models/Qwen3-1.7B \
     MEDLORA_TASKS_DIR=/app/adapters \
     MEDLORA_ADAPTERS_DIR=/models/adapters \
-    MEDLORA_BATCH_DIR=/data/batches
+    MEDLORA_BATCH_DIR=/data/batches \
+    MEDLORA_REVIEW_DIR=/data/batches/reviews
 
 WORKDIR /app
 USER 10001:10001

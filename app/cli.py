@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_annotate_arguments(annotate)
     merge = sub.add_parser("merge", help="Merge `annotate --shard` outputs and check every note is there once.")
     add_merge_arguments(merge)
+    from app.review.cli import add_review_arguments, review_main
+
+    review = sub.add_parser("review", help="Reviewed notes: `review export` writes a queue as train/eval JSONL.")
+    add_review_arguments(review)
     hash_key = sub.add_parser(
         "hash-key", help="Print a key-file line ('<name> <sha256>') for an API key read from stdin, or a new key."
     )
@@ -192,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": compare_main,
         "annotate": annotate_main,
         "merge": merge_main,
+        "review": review_main,
     }
     return commands[args.command](args)
 

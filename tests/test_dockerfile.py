@@ -276,6 +276,7 @@ def test_final_image_runs_as_the_unprivileged_medlora_user(final: Stage) -> None
     # What stays writable under a read-only root filesystem is owned by that user.
     assert re.search(rf"chown -R {uid}:{gid or uid} /data /home/medlora", runs)
     assert final.env()["MEDLORA_BATCH_DIR"].startswith("/data/")
+    assert final.env()["MEDLORA_REVIEW_DIR"].startswith(final.env()["MEDLORA_BATCH_DIR"] + "/")
 
 
 def test_final_image_installs_no_build_toolchain(final: Stage) -> None:

@@ -454,6 +454,9 @@ def test_init_container_fills_an_emptydir_and_batches_get_a_claim() -> None:
         env_of(container(objects, GATEWAY))["MEDLORA_BATCH_DIR"]
         == mounts_of(container(objects, GATEWAY))["batches"]["mountPath"]
     )
+    # Reviews are kept on the same persistent volume.
+    review_dir = env_of(container(objects, GATEWAY))["MEDLORA_REVIEW_DIR"]
+    assert review_dir.startswith(mounts_of(container(objects, GATEWAY))["batches"]["mountPath"] + "/")
 
 
 # --- auth ------------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+from app.settings import PACKAGE_DIR
 from app.training.datasets import Record
-from app.training.evaluate import build_report, write_report
+from app.training.evaluate import build_report, publish_report, write_report
 from app.training.html_report import MISSED, SPURIOUS, confusion, per_label_prf
 from tests.conftest import shipped_task
 from tests.fakes import confidences_at, part_ranges
@@ -64,3 +66,32 @@ def test_single_label_classification_confusion_is_by_document() -> None:
     assert confusion(task, records, predictions) == {(a, a): 1, (a, b): 1, (b, MISSED): 1}
     prf = per_label_prf(task, records, predictions)
     assert (prf[a].tp, prf[a].fp, prf[a].fn) == (1, 0, 1) and (prf[b].tp, prf[b].fp, prf[b].fn) == (0, 1, 1)
+
+
+def test_an_adapters_latest_report_is_served_and_linked_from_its_task(client_for: Any, tmp_path: Path) -> None:
+    client, _ = client_for(lambda r: '{"entities": []}')
+    task = next(t for t in client.get("/v1/tasks").json()["tasks"] if t["name"] == "ner-it-clinical")
+    assert task["adapter_report"] is None
+    url = f"/v1/adapters/{task['adapter']['name']}/{task['adapter']['version']}/report"
+    missing = client.get(url)
+    assert (missing.status_code, missing.json()["type"]) == (404, "urn:medlora:problem:not-found")
+    adapter = next(a for a in client.get("/v1/adapters").json()["adapters"] if a["name"] == task["adapter"]["name"])
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "report.html").write_text("<!doctype html><title>report</title><h1>ner</h1>")
+    assert publish_report(out, Path(adapter["path"])) == Path(adapter["path"]) / "eval-report.html"
+    task = next(t for t in client.get("/v1/tasks").json()["tasks"] if t["name"] == "ner-it-clinical")
+    assert task["adapter_report"] == url
+    served = client.get(url)
+    assert served.status_code == 200 and served.text.endswith("<h1>ner</h1>")
+    assert served.headers["content-type"].startswith("text/html")
+    policy = served.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "sandbox" in policy and "script" not in policy
+
+
+def test_a_report_is_never_written_into_the_installed_package(tmp_path: Path) -> None:
+    (tmp_path / "report.html").write_text("<html></html>")
+    shipped = PACKAGE_DIR / "data" / "demo" / "adapters" / "ner-it-clinical"
+    assert shipped.is_dir()
+    assert publish_report(tmp_path, shipped) is None
+    assert not (shipped / "eval-report.html").exists()

@@ -275,3 +275,21 @@ def test_changes_count_relations_form_items_answers_and_labels() -> None:
         "deleted": 1,
         "added": 1,
     }
+
+
+def test_the_cli_export_from_the_store_is_the_api_export(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import main
+
+    reviewed = review_note(client)
+    assert save(client, reviewed, {"entities": [entity(NOTE, "ramipril")]}).status_code == 200
+    monkeypatch.setenv("MEDLORA_REVIEW_DIR", str(tmp_path / "reviews"))
+    out = tmp_path / "cli.jsonl"
+    assert main(["review", "export", "--queue", "notes-ner-it-clinical", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["records"] == 1
+    assert out.read_bytes() == client.get("/v1/reviews/queues/notes-ner-it-clinical/export").content
+    # Another key's reviews (or none) are not this export's.
+    other = tmp_path / "other.jsonl"
+    assert main(["review", "export", "--queue", "notes-ner-it-clinical", "--out", str(other), "--owner", "x"]) == 0
+    assert other.read_text() == ""

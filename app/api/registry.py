@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -16,12 +17,13 @@ from app.problems import (
     ADAPTER_NOT_FOUND,
     ENGINE_UNAVAILABLE,
     INVALID_ADAPTER,
+    NOT_FOUND,
     NOT_READY,
     UNKNOWN_ADAPTER,
     UNKNOWN_TASK,
     Problem,
 )
-from app.tasks.adapters import AdapterRecord
+from app.tasks.adapters import EVAL_REPORT, AdapterRecord
 from app.tasks.protocol import AdapterSelection, In
 from app.tasks.service import Service
 from app.tasks.spec import NAME_PATTERN, VERSION_PATTERN
@@ -38,6 +40,17 @@ class AdapterName(BaseModel):
     version: str
 
 
+# The report is self-contained HTML with inline SVG charts and styles, and no script: it runs
+# nothing, loads nothing, and is sandboxed besides.
+REPORT_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox"
+
+
+def report_url(record: AdapterRecord) -> str | None:
+    """Where the page finds the adapter's latest evaluation report, if there is one."""
+    has_report = (record.path / EVAL_REPORT).is_file()
+    return f"/v1/adapters/{record.name}/{record.version}/report" if has_report else None
+
+
 class TaskInfo(BaseModel):
     name: str
     type: str
@@ -50,6 +63,9 @@ class TaskInfo(BaseModel):
         alias="schema", description="What the model writes (its grammar is compiled from this schema)."
     )
     adapter: AdapterName
+    adapter_report: str | None = Field(
+        None, description="The latest `medlora eval` report of the task's adapter (HTML), when there is one."
+    )
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
@@ -128,6 +144,7 @@ def registry_router(service: Service) -> APIRouter:
                     adapter=AdapterName(
                         name=bound.name if bound else ref.name, version=bound.version if bound else ref.version
                     ),
+                    adapter_report=await asyncio.to_thread(report_url, bound) if bound else None,
                     **task.kind.describe(task),
                 )
             )
@@ -165,6 +182,30 @@ def registry_router(service: Service) -> APIRouter:
             raise Problem(UNKNOWN_TASK, f"no task named {task_name!r}", {"tasks": sorted(service.tasks)})
         previous = await service.bind(task_name, body.name, body.version)
         return SwitchOut(task=task_name, adapter=AdapterName(name=body.name, version=body.version), previous=previous)
+
+    @router.get(
+        "/v1/adapters/{name}/{version}/report",
+        tags=["registry"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The adapter's latest evaluation report: one self-contained HTML file.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+            **problems(UNKNOWN_ADAPTER, NOT_FOUND),
+        },
+        dependencies=[Depends(current_caller)],
+    )
+    async def adapter_report(name: AdapterNameParam, version: VersionParam) -> Response:
+        record = service.registry.get(name, version)
+        path = record.path / EVAL_REPORT
+        try:
+            page = await asyncio.to_thread(path.read_bytes)
+        except OSError:
+            detail = f"adapter {name}@{version} has no evaluation report (run `medlora eval` on it)"
+            raise Problem(NOT_FOUND, detail) from None
+        headers = {"Content-Security-Policy": REPORT_POLICY, "X-Content-Type-Options": "nosniff"}
+        return Response(page, media_type="text/html; charset=utf-8", headers=headers)
 
     @router.delete(
         "/v1/adapters/{name}/{version}",

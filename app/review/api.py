@@ -34,6 +34,7 @@ from app.problems import (
     Problem,
 )
 from app.review.changes import count_changes
+from app.review.records import gold_record
 from app.review.store import NewReview, Review, ReviewStore, StaleVersion
 from app.settings import Settings
 from app.tasks.calls import Abandoned, endpoints
@@ -278,7 +279,11 @@ class ReviewDesk:
         )
         async def export_queue(queue: QueueName, caller: CallerDep) -> Response:
             reviews = await asyncio.to_thread(self.store.queue, caller.name, queue)
-            lines = [json.dumps(self.record(r), ensure_ascii=False) for r in reviews if r.status == "reviewed"]
+            lines = [
+                json.dumps(gold_record(r, self._kind(r.task)), ensure_ascii=False)
+                for r in reviews
+                if r.status == "reviewed"
+            ]
             body = "".join(line + "\n" for line in lines).encode("utf-8")
             headers = {"Content-Disposition": f'attachment; filename="{queue}.reviewed.jsonl"'}
             return Response(body, media_type="application/octet-stream", headers=headers)
@@ -345,24 +350,3 @@ class ReviewDesk:
     def _stored(self, reviews: list[NewReview]) -> list[Review]:
         found = [self.store.get(r.id) for r in reviews]
         return [r for r in found if r is not None]
-
-    # -- export ---------------------------------------------------------------------------------
-    def record(self, review: Review) -> dict[str, Any]:
-        """One reviewed note as a gold record (`id`, input fields, gold fields) with what the model
-        said beside it, so that corrections can be counted per adapter."""
-        kind = self._kind(review.task)
-        changes = count_changes(kind.gold_fields(review.answer), review.decision)
-        return {
-            "id": review.id,
-            **review.input,
-            **review.decision,
-            "review": {
-                "source_id": review.source_id,
-                "queue": review.queue,
-                "task": review.task,
-                "model": review.model,
-                "changes": changes.to_dict(),
-                "version": review.version,
-                "reviewed_at": review.updated_at,
-            },
-        }

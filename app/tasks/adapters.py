@@ -32,6 +32,9 @@ log = logging.getLogger("medlora.adapters")
 # Projection names a Qwen3 dense model exposes to LoRA.
 SUPPORTED_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+# `medlora eval` leaves the latest evaluation report of an adapter in the adapter's own folder;
+# `GET /v1/adapters/{name}/{version}/report` serves it and the page links it.
+EVAL_REPORT = "eval-report.html"
 
 
 @dataclass(frozen=True)

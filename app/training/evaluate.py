@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import shutil
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,8 @@ import httpx
 
 from app.api.client import HTTP_TIMEOUT, ServiceError, auth_headers, fetch_tasks, wait_ready
 from app.problems import Problem
-from app.tasks.adapters import AdapterChoice
+from app.settings import PACKAGE_DIR
+from app.tasks.adapters import EVAL_REPORT, AdapterChoice
 from app.tasks.calls import INTERACTIVE_PRIORITY, call_json
 from app.tasks.manifests import ManifestError, load_tasks
 from app.tasks.runner import gather_first_error
@@ -299,6 +303,22 @@ def write_report(
     return out_dir
 
 
+def publish_report(out_dir: Path, adapter_dir: Path) -> Path | None:
+    """Leave report.html in the evaluated adapter's folder as its latest report (the service
+    serves it, the page links it), when that folder is here and writable. Never into the
+    installed package: the shipped demo's adapters are not to be written to."""
+    target = adapter_dir / EVAL_REPORT
+    try:
+        if adapter_dir.resolve().is_relative_to(PACKAGE_DIR.resolve()) or not os.access(adapter_dir, os.W_OK):
+            return None
+        partial = target.with_suffix(".part")
+        shutil.copyfile(out_dir / "report.html", partial)
+        os.replace(partial, target)
+    except OSError:
+        return None
+    return target
+
+
 def read_predictions(path: Path, records: list[Record]) -> list[dict[str, Any]]:
     """predictions.jsonl back as a list parallel to records."""
     by_id: dict[str, dict[str, Any]] = {}
@@ -439,12 +459,22 @@ def _remote_task(description: dict[str, Any]) -> Task:
     return Task(manifest, description["schema"], Path("-"), kind)
 
 
-async def _eval_url(
-    args: argparse.Namespace, adapter: AdapterChoice
-) -> tuple[Task, list[Record], list[dict[str, Any]], str | None, float]:
+@dataclass(frozen=True)
+class EvalRun:
+    task: Task
+    records: list[Record]
+    predictions: list[dict[str, Any]]
+    adapter_used: str | None  # name@version; None: the base model
+    adapter_dir: Path | None  # that adapter's folder, where the service reads it from
+    seconds: float
+
+
+async def _eval_url(args: argparse.Namespace, adapter: AdapterChoice) -> EvalRun:
     async with httpx.AsyncClient(base_url=args.url, timeout=HTTP_TIMEOUT, headers=auth_headers()) as client:
         await wait_ready(client)
         served = {t["name"]: t for t in await fetch_tasks(client)}
+        listed = await client.get("/v1/adapters")
+        folders = {f"{a['name']}@{a['version']}": Path(a["path"]) for a in listed.json().get("adapters", [])}
     if args.task not in served:
         raise EvalError(f"{args.url} has no task {args.task!r} (tasks: {sorted(served)})")
     task = _remote_task(served[args.task])
@@ -455,12 +485,11 @@ async def _eval_url(
     predictions = await predict_via_url(
         args.url, task, records, adapter=adapter, batch_size=args.batch_size, concurrency=args.concurrency
     )
-    return task, records, predictions, adapter_used, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return EvalRun(task, records, predictions, adapter_used, folders.get(adapter_used), seconds)
 
 
-async def _eval_in_process(
-    args: argparse.Namespace, adapter: AdapterChoice
-) -> tuple[Task, list[Record], list[dict[str, Any]], str | None, float]:
+async def _eval_in_process(args: argparse.Namespace, adapter: AdapterChoice) -> EvalRun:
     settings = settings_for(args.model, args.adapters)
     tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
     if args.task not in tasks:
@@ -480,11 +509,13 @@ async def _eval_in_process(
         await service.start()
         bound = service.registry.bound(task.name)
         adapter_used = _adapter_key(adapter) or (bound.key if bound else None)
+        folders = {r.key: r.path for r in service.registry.records()}
         started = time.perf_counter()
         predictions = await predict_in_process(
             service, task, records, adapter=adapter, batch_size=args.batch_size, concurrency=args.concurrency
         )
-        return task, records, predictions, adapter_used, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        return EvalRun(task, records, predictions, adapter_used, folders.get(adapter_used or ""), seconds)
     finally:
         await service.stop()
 
@@ -493,26 +524,28 @@ def eval_main(args: argparse.Namespace) -> int:
     """Run an evaluation and write its report. 0: all requests succeeded; 1: some failed; 2: cannot run."""
     try:
         adapter = _check_args(args)
-        run = _eval_url(args, adapter) if args.url else _eval_in_process(args, adapter)
-        task, records, predictions, adapter_used, seconds = asyncio.run(run)
+        run = asyncio.run(_eval_url(args, adapter) if args.url else _eval_in_process(args, adapter))
     except (EvalError, DataError, ManifestError, ServiceError, httpx.HTTPError) as exc:
         print(f"medlora eval: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"medlora eval: {exc}", file=sys.stderr)
         return 2
-    name = _run_name(args, adapter_used)
+    name = _run_name(args, run.adapter_used)
     report = build_report(
-        task,
-        records,
-        predictions,
+        run.task,
+        run.records,
+        run.predictions,
         run=name,
         data=str(args.data),
-        adapter=adapter_used,
+        adapter=run.adapter_used,
         few_shot=args.few_shot,
-        seconds=seconds,
+        seconds=run.seconds,
     )
-    out_dir = write_report(_out_dir(args, task.name, name), report, records, predictions, task)
+    out_dir = write_report(_out_dir(args, run.task.name, name), report, run.records, run.predictions, run.task)
+    published = publish_report(out_dir, run.adapter_dir) if args.few_shot is None and run.adapter_dir else None
+    if published:
+        print(f"latest report of {run.adapter_used}: {published}", file=sys.stderr)
     print(markdown_table({name: report_rows(report)}))
     print(f"{report['n']} records, {report['failed']} failed; report in {out_dir}/", file=sys.stderr)
     if report["failed"]:

@@ -29,7 +29,7 @@ from app.tasks.manifests import load_tasks
 from app.training.datasets import load_records, model_outputs
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR
 from tests.e2e.conftest import LiveServer, free_port, recording_client, server_env, start_server, stop
-from tests.e2e.test_live_ui import NOTES, annotate_in_page, marks, open_page
+from tests.e2e.test_live_ui import NOTES, QUESTION, annotate_in_page, marks, open_page, shoot
 
 pytestmark = pytest.mark.e2e
 
@@ -237,9 +237,20 @@ def test_corrections_in_the_page_are_saved_survive_a_restart_and_train_the_next_
         assert loaded.payload == {"text": note}
         assert model_outputs(task, loaded)  # what training teaches the model for this note
 
+        # The command line exports the same file.
+        by_cli = tmp_path / "cli.jsonl"
+        medlora = [sys.executable, "-m", "app.cli"]
+        subprocess.run(
+            [*medlora, "review", "export", "--queue", f"notes-{name}", "--out", str(by_cli), "--url", server.url],
+            check=True,
+            capture_output=True,
+            cwd=REPO_ROOT,
+            timeout=300,
+        )
+        assert by_cli.read_bytes() == exported.read_bytes()
+
         # The loop: train on the export, evaluate it against the current adapter, register, switch.
         adapter = tmp_path / "reviewed-adapter"
-        medlora = [sys.executable, "-m", "app.cli"]
         subprocess.run(
             [
                 *medlora,
@@ -266,10 +277,49 @@ def test_corrections_in_the_page_are_saved_survive_a_restart_and_train_the_next_
         )
         assert ran.returncode == 0, ran.stderr[-3000:]
         assert (tmp_path / "eval" / "report.html").exists()
+        assert (adapter / "eval-report.html").read_bytes() == (tmp_path / "eval" / "report.html").read_bytes()
         switched = api.put(
             f"/v1/tasks/{name}/adapter", json={"name": registration["name"], "version": registration["version"]}
         )
         assert switched.status_code == 200, switched.text
+
+        # The page links the report of the task's adapter now in use; it downloads as it was written.
+        open_page(browser, server)
+        Select(browser.find_element(By.ID, "task")).select_by_value(name)
+        browser.find_element(By.ID, "task").send_keys(Keys.TAB)
+        report_button = browser.find_element(By.ID, "eval-report")
+        assert registration["version"] in report_button.text
+        report_button.click()
+        report = downloads / f"{registration['name']}@{registration['version']}-report.html"
+        WebDriverWait(browser, 30).until(lambda b: report.exists() and report.stat().st_size > 0)
+        assert report.read_bytes() == (adapter / "eval-report.html").read_bytes()
+
+
+@pytest.mark.parametrize("name", list(NOTES))
+def test_every_task_types_reviewed_note_exports_as_train_and_eval_read_it(
+    demo_server: LiveServer, api: httpx.Client, name: str, tmp_path: Path
+) -> None:
+    task = load_tasks(TASKS_DIR, SCHEMAS_DIR)[name]
+    fields = {"context": NOTES[name], "question": QUESTION} if task.type == "qa" else {"text": NOTES[name]}
+    item = {"id": "n", **fields}
+    body = {"task": name, task.kind.items_field: [item]}
+    created = api.post(f"/v1/reviews/annotate/{task.kind.endpoint}", json=body)
+    assert created.status_code == 200, created.text
+    review = created.json()["data"][0]
+    assert review["decision"] == task.kind.gold_fields(review["answer"])
+    saved_review = api.put(
+        f"/v1/reviews/items/{review['id']}",
+        json={"version": review["version"], "decision": review["decision"], "status": "reviewed"},
+    )
+    assert saved_review.status_code == 200, saved_review.text
+    assert saved_review.json()["changes"]["edited"] == 0 and saved_review.json()["changes"]["added"] == 0
+    export = api.get(f"/v1/reviews/queues/notes-{name}/export")
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(export.content)
+    records = {r.id: r for r in load_records(task, path)}
+    assert records[review["id"]].payload == review["input"]
+    for record in records.values():
+        model_outputs(task, record)  # what training would teach for it: no error
 
 
 def test_a_form_item_is_filled_and_cleared_in_the_page(
@@ -348,7 +398,7 @@ def run_batch(api: httpx.Client, notes: dict[str, str]) -> str:
 
 
 def test_a_batch_opens_in_the_page_least_certain_first(
-    browser: WebDriver, demo_server: LiveServer, api: httpx.Client
+    browser: WebDriver, demo_server: LiveServer, api: httpx.Client, tmp_path: Path
 ) -> None:
     notes = {
         "a": NOTES["ner-it-clinical"],
@@ -379,6 +429,8 @@ def test_a_batch_opens_in_the_page_least_certain_first(
         browser.execute_script("return document.querySelector('#doc .text').textContent")
         == notes[queue["data"][0]["source_id"]]
     )
+    press(browser, "j")  # its first entity current: the tools for it shown
+    shoot(browser, tmp_path, "review")
 
 
 def test_a_30000_character_letter_with_hundreds_of_marks_renders_and_scrolls(

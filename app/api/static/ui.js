@@ -174,8 +174,25 @@ function showTaskInfo() {
   $("task-info").textContent = task ? `${task.type}; labels: ${task.labels.join(", ") || "none"}` : "";
   const link = $("report-link");
   link.replaceChildren();
-  if (task && task.adapter && task.adapter.report) {
-    link.append(el("a", { href: task.adapter.report, target: "_blank", rel: "noopener" }, "latest evaluation report"));
+  if (task && task.adapter_report) {
+    const name = `${task.adapter.name}@${task.adapter.version}`;
+    link.append(el("button", { type: "button", id: "eval-report", "data-report": task.adapter_report }, `Evaluation report of ${name}`));
+  }
+}
+
+// Fetched with the key (a plain link could not carry it) and saved as the one self-contained
+// file it is, to open offline.
+async function downloadReport(path) {
+  const task = currentTask();
+  try {
+    const page = await api(path.replace(/^\//, ""));
+    const blob = new Blob([page], { type: "text/html" });
+    const link = el("a", { href: URL.createObjectURL(blob), download: `${task.adapter.name}@${task.adapter.version}-report.html` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+  } catch (error) {
+    say(`The report could not be fetched (${error.message}).`, true);
   }
 }
 
@@ -1175,7 +1192,7 @@ function init() {
   document.addEventListener("click", (event) => {
     const target = event.target.closest(
       "[data-focus], #doc mark, #overlaps mark, [data-goto], [data-open], [data-select], [data-delete-relation], " +
-        "[data-set-unknown], [data-evidence-from-selection], button[id]",
+        "[data-set-unknown], [data-evidence-from-selection], [data-report], button[id]",
     );
     if (!target) return;
     const id = target.id;
@@ -1192,6 +1209,7 @@ function init() {
       "no-answer": () => change((d) => { d.answer = null; }),
     };
     if (actions[id]) actions[id]();
+    else if (target.hasAttribute("data-report")) downloadReport(target.getAttribute("data-report"));
     else if (target.hasAttribute("data-open")) openReview(target.getAttribute("data-open"));
     else if (target.hasAttribute("data-goto")) gotoEvidence(target.getAttribute("data-goto"));
     else if (target.hasAttribute("data-select")) select(Number(target.getAttribute("data-select")));
