@@ -293,3 +293,36 @@ def test_the_cli_export_from_the_store_is_the_api_export(
     other = tmp_path / "other.jsonl"
     assert main(["review", "export", "--queue", "notes-ner-it-clinical", "--out", str(other), "--owner", "x"]) == 0
     assert other.read_text() == ""
+
+
+def test_an_annotate_run_opens_least_certain_first_with_bad_lines_reported(client: TestClient) -> None:
+    from app.batch.annotate import output_line
+
+    notes = {"sure": "Prosegue aspirina 100 mg.", "unsure": "Iniziato ramipril 5 mg.", "blank": "Nessuna terapia."}
+    kind = shipped_task("ner-it-clinical").kind
+    output = []
+    for note_id, text in notes.items():
+        body = {"task": "ner-it-clinical", "documents": [{"id": note_id, "text": text}]}
+        output.append(json.dumps(output_line(kind, client.post("/v1/ner", json=body).json())))
+    shifted = json.loads(output[0])
+    shifted["id"], shifted["entities"][0]["start"] = "copy", shifted["entities"][0]["start"] + 1
+    output += [json.dumps(shifted), "{not json", json.dumps({**json.loads(output[1]), "id": "nowhere"})]
+    notes_file = "\n".join(json.dumps({"id": k, "text": v}) for k, v in {**notes, "copy": notes["sure"]}.items())
+    files = {"notes": ("notes.jsonl", notes_file.encode()), "annotations": ("out.jsonl", "\n".join(output).encode())}
+    opened = client.post("/v1/reviews/imports/annotate", data={"task": "ner-it-clinical"}, files=files)
+    assert opened.status_code == 200, opened.text
+    body = opened.json()
+    assert (body["created"], body["total"], body["skipped_count"]) == (3, 3, 3)
+    assert [(s["file"], s["line"]) for s in body["skipped"]] == [
+        ("annotations", 5),
+        ("annotations", 4),
+        ("annotations", 6),
+    ]
+    assert "does not fit its note" in body["skipped"][1]["reason"] and "aspirina" not in json.dumps(body)
+    assert "no note with this id" in body["skipped"][2]["reason"]
+    queue = client.get(f"/v1/reviews/queues/{body['queue']}").json()
+    assert [item["source_id"] for item in queue["data"]] == ["unsure", "sure", "blank"]
+    again = client.post("/v1/reviews/imports/annotate", data={"task": "ner-it-clinical"}, files=files).json()
+    assert (again["queue"], again["created"], again["total"]) == (body["queue"], 0, 3)
+    unknown = client.post("/v1/reviews/imports/annotate", data={"task": "nope"}, files=files)
+    assert unknown.status_code == 404

@@ -13,12 +13,13 @@ another key's are reported as missing, admin keys included.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, File, Form, Path, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -31,9 +32,11 @@ from app.problems import (
     NOT_FOUND,
     QUOTA_EXCEEDED,
     REVIEW_CONFLICT,
+    UNKNOWN_TASK,
     Problem,
 )
 from app.review.changes import count_changes
+from app.review.imports import AnnotatedNote, read_annotated
 from app.review.records import gold_record
 from app.review.store import NewReview, Review, ReviewStore, StaleVersion
 from app.settings import Settings
@@ -41,6 +44,7 @@ from app.tasks.calls import Abandoned, endpoints
 from app.tasks.grounding import piece_boundaries
 from app.tasks.protocol import In, TaskRequest
 from app.tasks.service import Service
+from app.tasks.spec import NAME_PATTERN
 from app.tasks.types.base import BadRecord, TaskType
 
 QUEUE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -122,6 +126,20 @@ class ImportResult(BaseModel):
     queue: str
     created: int = Field(description="Notes added now (0 when the batch was opened before).")
     total: int
+
+
+class SkippedLine(BaseModel):
+    file: Literal["notes", "annotations"]
+    line: int
+    reason: str = Field(description="What is wrong with the line; never its text.")
+
+
+_SKIPPED_SHOWN = 100
+
+
+class AnnotatedImport(ImportResult):
+    skipped: list[SkippedLine] = Field(description=f"Lines not opened, and why (the first {_SKIPPED_SHOWN}).")
+    skipped_count: int
 
 
 class ReviewSave(In):
@@ -211,19 +229,23 @@ class ReviewDesk:
         inputs = {item["id"]: item for item in request.get(kind.items_field, [])}
         for answer in response[kind.items_field]:
             item = inputs.get(answer["id"])
-            if item is None:
-                continue
-            yield NewReview(
-                id=new_review_id(),
-                queue=queue,
-                task=task,
-                source_id=answer["id"],
-                min_confidence=_lowest(kind.confidences(answer)),
-                input={field: item[field] for field in kind.input_fields},
-                answer=answer,
-                model=response["model"],
-                decision=kind.gold_fields(answer),
-            )
+            if item is not None:
+                fields = {field: item[field] for field in kind.input_fields}
+                yield self._review(queue, task, AnnotatedNote(answer["id"], fields, answer, response["model"]))
+
+    def _review(self, queue: str, task: str, note: AnnotatedNote) -> NewReview:
+        kind = self._kind(task)
+        return NewReview(
+            id=new_review_id(),
+            queue=queue,
+            task=task,
+            source_id=note.source_id,
+            min_confidence=_lowest(kind.confidences(note.answer)),
+            input=note.input,
+            answer=note.answer,
+            model=note.model,
+            decision=kind.gold_fields(note.answer),
+        )
 
     # -- routes -------------------------------------------------------------------------------
     def _routes(self) -> APIRouter:
@@ -248,6 +270,35 @@ class ReviewDesk:
             ]
             await asyncio.to_thread(self.store.add, reviews, caller.name, self._quota(len(reviews)))
             return ImportResult(queue=queue, created=len(reviews), total=len(reviews))
+
+        @router.post("/v1/reviews/imports/annotate", responses=problems(UNKNOWN_TASK, QUOTA_EXCEEDED))
+        async def import_annotated(
+            caller: CallerDep,
+            task: Annotated[str, Form(pattern=NAME_PATTERN, description="The task `medlora annotate` ran.")],
+            notes: Annotated[UploadFile, File(description="The notes annotate read: JSONL, id and input fields.")],
+            annotations: Annotated[UploadFile, File(description="Annotate's output: one answer a line.")],
+        ) -> AnnotatedImport:
+            """Open a `medlora annotate` run for review (its notes and its output, paired by id).
+            Lines that cannot be read or do not fit their note are listed in `skipped`; the
+            same output opened again is the same queue, nothing doubled."""
+            if task not in self.service.tasks:
+                raise Problem(UNKNOWN_TASK, f"no task named {task!r}", {"tasks": sorted(self.service.tasks)})
+            notes_data, output_data = await notes.read(), await annotations.read()
+            queue = "annotate-" + hashlib.sha256(task.encode() + b"\0" + output_data).hexdigest()[:24]
+            found, skipped = await asyncio.to_thread(read_annotated, self.service.tasks[task], notes_data, output_data)
+            existing = await asyncio.to_thread(self.store.queue, caller.name, queue)
+            created = 0
+            if not existing:
+                reviews = [self._review(queue, task, note) for note in found]
+                await asyncio.to_thread(self.store.add, reviews, caller.name, self._quota(len(reviews)))
+                created = len(reviews)
+            return AnnotatedImport(
+                queue=queue,
+                created=created,
+                total=len(existing) or created,
+                skipped=[SkippedLine(**s.__dict__) for s in skipped[:_SKIPPED_SHOWN]],
+                skipped_count=len(skipped),
+            )
 
         @router.get("/v1/reviews/queues")
         async def list_queues(caller: CallerDep) -> QueueList:

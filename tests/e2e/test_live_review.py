@@ -59,6 +59,14 @@ def review_server(work: Path) -> Iterator[LiveServer]:
         stop(proc)
 
 
+def medlora(*args: str) -> None:
+    """A `medlora` command, as a user runs it; its output shown if it fails."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=900
+    )
+    assert ran.returncode == 0, (args[0], ran.stderr[-3000:])
+
+
 def saved(browser: WebDriver) -> str:
     """Wait until the page has saved what it holds; the save state it shows."""
     WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "save-state").text.startswith(("Saved", "Not")))
@@ -239,43 +247,21 @@ def test_corrections_in_the_page_are_saved_survive_a_restart_and_train_the_next_
 
         # The command line exports the same file.
         by_cli = tmp_path / "cli.jsonl"
-        medlora = [sys.executable, "-m", "app.cli"]
-        subprocess.run(
-            [*medlora, "review", "export", "--queue", f"notes-{name}", "--out", str(by_cli), "--url", server.url],
-            check=True,
-            capture_output=True,
-            cwd=REPO_ROOT,
-            timeout=300,
-        )
+        medlora("review", "export", "--queue", f"notes-{name}", "--out", str(by_cli), "--url", server.url)
         assert by_cli.read_bytes() == exported.read_bytes()
 
         # The loop: train on the export, evaluate it against the current adapter, register, switch.
         adapter = tmp_path / "reviewed-adapter"
-        subprocess.run(
-            [
-                *medlora,
-                *("train", "--task", name, "--data", str(exported), "--out", str(adapter)),
-                *("--model", str(server.base_dir), "--max-steps", "2", "--batch-size", "1", "--version", "reviewed-1"),
-            ],
-            check=True,
-            capture_output=True,
-            cwd=REPO_ROOT,
-            timeout=900,
+        medlora(
+            *("train", "--task", name, "--data", str(exported), "--out", str(adapter)),
+            *("--model", str(server.base_dir), "--max-steps", "2", "--batch-size", "1", "--version", "reviewed-1"),
         )
         registration = json.loads((adapter / "registration.json").read_text())
         assert api.post("/v1/adapters", json=registration).status_code == 201
-        ran = subprocess.run(
-            [
-                *medlora,
-                *("eval", "--task", name, "--data", str(exported), "--url", server.url),
-                *("--adapter", f"{registration['name']}@{registration['version']}", "--out", str(tmp_path / "eval")),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            timeout=900,
+        medlora(
+            *("eval", "--task", name, "--data", str(exported), "--url", server.url),
+            *("--adapter", f"{registration['name']}@{registration['version']}", "--out", str(tmp_path / "eval")),
         )
-        assert ran.returncode == 0, ran.stderr[-3000:]
         assert (tmp_path / "eval" / "report.html").exists()
         assert (adapter / "eval-report.html").read_bytes() == (tmp_path / "eval" / "report.html").read_bytes()
         switched = api.put(
@@ -431,6 +417,41 @@ def test_a_batch_opens_in_the_page_least_certain_first(
     )
     press(browser, "j")  # its first entity current: the tools for it shown
     shoot(browser, tmp_path, "review")
+
+
+def test_a_medlora_annotate_run_opens_in_the_page_least_certain_first(
+    browser: WebDriver, demo_server: LiveServer, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.jsonl"
+    texts = [NOTES["ner-it-clinical"], "Paziente con tosse secca e febbre; in terapia con paracetamolo 1000 mg.", ""]
+    notes.write_text("".join(json.dumps({"id": f"n{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    output = tmp_path / "annotated.jsonl"
+    medlora(
+        "annotate",
+        "--task",
+        "ner-it-clinical",
+        "--input",
+        str(notes),
+        "--output",
+        str(output),
+        "--url",
+        demo_server.url,
+    )
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(lines) == 2  # the empty note is annotate's error, not its output
+    open_page(browser, demo_server)
+    Select(browser.find_element(By.ID, "task")).select_by_value("ner-it-clinical")
+    browser.find_element(By.ID, "annotate-notes").send_keys(str(notes))
+    browser.find_element(By.ID, "annotate-output").send_keys(str(output))
+    browser.find_element(By.ID, "open-annotated").click()
+    WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#queue li")) == len(lines))
+    lowest = {line["id"]: min((e["confidence"] for e in line["entities"]), default=None) for line in lines}
+    expected = sorted(lowest, key=lambda i: (lowest[i] is None, lowest[i] or 0))
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('#queue [data-open]')].map(b => b.textContent)"
+    )
+    assert shown == expected
+    assert "2 notes of annotated.jsonl" in browser.find_element(By.ID, "status").text
 
 
 def test_a_30000_character_letter_with_hundreds_of_marks_renders_and_scrolls(

@@ -289,6 +289,35 @@ async function openBatch() {
   }
 }
 
+async function openAnnotated() {
+  const task = currentTask();
+  const notes = $("annotate-notes").files[0];
+  const output = $("annotate-output").files[0];
+  if (!task || !notes || !output) {
+    say("Choose the task, the notes file annotate read and the output it wrote.", true);
+    return;
+  }
+  const form = new FormData();
+  form.append("task", task.name);
+  form.append("notes", notes);
+  form.append("annotations", output);
+  const headers = { accept: "application/json" };
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (key) headers.authorization = "Bearer " + key;
+  try {
+    const response = await fetch("v1/reviews/imports/annotate", { method: "POST", body: form, headers, cache: "no-store" });
+    const opened = await response.json();
+    if (!response.ok) throw new Error(`${response.status}: ${opened.detail || opened.title}`);
+    await openQueue(opened.queue);
+    const skipped = opened.skipped_count
+      ? ` ${opened.skipped_count} line(s) not opened: ${opened.skipped.map((s) => `${s.file} line ${s.line}: ${s.reason}`).join("; ")}`
+      : "";
+    say(`${opened.total} notes of ${output.name}, least certain first.${skipped}`, Boolean(opened.skipped_count));
+  } catch (error) {
+    say(`The run could not be opened: ${error.message}`, true);
+  }
+}
+
 async function openReview(id) {
   await flushSave();
   const review = await api(`v1/reviews/items/${encodeURIComponent(id)}`);
@@ -1179,6 +1208,7 @@ function init() {
   $("threshold").addEventListener("input", applyThreshold);
   $("open-queue").addEventListener("click", () => $("queues").value && openQueue($("queues").value));
   $("open-batch").addEventListener("click", openBatch);
+  $("open-annotated").addEventListener("click", openAnnotated);
   $("export").addEventListener("click", exportQueue);
   $("undo").addEventListener("click", undo);
   $("mark-reviewed").addEventListener("click", markReviewed);
