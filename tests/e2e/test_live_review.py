@@ -500,3 +500,12 @@ def test_a_30000_character_letter_with_hundreds_of_marks_renders_and_scrolls(
     saved(browser)
     count = "return document.querySelectorAll('#doc mark, #overlaps mark').length"
     assert browser.execute_script(count) == marks_shown - 1
+    # Accept (a) marks the current entity accepted and moves on; it changes nothing to save.
+    version = api.get(f"/v1/reviews/items/{review['id']}").json()["version"]
+    press(browser, "a")
+    accepted = browser.execute_script(
+        "return [...document.querySelectorAll('mark[data-accepted]')].map(m => +m.dataset.index)"
+    )
+    current = browser.execute_script("return +document.querySelector('mark.current').dataset.index")
+    assert (accepted, current) == ([0], 1)
+    assert api.get(f"/v1/reviews/items/{review['id']}").json()["version"] == version
