@@ -509,3 +509,38 @@ def test_a_30000_character_letter_with_hundreds_of_marks_renders_and_scrolls(
     current = browser.execute_script("return +document.querySelector('mark.current').dataset.index")
     assert (accepted, current) == ([0], 1)
     assert api.get(f"/v1/reviews/items/{review['id']}").json()["version"] == version
+    # An attribute toggled on the current entity is saved as the decision's.
+    browser.find_element(By.CSS_SELECTOR, '[data-attribute="negated"]').click()
+    saved(browser)
+    decided = api.get(f"/v1/reviews/items/{review['id']}").json()["decision"]["entities"]
+    assert decided[1]["attributes"]["negated"] is not review["decision"]["entities"][2]["attributes"]["negated"]
+
+
+def test_an_answer_and_a_class_are_corrected_in_the_page(
+    browser: WebDriver, demo_server: LiveServer, api: httpx.Client
+) -> None:
+    note = NOTES["qa-it-clinical"]
+    open_page(browser, demo_server)
+    annotate_in_page(browser, "qa-it-clinical", note, QUESTION)
+    review_id = current_review_id(browser)
+    start = note.index("ramipril")
+    select_text(browser, start, start + len("ramipril"))
+    browser.find_element(By.ID, "answer-from-selection").click()
+    saved(browser)
+    answer = {"start": start, "end": start + len("ramipril"), "text": "ramipril"}
+    assert open_review(api, review_id)["decision"] == {"answer": answer}
+    assert marks(browser) == [(answer["start"], answer["end"], "ANSWER", "ramipril", None)]
+    browser.find_element(By.ID, "no-answer").click()
+    saved(browser)
+    assert open_review(api, review_id)["decision"] == {"answer": None}
+
+    review_id = annotated(browser, demo_server, "classify-it-note-type")
+    chosen = open_review(api, review_id)["decision"]["labels"]
+    other = next(b for b in browser.find_elements(By.CSS_SELECTOR, "[data-choose-class]") if not b.is_selected())
+    label = other.get_attribute("value")
+    other.click()
+    saved(browser)
+    decided = open_review(api, review_id)["decision"]["labels"]
+    assert decided == [label] and decided != chosen  # single-label: a radio, one label
+    shown = browser.find_element(By.CSS_SELECTOR, f'[data-class="{label}"]').get_attribute("data-chosen")
+    assert shown == "yes"
