@@ -1,0 +1,180 @@
+"""Whether a form value agrees with its evidence: the number or date the model wrote must be one
+the evidence states, in any of the notations clinical notes use.
+
+A note's numbers are read every way they can be: `8.450` is 8450 in Italian and 8.45 in English,
+`36,5` is 36.5, `1,234.5` is 1234.5; a date `8.10.2019` or `08/10/19` is the 8th of October or
+the 10th of August (day first in Italian, month first in American English), `8 ottobre 2019`
+and `Oct 8, 2019` are spelled out. A value agrees when it is one of the readings (numbers after
+the item's declared unit conversions): reading generously means a mismatch found is a real one,
+a value that no reading of its evidence gives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Iterable, Mapping
+from decimal import Decimal, InvalidOperation
+
+# A number as notes write it: digits with optional group separators (. , thin or no-break
+# space, apostrophe) and one decimal separator; a sign where it is one.
+_NUMBER = re.compile(
+    r"(?<![\w.,])[-−+]?\d{1,3}(?:[.,'\u202f\u00a0 ]\d{3})+(?:[.,]\d+)?(?!\w)"  # grouped
+    r"|(?<![\w.,])[-−+]?\d+(?:[.,]\d+)?(?!\w)"  # plain
+)
+_DATE_NUMERIC = re.compile(r"(?<!\d)(\d{1,4})([./-])(\d{1,2})\2(\d{2,4})(?!\d)")
+_MONTHS = {
+    **{
+        m: i
+        for i, m in enumerate(
+            (
+                "gennaio",
+                "febbraio",
+                "marzo",
+                "aprile",
+                "maggio",
+                "giugno",
+                "luglio",
+                "agosto",
+                "settembre",
+                "ottobre",
+                "novembre",
+                "dicembre",
+            ),
+            start=1,
+        )
+    },
+    **{
+        m: i
+        for i, m in enumerate(
+            (
+                "january",
+                "february",
+                "march",
+                "april",
+                "may",
+                "june",
+                "july",
+                "august",
+                "september",
+                "october",
+                "november",
+                "december",
+            ),
+            start=1,
+        )
+    },
+    **{
+        m: i
+        for i, m in enumerate(
+            ("gen", "feb", "mar", "apr", "mag", "giu", "lug", "ago", "set", "ott", "nov", "dic"), start=1
+        )
+    },
+    **{
+        m: i
+        for i, m in enumerate(
+            ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1
+        )
+    },
+}
+_MONTH_NAMES = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_DAY_MONTH_YEAR = re.compile(rf"(?<!\d)(\d{{1,2}})(?:°|º)?\s+({_MONTH_NAMES})\.?\s+(\d{{4}})(?!\d)", re.IGNORECASE)
+_MONTH_DAY_YEAR = re.compile(rf"\b({_MONTH_NAMES})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})(?!\d)", re.IGNORECASE)
+
+
+def _decimal(text: str) -> Decimal | None:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None
+
+
+def _readings(token: str) -> set[Decimal]:
+    """Every number a written token can mean."""
+    sign = "-" if token[0] in "-−" else ""
+    digits = token.lstrip("-−+")
+    readings: set[Decimal] = set()
+    separators = [c for c in digits if not c.isdigit()]
+    if not separators:
+        readings.add(Decimal(sign + digits))
+        return readings
+    kinds = set(separators)
+    last = max(digits.rfind(c) for c in kinds)
+    groups = re.split(r"[.,'\u202f\u00a0 ]", digits)
+    grouped = all(len(g) == 3 for g in groups[1:]) and 1 <= len(groups[0]) <= 3
+    if len(kinds) == 1 and len(separators) == 1:
+        mark = separators[0]
+        if mark in ".,":  # a decimal mark, or (three digits after it) a thousands separator
+            readings.add(Decimal(sign + digits.replace(mark, ".")))
+        if grouped:
+            readings.add(Decimal(sign + re.sub(r"\D", "", digits)))
+        return {r for r in readings if r is not None}
+    # Several separators: the last one is the decimal mark when it differs from the others.
+    head, tail = digits[:last], digits[last + 1 :]
+    if digits[last] in ".," and digits[last] not in head and len(set(c for c in head if not c.isdigit())) <= 1:
+        value = _decimal(sign + re.sub(r"\D", "", head) + "." + tail)
+        if value is not None:
+            readings.add(value)
+    if grouped:
+        readings.add(Decimal(sign + re.sub(r"\D", "", digits)))
+    return readings
+
+
+def numbers_in(text: str) -> set[Decimal]:
+    """Every number the text may state, each read every way its notation allows."""
+    found: set[Decimal] = set()
+    for match in _NUMBER.finditer(text):
+        found |= _readings(match.group(0).strip())
+    return found
+
+
+def _year(text: str) -> int:
+    year = int(text)
+    return year + (2000 if year < 70 else 1900) if len(text) == 2 else year
+
+
+def _date(year: int, month: int, day: int) -> datetime.date | None:
+    try:
+        return datetime.date(year, month, day)
+    except ValueError:
+        return None
+
+
+def dates_in(text: str) -> set[datetime.date]:
+    """Every calendar date the text may state (numeric dates read day first and month first)."""
+    found: set[datetime.date | None] = set()
+    for a, _, b, c in _DATE_NUMERIC.findall(text):
+        if len(a) == 4:  # 2019-10-08
+            found.add(_date(int(a), int(b), int(c)))
+        elif len(c) in (2, 4):
+            found |= {_date(_year(c), int(b), int(a)), _date(_year(c), int(a), int(b))}
+    for day, month, year in _DAY_MONTH_YEAR.findall(text):
+        found.add(_date(int(year), _MONTHS[month.lower()], int(day)))
+    for month, day, year in _MONTH_DAY_YEAR.findall(text):
+        found.add(_date(int(year), _MONTHS[month.lower()], int(day)))
+    return {d for d in found if d is not None}
+
+
+def number_agrees(value: float | int, evidence: Iterable[str], conversions: Mapping[str, float] | None = None) -> bool:
+    """Whether `value` is a number its evidence states, directly or through a declared unit
+    conversion (`{"g": 1000}`: the evidence says grams, the item holds milligrams; the factor
+    applies to a number the evidence writes with that unit after it)."""
+    target = Decimal(str(value))
+    for text in evidence:
+        if target in numbers_in(text):
+            return True
+        for unit, factor in (conversions or {}).items():
+            pattern = rf"([-−+]?\d[\d.,'\u202f\u00a0 ]*)\s*{re.escape(unit)}(?![^\W\d_])"
+            for match in re.finditer(pattern, text):
+                if any(reading * Decimal(str(factor)) == target for reading in _readings(match.group(1).strip())):
+                    return True
+    return False
+
+
+def date_agrees(value: str, evidence: Iterable[str]) -> bool:
+    """Whether the ISO date `value` is a date its evidence states."""
+    try:
+        day = datetime.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return any(day in dates_in(text) for text in evidence)
