@@ -71,3 +71,24 @@ def test_a_date_that_its_evidence_does_not_state_disagrees() -> None:
     assert date_agrees("2024-03-12", ["Accesso in PS del 12/03/2024"])
     assert not date_agrees("2024-03-13", ["Accesso in PS del 12/03/2024"])
     assert not date_agrees("2024-02-30", ["30/02/2024"])  # no such day, however written
+
+
+def test_numbers_written_as_words_count() -> None:
+    assert number_agrees(6, ["da sei giorni"]) and number_agrees(3, ["for three days"])
+    assert not number_agrees(5, ["da sei giorni"])
+    assert number_agrees(23, ["da ventitré giorni"]) and number_agrees(21, ["twenty-one days"])
+    assert Decimal(1) not in numbers_in("una volta al giorno")  # an article, not a count
+
+
+def test_evidence_that_states_no_number_or_date_cannot_contradict_the_value() -> None:
+    assert number_agrees(0, ["insorta nella notte"])
+    assert number_agrees(1, ["dal giorno precedente"])
+    assert date_agrees("2024-03-12", ["accesso odierno"])
+    assert not date_agrees("2024-03-12", ["accesso dell'11/03/2024"])
+
+
+def test_a_conversion_reads_the_number_before_its_unit_in_digits_or_words() -> None:
+    weeks = {"settimana": 7, "settimane": 7}
+    assert number_agrees(14, ["da 2 settimane"], weeks) and number_agrees(21, ["da circa tre settimane"], weeks)
+    assert number_agrees(7, ["da una settimana"], weeks)  # no number stated: nothing contradicts 7
+    assert not number_agrees(14, ["da 3 settimane"], weeks)

@@ -11,9 +11,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from app.engine.base import GenerationRequest
 from app.tasks.confidence import locate
-from app.tasks.manifests import load_tasks
+from app.tasks.manifests import ManifestError, load_task, load_tasks
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR, shipped_task
 from tests.fakes import last_input, prompt_of, sample, write_fake_adapter
 from tests.support.chunk_edges import first_chunk_ends_after
@@ -327,3 +329,61 @@ def test_evidence_cut_at_a_chunk_edge_is_not_kept_beside_the_whole_evidence(clie
     start = text.index("TC 38,2 °C")
     assert temperature["value"] == 38.2 and not temperature["conflict"]
     assert [(e["start"], e["end"]) for e in temperature["evidence"]] == [(start, start + 10)]
+
+
+WRONG = {**VALUES, "age": ["74 anni", 75], "visit_date": ["12/03/2024", "2024-03-13"], "spo2": ["SpO2 88%", 88]}
+
+
+def test_a_value_its_evidence_states_otherwise_is_flagged_with_half_its_confidence(client_for: Any) -> None:
+    logprob = _item_logprob({("age", "74 anni"): 0.8, ("spo2", "SpO2 88%"): 0.8})
+    client, _ = client_for(answering(WRONG), logprob=logprob)
+    items = items_of(post(client, NOTE))
+    assert (items["age"]["value"], items["age"]["evidence_mismatch"], items["age"]["confidence"]) == (75, True, 0.4)
+    assert items["visit_date"]["evidence_mismatch"] is True and items["visit_date"]["status"] == "filled"
+    assert (items["spo2"]["evidence_mismatch"], items["spo2"]["confidence"]) == (False, 0.8)
+    assert items["dyspnea_days"]["evidence_mismatch"] is False and items["temperature"]["evidence_mismatch"] is False
+    metrics = client.get("/metrics").text
+    assert sample(metrics, "medlora_evidence_mismatches_total", task=TASK) == 2.0
+
+
+def test_with_on_evidence_mismatch_unknown_such_a_value_is_not_returned(client_for: Any, tmp_path: Path) -> None:
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    manifest = (TASKS_DIR / f"{TASK}.yaml").read_text(encoding="utf-8")
+    (tasks_dir / f"{TASK}.yaml").write_text(manifest + "on_evidence_mismatch: unknown\n", encoding="utf-8")
+    client, _ = client_for(answering(WRONG), tasks_dir=tasks_dir)
+    items = items_of(post(client, NOTE))
+    assert items["age"] == {
+        "name": "age",
+        "status": "unknown",
+        "value": None,
+        "evidence": [],
+        "confidence": None,
+        "conflict": False,
+        "alternatives": [],
+        "evidence_mismatch": True,
+    }
+    assert items["spo2"]["status"] == "filled" and not items["spo2"]["evidence_mismatch"]
+
+
+def test_conversions_and_the_mismatch_setting_are_refused_where_they_mean_nothing(tmp_path: Path) -> None:
+    ner = (TASKS_DIR / "ner-it-clinical.yaml").read_text(encoding="utf-8")
+    (tmp_path / "ner.yaml").write_text(ner + "on_evidence_mismatch: unknown\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="on_evidence_mismatch"):
+        load_task(tmp_path / "ner.yaml", SCHEMAS_DIR)
+    form = (TASKS_DIR / f"{TASK}.yaml").read_text(encoding="utf-8")
+    bad = form.replace("{name: orthopnea, kind: boolean,", "{name: orthopnea, kind: boolean, conversions: {x: 2},")
+    assert bad != form
+    (tmp_path / "form.yaml").write_text(bad, encoding="utf-8")
+    with pytest.raises(ManifestError, match="conversions"):
+        load_task(tmp_path / "form.yaml", SCHEMAS_DIR)
+
+
+def test_eval_reports_the_mismatch_rate_of_each_number_and_date_item() -> None:
+    task = shipped_task(TASK)
+    flagged = {"items": {"age": {"value": 75}}, "evidence_mismatch": ["age"]}
+    clean = {"items": {"age": {"value": 74}, "spo2": {"value": 88}}, "evidence_mismatch": []}
+    unknown = {"items": {}, "evidence_mismatch": ["spo2"]}
+    rates = task.kind.score(task, [{"items": {}}] * 3, [flagged, clean, unknown])["evidence_mismatch"]
+    assert (rates["age"], rates["spo2"], rates["visit_date"]) == (0.5, 0.5, None)
+    assert "sex" not in rates  # a choice: grounding already ties it to its evidence

@@ -4,9 +4,11 @@ the evidence states, in any of the notations clinical notes use.
 A note's numbers are read every way they can be: `8.450` is 8450 in Italian and 8.45 in English,
 `36,5` is 36.5, `1,234.5` is 1234.5; a date `8.10.2019` or `08/10/19` is the 8th of October or
 the 10th of August (day first in Italian, month first in American English), `8 ottobre 2019`
-and `Oct 8, 2019` are spelled out. A value agrees when it is one of the readings (numbers after
-the item's declared unit conversions): reading generously means a mismatch found is a real one,
-a value that no reading of its evidence gives.
+and `Oct 8, 2019` are spelled out. Numbers written as words count too (`da sei giorni`, `three days`), up
+to thirty-one. A value agrees when it is one of the readings (numbers after the item's declared
+unit conversions), or when its evidence states no number (or no date) at all: `insorta nella
+notte` for 0 days cannot contradict it. Reading generously means a mismatch found is a real
+one: a value its evidence states otherwise.
 """
 
 from __future__ import annotations
@@ -82,6 +84,22 @@ _DAY_MONTH_YEAR = re.compile(rf"(?<!\d)(\d{{1,2}})(?:°|º)?\s+({_MONTH_NAMES})\
 _MONTH_DAY_YEAR = re.compile(rf"\b({_MONTH_NAMES})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})(?!\d)", re.IGNORECASE)
 
 
+_IT_WORDS = (
+    "zero uno due tre quattro cinque sei sette otto nove dieci undici dodici tredici quattordici quindici sedici "
+    "diciassette diciotto diciannove venti ventuno ventidue ventitré ventitre ventiquattro venticinque ventisei "
+    "ventisette ventotto ventinove trenta trentuno"
+).split()
+_IT_VALUES = [*range(23), 23, *range(23, 32)]  # "ventitré" and "ventitre" are both 23
+_EN_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty twenty-one twenty-two twenty-three twenty-four twenty-five twenty-six "
+    "twenty-seven twenty-eight twenty-nine thirty thirty-one"
+).split()
+# Articles ("un", "una", "a") are left out: "una volta al giorno" states no count of days.
+_NUMBER_WORDS = {**dict(zip(_IT_WORDS, _IT_VALUES, strict=True)), **{w: i for i, w in enumerate(_EN_WORDS)}}
+_WORD = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)?")
+
+
 def _decimal(text: str) -> Decimal | None:
     try:
         return Decimal(text)
@@ -125,6 +143,9 @@ def numbers_in(text: str) -> set[Decimal]:
     found: set[Decimal] = set()
     for match in _NUMBER.finditer(text):
         found |= _readings(match.group(0).strip())
+    for word in _WORD.findall(text):
+        if (value := _NUMBER_WORDS.get(word.lower())) is not None:
+            found.add(Decimal(value))
     return found
 
 
@@ -160,13 +181,24 @@ def number_agrees(value: float | int, evidence: Iterable[str], conversions: Mapp
     conversion (`{"g": 1000}`: the evidence says grams, the item holds milligrams; the factor
     applies to a number the evidence writes with that unit after it)."""
     target = Decimal(str(value))
+    evidence = list(evidence)
+    if not any(numbers_in(text) for text in evidence):
+        return True  # nothing stated to contradict it
     for text in evidence:
         if target in numbers_in(text):
             return True
         for unit, factor in (conversions or {}).items():
-            pattern = rf"([-−+]?\d[\d.,'\u202f\u00a0 ]*)\s*{re.escape(unit)}(?![^\W\d_])"
-            for match in re.finditer(pattern, text):
-                if any(reading * Decimal(str(factor)) == target for reading in _readings(match.group(1).strip())):
+            # The number right before the unit: digits, or a number word.
+            pattern = (
+                rf"(?:([-−+]?\d[\d.,'\u202f\u00a0]*)\s*|([^\W\d_]+(?:-[^\W\d_]+)?)\s+){re.escape(unit)}(?![^\W\d_])"
+            )
+            for match in re.finditer(pattern, text, re.IGNORECASE):
+                digits, word = match.groups()
+                if digits:
+                    readings = _readings(digits.strip())
+                else:
+                    readings = {Decimal(n)} if (n := _NUMBER_WORDS.get(word.lower())) is not None else set()
+                if any(reading * Decimal(str(factor)) == target for reading in readings):
                     return True
     return False
 
@@ -177,4 +209,5 @@ def date_agrees(value: str, evidence: Iterable[str]) -> bool:
         day = datetime.date.fromisoformat(value)
     except ValueError:
         return False
-    return any(day in dates_in(text) for text in evidence)
+    stated = [dates_in(text) for text in evidence]
+    return not any(stated) or any(day in dates for dates in stated)

@@ -53,7 +53,7 @@ def load_task(path: Path, schemas_dir: Path) -> Task:
     kind = kinds.get(manifest.type)
     if kind is None:
         raise ManifestError(f"{path}: type: unknown task type {manifest.type!r} (known: {', '.join(sorted(kinds))})")
-    for section in ("relation_types", "items"):
+    for section in ("relation_types", "items", "on_evidence_mismatch"):
         if getattr(manifest, section) and section not in kind.manifest_sections:
             raise ManifestError(f"{path}: {section}: {manifest.type} tasks have no {section}")
     schema, schema_source = _schema(path, manifest, kind, schemas_dir)

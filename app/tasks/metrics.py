@@ -54,6 +54,12 @@ class Metrics:
             labels,
             registry=registry,
         )
+        self.evidence_mismatches = Counter(
+            "medlora_evidence_mismatches",
+            "Form values (numbers, dates) their evidence does not state: kept with lowered confidence or made unknown.",
+            labels,
+            registry=registry,
+        )
         self.chunks = Counter("medlora_chunks", "Chunks generated for long inputs.", labels, registry=registry)
         self.adapter_switches = Counter(
             "medlora_adapter_switches", "Task adapter switches.", ["task"], registry=registry

@@ -279,6 +279,8 @@ class TaskRunner:
             self.metrics.spans_returned.labels(*labels).inc(tally.returned)
         if tally.limit_reached:
             self.metrics.entity_limit_reached.labels(*labels).inc()
+        if tally.mismatched:
+            self.metrics.evidence_mismatches.labels(*labels).inc(tally.mismatched)
 
 
 async def gather_first_error(coros: list[Coroutine[Any, Any, T]]) -> list[T]:

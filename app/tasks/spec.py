@@ -7,9 +7,9 @@ belong to the task types; loading and cross-checks to `manifests.py`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, StringConstraints, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 ITEM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
@@ -55,13 +55,16 @@ ItemKind = Literal["choice", "boolean", "integer", "decimal", "date", "text"]
 _ITEM_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "choice": ({"options"}, {"options", "multiple"}),
     "boolean": (set(), set()),
-    "integer": ({"min", "max"}, {"min", "max", "unit", "tolerance"}),
-    "decimal": ({"min", "max", "decimals"}, {"min", "max", "decimals", "unit", "tolerance"}),
+    "integer": ({"min", "max"}, {"min", "max", "unit", "tolerance", "conversions"}),
+    "decimal": ({"min", "max", "decimals"}, {"min", "max", "decimals", "unit", "tolerance", "conversions"}),
     "date": (set(), {"years"}),
     "text": (set(), {"max_length"}),
 }
 
-_KIND_FIELDS = ("options", "multiple", "min", "max", "decimals", "unit", "tolerance", "years", "max_length")
+_KIND_FIELDS = (
+    *("options", "multiple", "min", "max", "decimals", "unit", "tolerance", "years", "max_length"),
+    "conversions",
+)
 
 
 class FormItemSpec(_Strict):
@@ -76,6 +79,12 @@ class FormItemSpec(_Strict):
     max: float | None = Field(None, description="integer, decimal: the largest value.")
     decimals: int | None = Field(None, ge=0, le=4, description="decimal: the most decimals.")
     unit: str | None = Field(None, max_length=32)
+    conversions: dict[Annotated[str, StringConstraints(min_length=1, max_length=16)], PositiveFloat] | None = Field(
+        None,
+        max_length=8,
+        description="integer, decimal: other units a note may state the value in, each with the factor to this "
+        "item's unit ({g: 1000} for an item in mg); the value's check against its evidence allows them.",
+    )
     tolerance: float | None = Field(None, ge=0, description="integer, decimal: scoring counts values this close.")
     years: tuple[int, int] | None = Field(None, description="date: the first and last year (default 1900, 2100).")
     max_length: int | None = Field(None, ge=48, le=1000, description="text: the longest span (default 120).")
@@ -129,6 +138,11 @@ class TaskManifest(_Strict):
     )
     adapter: AdapterRef
     generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec())
+    on_evidence_mismatch: Literal["lower", "unknown"] | None = Field(
+        None,
+        description="Forms: a number or date its evidence does not state is kept with its confidence halved "
+        "(lower, the default) or returned as unknown; either way it says evidence_mismatch.",
+    )
 
     @field_validator("labels", "attributes", "relation_types", "items")
     @classmethod

@@ -129,6 +129,7 @@ class Tally:
     dropped: Counter[str] = field(default_factory=Counter)  # grounded strings dropped, by reason
     returned: int | None = None  # grounded spans returned (None: the type returns no spans)
     limit_reached: bool = False  # some answer held the schema's maximum number of items
+    mismatched: int = 0  # form values their evidence does not state (kept lowered, or made unknown)
 
 
 class BadRecord(ValueError):

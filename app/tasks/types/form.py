@@ -38,6 +38,7 @@ from typing import Any, overload
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 
+from app.tasks.agreement import date_agrees, number_agrees
 from app.tasks.chunking import Chunk, cut_off, shift
 from app.tasks.entities import overlaps
 from app.tasks.gold import check_span, is_int, iso_date, list_field, string_field
@@ -80,10 +81,17 @@ class EvidenceOut(BaseModel):
     text: str
 
 
+_MISMATCH_DOC = (
+    "The value is a number or date its evidence does not state (in any notation, through the item's declared "
+    "unit conversions): kept with its confidence halved, or (on_evidence_mismatch: unknown) the item is unknown."
+)
+
+
 class AlternativeOut(BaseModel):
     value: Value
     evidence: list[EvidenceOut]
     confidence: float | None = Field(None, ge=0.0, le=1.0)
+    evidence_mismatch: bool = Field(False, description=_MISMATCH_DOC)
 
 
 class FormItemOut(BaseModel):
@@ -97,6 +105,7 @@ class FormItemOut(BaseModel):
     confidence: float | None = Field(None, ge=0.0, le=1.0, description="The model's probability for this value.")
     conflict: bool = Field(False, description="Chunks of the note gave different values; see alternatives.")
     alternatives: list[AlternativeOut] = Field(default_factory=list)
+    evidence_mismatch: bool = Field(False, description=_MISMATCH_DOC)
 
 
 class FormDocumentOut(BaseModel):
@@ -115,12 +124,14 @@ class Filled:
     value: Value
     evidence: tuple[Span, ...]
     confidence: float | None = None
+    mismatch: bool = False  # a number or date its evidence does not state
 
 
 @dataclass
 class FormItemResult:
     filled: Filled | None = None
     alternatives: list[Filled] = field(default_factory=list)  # conflicting values, less confident
+    mismatch: bool = False  # unknown because the value found disagreed with its evidence
 
 
 @dataclass
@@ -255,7 +266,7 @@ class FormType(TaskType[FormResult]):
     summary = "A case-report form: every item filled with a bounded value and its evidence, or unknown."
     request_model = FormRequest
     response_model = FormResponse
-    manifest_sections = frozenset({"items"})
+    manifest_sections = frozenset({"items", "on_evidence_mismatch"})
     headline = ("slots.f1", "accuracy")
 
     def derived_schema(self, manifest: TaskManifest) -> dict[str, Any] | None:
@@ -339,7 +350,14 @@ class FormType(TaskType[FormResult]):
                 # Key, evidence and value: writing the key is the decision to fill the item.
                 # Their joint probability (ECE 0.12 on the demo; the geometric mean 0.47).
                 confidence = answer.confidence(name, with_key=True)
-                result.items[name].filled = Filled(value, (shift(span, chunk.start),), confidence)
+                mismatch = not agrees(items[name], value, span.text)
+                if mismatch:
+                    tally.mismatched += 1
+                    if task.manifest.on_evidence_mismatch == "unknown":
+                        result.items[name].mismatch = True
+                        continue
+                    confidence = None if confidence is None else confidence * MISMATCH_CONFIDENCE_FACTOR
+                result.items[name].filled = Filled(value, (shift(span, chunk.start),), confidence, mismatch)
         return result
 
     def to_original(self, task: Task, result: FormResult, text: NfcText, tally: Tally) -> FormResult:
@@ -363,6 +381,8 @@ class FormType(TaskType[FormResult]):
             result = _merge_item(spec, _whole_values(found))
             if result.filled is not None and not keep_confident([result.filled], item.min_confidence, tally):
                 result = FormItemResult()
+            if result.filled is None:
+                result.mismatch = any(p.items[spec.name].mismatch for p in parts)
             merged[spec.name] = result
         tally.returned = (tally.returned or 0) + sum(
             len(r.filled.evidence) for r in merged.values() if r.filled is not None
@@ -462,14 +482,18 @@ class FormType(TaskType[FormResult]):
                 }
                 for entry in item["items"]
                 if entry["status"] == "filled"
-            }
+            },
+            "evidence_mismatch": [entry["name"] for entry in item["items"] if entry.get("evidence_mismatch")],
         }
 
     def empty_prediction(self) -> dict[str, Any]:
         return {"items": {}}
 
     def score(self, task: Task, golds: list[dict[str, Any]], predictions: list[dict[str, Any]]) -> dict[str, Any]:
-        return form_scores(task.manifest.items, [g["items"] for g in golds], [p.get("items", {}) for p in predictions])
+        scores = form_scores(
+            task.manifest.items, [g["items"] for g in golds], [p.get("items", {}) for p in predictions]
+        )
+        return {**scores, "evidence_mismatch": mismatch_rates(task.manifest.items, predictions)}
 
     def synthesize(self, task: Task, world: NoteWorld, n: int, seed: int) -> list[dict[str, Any]]:
         """Notes written for this form, with the value and evidence of every item they state."""
@@ -495,6 +519,33 @@ class FormType(TaskType[FormResult]):
 
 
 # -- reading and merging ---------------------------------------------------------------
+
+
+# A value its evidence does not state keeps half its confidence (on_evidence_mismatch: lower).
+MISMATCH_CONFIDENCE_FACTOR = 0.5
+
+
+def agrees(spec: FormItemSpec, value: Value, evidence: str) -> bool:
+    """Whether a number or date is one its evidence states; other kinds are their evidence's by grounding."""
+    if spec.kind in ("integer", "decimal") and is_number(value):
+        return number_agrees(value, [evidence], spec.conversions)
+    if spec.kind == "date" and isinstance(value, str):
+        return date_agrees(value, [evidence])
+    return True
+
+
+def mismatch_rates(items: Sequence[FormItemSpec], predictions: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per number and date item: the share of its answers (filled, or made unknown for it) whose
+    value its evidence did not state; None where the item was never answered."""
+    rates: dict[str, float | None] = {}
+    for spec in items:
+        if spec.kind not in ("integer", "decimal", "date"):
+            continue
+        flagged = [spec.name in p.get("evidence_mismatch", []) for p in predictions]
+        answered = [spec.name in p.get("items", {}) or f for p, f in zip(predictions, flagged, strict=True)]
+        n = sum(answered)
+        rates[spec.name] = round(sum(flagged) / n, 4) if n else None
+    return rates
 
 
 def _split(spec: FormItemSpec, written: Any) -> tuple[str, Value]:
@@ -549,7 +600,11 @@ def _merge_item(spec: FormItemSpec, found: list[Filled]) -> FormItemResult:
             by_value.append([candidate])
         else:
             same.append(candidate)
-    merged = [Filled(group[0].value, _evidence_union(group), _best_confidence(group)) for group in by_value]
+    # A value disagrees only if no evidence of it states it.
+    merged = [
+        Filled(group[0].value, _evidence_union(group), _best_confidence(group), all(f.mismatch for f in group))
+        for group in by_value
+    ]
     # The most confident value wins; sorted() is stable, so ties keep document order.
     ranked = sorted(merged, key=lambda f: -(f.confidence if f.confidence is not None else 0.0))
     return FormItemResult(ranked[0], ranked[1:])
@@ -593,7 +648,7 @@ def _verbatim(filled: Filled | None) -> Filled | None:
 def _item_out(name: str, result: FormItemResult) -> FormItemOut:
     filled = result.filled
     if filled is None:
-        return FormItemOut(name=name, status="unknown", value=None, evidence=[])
+        return FormItemOut(name=name, status="unknown", value=None, evidence=[], evidence_mismatch=result.mismatch)
     return FormItemOut(
         name=name,
         status="filled",
@@ -602,9 +657,12 @@ def _item_out(name: str, result: FormItemResult) -> FormItemOut:
         confidence=filled.confidence,
         conflict=bool(result.alternatives),
         alternatives=[
-            AlternativeOut(value=a.value, evidence=_evidence_out(a.evidence), confidence=a.confidence)
+            AlternativeOut(
+                value=a.value, evidence=_evidence_out(a.evidence), confidence=a.confidence, evidence_mismatch=a.mismatch
+            )
             for a in result.alternatives
         ],
+        evidence_mismatch=filled.mismatch,
     )
 
 
