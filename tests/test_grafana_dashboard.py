@@ -252,6 +252,7 @@ def test_dashboard_covers_every_requested_metric(dashboard: dict[str, Any]) -> N
         "medlora_invalid_outputs_total",
         "medlora_spans_returned_total",
         "medlora_spans_dropped_total",
+        "medlora_evidence_mismatches_total",
         "medlora_task_adapter_info",
         "medlora_adapter_switches_total",
         "medlora_engine_ready",
