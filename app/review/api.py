@@ -224,6 +224,11 @@ class ReviewDesk:
 
         return check
 
+    async def _open_queue(self, queue: str, reviews: list[NewReview], caller: Caller) -> tuple[int, int]:
+        """(added, total) of a batch or annotate run opened as `queue`: once per key, atomically."""
+        check = self._quota(len(reviews))
+        return await asyncio.to_thread(self.store.open_queue, queue, reviews, caller.name, check)
+
     def _new(self, queue: str, task: str, request: dict[str, Any], response: dict[str, Any]) -> Iterator[NewReview]:
         kind = self._kind(task)
         inputs = {item["id"]: item for item in request.get(kind.items_field, [])}
@@ -259,17 +264,14 @@ class ReviewDesk:
             if self.batch_answers is None:
                 raise Problem(NOT_FOUND, "this service runs no batch jobs")
             queue = body.batch_id
-            existing = await asyncio.to_thread(self.store.queue, caller.name, queue)
-            if existing:
-                return ImportResult(queue=queue, created=0, total=len(existing))
             reviews = [
                 review
                 for request, response in await self.batch_answers(body.batch_id, caller)
                 if request.get("task") in self.service.tasks
                 for review in self._new(queue, request["task"], request, response)
             ]
-            await asyncio.to_thread(self.store.add, reviews, caller.name, self._quota(len(reviews)))
-            return ImportResult(queue=queue, created=len(reviews), total=len(reviews))
+            created, total = await self._open_queue(queue, reviews, caller)
+            return ImportResult(queue=queue, created=created, total=total)
 
         @router.post("/v1/reviews/imports/annotate", responses=problems(UNKNOWN_TASK, QUOTA_EXCEEDED))
         async def import_annotated(
@@ -286,16 +288,11 @@ class ReviewDesk:
             notes_data, output_data = await notes.read(), await annotations.read()
             queue = "annotate-" + hashlib.sha256(task.encode() + b"\0" + output_data).hexdigest()[:24]
             found, skipped = await asyncio.to_thread(read_annotated, self.service.tasks[task], notes_data, output_data)
-            existing = await asyncio.to_thread(self.store.queue, caller.name, queue)
-            created = 0
-            if not existing:
-                reviews = [self._review(queue, task, note) for note in found]
-                await asyncio.to_thread(self.store.add, reviews, caller.name, self._quota(len(reviews)))
-                created = len(reviews)
+            created, total = await self._open_queue(queue, [self._review(queue, task, note) for note in found], caller)
             return AnnotatedImport(
                 queue=queue,
                 created=created,
-                total=len(existing) or created,
+                total=total,
                 skipped=[SkippedLine(**s.__dict__) for s in skipped[:_SKIPPED_SHOWN]],
                 skipped_count=len(skipped),
             )
@@ -383,8 +380,8 @@ class ReviewDesk:
                 return Response(status_code=499)
             queue = f"notes-{body.task}"
             reviews = list(self._new(queue, body.task, body.model_dump(mode="json"), response.model_dump(mode="json")))
-            await asyncio.to_thread(self.store.add, reviews, caller.name, self._quota(len(reviews)))
-            views = await asyncio.to_thread(lambda: [self._view(r) for r in self._stored(reviews)])
+            stored = await asyncio.to_thread(self.store.add, reviews, caller.name, self._quota(len(reviews)))
+            views = await asyncio.to_thread(lambda: [self._view(r) for r in stored])
             return ReviewsCreated(queue=queue, data=views)
 
         annotate_for_review.__annotations__ = {**annotate_for_review.__annotations__, "body": kind.request_model}
@@ -397,7 +394,3 @@ class ReviewDesk:
             name=f"review_{kind.endpoint}",
             responses={**TASK_PROBLEMS, **problems(QUOTA_EXCEEDED)},
         )
-
-    def _stored(self, reviews: list[NewReview]) -> list[Review]:
-        found = [self.store.get(r.id) for r in reviews]
-        return [r for r in found if r is not None]

@@ -21,8 +21,8 @@ from app.api.client import HTTP_TIMEOUT, auth_headers
 from app.review.records import gold_record
 from app.review.store import ReviewStore
 from app.settings import Settings
-from app.tasks.manifests import load_tasks
-from app.tasks.types.base import BadRecord
+from app.tasks.manifests import ManifestError, load_tasks
+from app.tasks.types.base import BadRecord, Task
 
 
 class ExportError(Exception):
@@ -49,8 +49,7 @@ def _from_service(url: str, queue: str) -> list[str]:
     return [line for line in response.content.decode("utf-8").splitlines() if line.strip()]
 
 
-def _from_store(settings: Settings, queue: str, owner: str | None) -> list[str]:
-    tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
+def _from_store(settings: Settings, tasks: dict[str, Task], queue: str, owner: str | None) -> list[str]:
     store = ReviewStore(settings.review_dir)
     try:
         reviews = [r for r in store.queue(owner, queue) if r.status == "reviewed"]
@@ -64,9 +63,8 @@ def _from_store(settings: Settings, queue: str, owner: str | None) -> list[str]:
     return lines
 
 
-def _check(settings: Settings, lines: list[str]) -> None:
+def _check(tasks: dict[str, Task], lines: list[str]) -> None:
     """Each record as the task's gold reader reads it (what train and eval do with the file)."""
-    tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
     for number, line in enumerate(lines, start=1):
         record = json.loads(line)
         task = tasks.get(record["review"]["task"])
@@ -81,9 +79,13 @@ def _check(settings: Settings, lines: list[str]) -> None:
 def review_main(args: argparse.Namespace) -> int:
     settings = Settings()
     try:
-        lines = _from_service(args.url, args.queue) if args.url else _from_store(settings, args.queue, args.owner)
-        _check(settings, lines)
-    except (ExportError, httpx.HTTPError, OSError) as exc:
+        tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
+        if args.url:
+            lines = _from_service(args.url, args.queue)
+        else:
+            lines = _from_store(settings, tasks, args.queue, args.owner)
+        _check(tasks, lines)
+    except (ExportError, ManifestError, httpx.HTTPError, OSError) as exc:
         print(f"medlora review export: {exc}", file=sys.stderr)
         return 2
     args.out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

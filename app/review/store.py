@@ -10,11 +10,13 @@ crash of the browser, the service or the machine.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,8 @@ CREATE INDEX IF NOT EXISTS reviews_queue ON reviews (owner, queue, min_confidenc
 """
 _COLUMNS = "id, owner, queue, task, source_id, min_confidence, status, version, created_at, updated_at, seq, data"
 
-STATUSES = ("pending", "reviewed")
+# Called with the rows the owner holds before new ones are stored: raises to refuse them.
+QuotaCheck = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -116,27 +119,59 @@ class ReviewStore:
         with self._lock:
             self._db.close()
 
-    def add(self, reviews: list[NewReview], owner: str | None, check: Callable[[int], None] | None = None) -> None:
-        """Store new reviews in one transaction; `check(rows the owner already has)` may refuse first."""
-        now = int(time.time())
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, under the lock (BEGIN IMMEDIATE: its reads see what it writes on)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                if check is not None:
-                    (held,) = self._db.execute("SELECT COUNT(*) FROM reviews WHERE owner IS ?", (owner,)).fetchone()
-                    check(held)
-                (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM reviews").fetchone()
-                self._db.executemany(
-                    f"INSERT INTO reviews ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?)",
-                    [
-                        (r.id, owner, r.queue, r.task, r.source_id, r.min_confidence, now, now, seq + i, _data(r))
-                        for i, r in enumerate(reviews, start=1)
-                    ],
-                )
-                self._db.execute("COMMIT")
+                yield
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._db.execute("COMMIT")
+
+    def _insert(self, reviews: list[NewReview], owner: str | None, check: QuotaCheck | None) -> list[Review]:
+        if check is not None:
+            (held,) = self._db.execute("SELECT COUNT(*) FROM reviews WHERE owner IS ?", (owner,)).fetchone()
+            check(held)
+        now = int(time.time())
+        (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM reviews").fetchone()
+        stored = [
+            Review(
+                **vars(r),
+                owner=owner,
+                status="pending",
+                version=1,
+                created_at=now,
+                updated_at=now,
+                seq=seq + i,
+            )
+            for i, r in enumerate(reviews, start=1)
+        ]
+        self._db.executemany(
+            f"INSERT INTO reviews ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', 1, ?, ?, ?, ?)",
+            [(r.id, owner, r.queue, r.task, r.source_id, r.min_confidence, now, now, r.seq, _data(r)) for r in stored],
+        )
+        return stored
+
+    def add(self, reviews: list[NewReview], owner: str | None, check: QuotaCheck | None = None) -> list[Review]:
+        """Store new reviews in one transaction; `check(rows the owner already has)` may refuse first."""
+        with self._transaction():
+            return self._insert(reviews, owner, check)
+
+    def open_queue(
+        self, queue: str, reviews: list[NewReview], owner: str | None, check: QuotaCheck | None = None
+    ) -> tuple[int, int]:
+        """(added, total): the reviews as the owner's `queue`, unless the owner has that queue
+        already, which is left as it is (opening a batch twice doubles nothing)."""
+        with self._transaction():
+            sql = "SELECT COUNT(*) FROM reviews WHERE owner IS ? AND queue = ?"
+            (held,) = self._db.execute(sql, (owner, queue)).fetchone()
+            if held:
+                return 0, held
+            self._insert(reviews, owner, check)
+            return len(reviews), len(reviews)
 
     def get(self, review_id: str) -> Review | None:
         with self._lock:
@@ -161,32 +196,20 @@ class ReviewStore:
 
     def save(self, review_id: str, expected_version: int, decision: dict[str, Any], status: str) -> Review:
         """The reviewer's decision, if the row is still at `expected_version`; StaleVersion if not."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(f"SELECT {_COLUMNS} FROM reviews WHERE id = ?", (review_id,)).fetchone()
-                if row is None:
-                    raise KeyError(review_id)
-                current = Review._from_row(row)
-                if current.version != expected_version:
-                    raise StaleVersion(current.version)
-                saved = Review(
-                    **{
-                        **current.__dict__,
-                        "decision": decision,
-                        "status": status,
-                        "version": current.version + 1,
-                        "updated_at": int(time.time()),
-                    }
-                )
-                self._db.execute(
-                    "UPDATE reviews SET data = ?, status = ?, version = ?, updated_at = ? WHERE id = ?",
-                    (_data(saved), status, saved.version, saved.updated_at, review_id),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM reviews WHERE id = ?", (review_id,)).fetchone()
+            if row is None:
+                raise KeyError(review_id)
+            current = Review._from_row(row)
+            if current.version != expected_version:
+                raise StaleVersion(current.version)
+            saved = dataclasses.replace(
+                current, decision=decision, status=status, version=current.version + 1, updated_at=int(time.time())
+            )
+            self._db.execute(
+                "UPDATE reviews SET data = ?, status = ?, version = ?, updated_at = ? WHERE id = ?",
+                (_data(saved), status, saved.version, saved.updated_at, review_id),
+            )
         return saved
 
     def delete(self, review_id: str) -> None:

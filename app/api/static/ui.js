@@ -112,7 +112,9 @@ async function api(path, body, method) {
   const key = sessionStorage.getItem(KEY_STORE);
   if (key) headers.authorization = "Bearer " + key;
   const init = { method: method || (body === undefined ? "GET" : "POST"), headers, cache: "no-store" };
-  if (body !== undefined) {
+  if (body instanceof FormData) {
+    init.body = body; // multipart: the browser writes its content type and boundary
+  } else if (body !== undefined) {
     headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
   }
@@ -180,17 +182,22 @@ function showTaskInfo() {
   }
 }
 
+function download(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = el("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
 // Fetched with the key (a plain link could not carry it) and saved as the one self-contained
 // file it is, to open offline.
 async function downloadReport(path) {
   const task = currentTask();
   try {
     const page = await api(path.replace(/^\//, ""));
-    const blob = new Blob([page], { type: "text/html" });
-    const link = el("a", { href: URL.createObjectURL(blob), download: `${task.adapter.name}@${task.adapter.version}-report.html` });
-    document.body.append(link);
-    link.click();
-    link.remove();
+    download(new Blob([page], { type: "text/html" }), `${task.adapter.name}@${task.adapter.version}-report.html`);
   } catch (error) {
     say(`The report could not be fetched (${error.message}).`, true);
   }
@@ -301,13 +308,8 @@ async function openAnnotated() {
   form.append("task", task.name);
   form.append("notes", notes);
   form.append("annotations", output);
-  const headers = { accept: "application/json" };
-  const key = sessionStorage.getItem(KEY_STORE);
-  if (key) headers.authorization = "Bearer " + key;
   try {
-    const response = await fetch("v1/reviews/imports/annotate", { method: "POST", body: form, headers, cache: "no-store" });
-    const opened = await response.json();
-    if (!response.ok) throw new Error(`${response.status}: ${opened.detail || opened.title}`);
+    const opened = await api("v1/reviews/imports/annotate", form);
     await openQueue(opened.queue);
     const skipped = opened.skipped_count
       ? ` ${opened.skipped_count} line(s) not opened: ${opened.skipped.map((s) => `${s.file} line ${s.line}: ${s.reason}`).join("; ")}`
@@ -373,6 +375,10 @@ async function flushSave() {
     state.save.timer = null;
     await runSave();
   }
+  await saveSettled();
+}
+
+async function saveSettled() {
   while (state.save.running) await new Promise((resolve) => setTimeout(resolve, 20));
 }
 
@@ -399,9 +405,8 @@ async function runSave(status) {
       { version: review.version, decision: state.decision, status: status || review.status },
       "PUT",
     );
-    if (state.review && state.review.id === saved.id) {
-      state.review = { ...saved, decision: state.review === review ? saved.decision : state.review.decision };
-    }
+    // The page keeps its own working copy (state.decision); the review gives the version.
+    if (state.review && state.review.id === saved.id) state.review = saved;
     saveState(`Saved (version ${saved.version}${saved.status === "reviewed" ? ", reviewed" : ""}).`);
     return true;
   } catch (error) {
@@ -424,7 +429,7 @@ async function runSave(status) {
 async function markReviewed() {
   if (!state.review) return;
   clearTimeout(state.save.timer);
-  while (state.save.running) await new Promise((resolve) => setTimeout(resolve, 20));
+  await saveSettled();
   if (!(await runSave("reviewed"))) return;
   await refreshQueue();
   await loadQueues();
@@ -1164,10 +1169,7 @@ async function exportQueue() {
     return;
   }
   const blob = new Blob([lines.map((line) => line + "\n").join("")], { type: "application/octet-stream" });
-  const link = el("a", { href: URL.createObjectURL(blob), download: `${state.queue}.reviewed.jsonl` });
-  document.body.append(link);
-  link.click();
-  link.remove();
+  download(blob, `${state.queue}.reviewed.jsonl`);
   say(`Exported ${lines.length} reviewed note(s) of ${state.queue}.`);
 }
 
