@@ -25,59 +25,18 @@ _NUMBER = re.compile(
     r"|(?<![\w.,])[-−+]?\d+(?:[.,]\d+)?(?!\w)"  # plain
 )
 _DATE_NUMERIC = re.compile(r"(?<!\d)(\d{1,4})([./-])(\d{1,2})\2(\d{2,4})(?!\d)")
+IT_MONTHS = tuple(
+    "gennaio febbraio marzo aprile maggio giugno luglio agosto settembre ottobre novembre dicembre".split()
+)
+EN_MONTHS = tuple("january february march april may june july august september october november december".split())
+_ABBREVIATIONS = (
+    "gen feb mar apr mag giu lug ago set ott nov dic".split(),
+    "jan feb mar apr may jun jul aug sep oct nov dec".split(),
+)
 _MONTHS = {
-    **{
-        m: i
-        for i, m in enumerate(
-            (
-                "gennaio",
-                "febbraio",
-                "marzo",
-                "aprile",
-                "maggio",
-                "giugno",
-                "luglio",
-                "agosto",
-                "settembre",
-                "ottobre",
-                "novembre",
-                "dicembre",
-            ),
-            start=1,
-        )
-    },
-    **{
-        m: i
-        for i, m in enumerate(
-            (
-                "january",
-                "february",
-                "march",
-                "april",
-                "may",
-                "june",
-                "july",
-                "august",
-                "september",
-                "october",
-                "november",
-                "december",
-            ),
-            start=1,
-        )
-    },
-    **{
-        m: i
-        for i, m in enumerate(
-            ("gen", "feb", "mar", "apr", "mag", "giu", "lug", "ago", "set", "ott", "nov", "dic"), start=1
-        )
-    },
-    **{
-        m: i
-        for i, m in enumerate(
-            ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1
-        )
-    },
+    name.lower(): number
+    for names in (IT_MONTHS, EN_MONTHS, *_ABBREVIATIONS)
+    for number, name in enumerate(names, start=1)
 }
 _MONTH_NAMES = "|".join(sorted(_MONTHS, key=len, reverse=True))
 _DAY_MONTH_YEAR = re.compile(rf"(?<!\d)(\d{{1,2}})(?:°|º)?\s+({_MONTH_NAMES})\.?\s+(\d{{4}})(?!\d)", re.IGNORECASE)
@@ -144,9 +103,13 @@ def numbers_in(text: str) -> set[Decimal]:
     for match in _NUMBER.finditer(text):
         found |= _readings(match.group(0).strip())
     for word in _WORD.findall(text):
-        if (value := _NUMBER_WORDS.get(word.lower())) is not None:
-            found.add(Decimal(value))
+        found |= _word_number(word)
     return found
+
+
+def _word_number(word: str) -> set[Decimal]:
+    value = _NUMBER_WORDS.get(word.lower())
+    return set() if value is None else {Decimal(value)}
 
 
 def _year(text: str) -> int:
@@ -176,31 +139,31 @@ def dates_in(text: str) -> set[datetime.date]:
     return {d for d in found if d is not None}
 
 
+def _converted(text: str, conversions: Mapping[str, float]) -> set[Decimal]:
+    """The numbers `text` writes before a declared unit, in the item's unit."""
+    found: set[Decimal] = set()
+    for unit, factor in conversions.items():
+        # The number right before the unit: digits, or a number word.
+        pattern = rf"(?:([-−+]?\d[\d.,'\u202f\u00a0]*)\s*|([^\W\d_]+(?:-[^\W\d_]+)?)\s+){re.escape(unit)}(?![^\W\d_])"
+        for match in re.finditer(pattern, text, re.IGNORECASE):
+            digits, word = match.groups()
+            readings = _readings(digits.strip()) if digits else _word_number(word)
+            found |= {reading * Decimal(str(factor)) for reading in readings}
+    return found
+
+
 def number_agrees(value: float | int, evidence: Iterable[str], conversions: Mapping[str, float] | None = None) -> bool:
     """Whether `value` is a number its evidence states, directly or through a declared unit
     conversion (`{"g": 1000}`: the evidence says grams, the item holds milligrams; the factor
     applies to a number the evidence writes with that unit after it)."""
     target = Decimal(str(value))
-    evidence = list(evidence)
-    if not any(numbers_in(text) for text in evidence):
+    texts = list(evidence)
+    stated = [numbers_in(text) for text in texts]
+    if not any(stated):
         return True  # nothing stated to contradict it
-    for text in evidence:
-        if target in numbers_in(text):
-            return True
-        for unit, factor in (conversions or {}).items():
-            # The number right before the unit: digits, or a number word.
-            pattern = (
-                rf"(?:([-−+]?\d[\d.,'\u202f\u00a0]*)\s*|([^\W\d_]+(?:-[^\W\d_]+)?)\s+){re.escape(unit)}(?![^\W\d_])"
-            )
-            for match in re.finditer(pattern, text, re.IGNORECASE):
-                digits, word = match.groups()
-                if digits:
-                    readings = _readings(digits.strip())
-                else:
-                    readings = {Decimal(n)} if (n := _NUMBER_WORDS.get(word.lower())) is not None else set()
-                if any(reading * Decimal(str(factor)) == target for reading in readings):
-                    return True
-    return False
+    return any(target in numbers for numbers in stated) or any(
+        target in _converted(text, conversions or {}) for text in texts
+    )
 
 
 def date_agrees(value: str, evidence: Iterable[str]) -> bool:

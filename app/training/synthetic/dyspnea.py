@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from app.tasks.agreement import IT_MONTHS
 from app.tasks.grounding import aligned_occurrences, piece_boundaries
 from app.tasks.types.base import FormNote, FormValue, NoteSpan
 
@@ -395,29 +396,13 @@ def _join(part: _Part, entries: Sequence[tuple[str | None, Value, str, str]]) ->
         part.add(tail)
 
 
-_MONTHS = (
-    "gennaio",
-    "febbraio",
-    "marzo",
-    "aprile",
-    "maggio",
-    "giugno",
-    "luglio",
-    "agosto",
-    "settembre",
-    "ottobre",
-    "novembre",
-    "dicembre",
-)
-
-
 def _date_text(rng: random.Random, d: date) -> str:
     style = rng.randrange(3)
     if style == 0:
         return f"{d.day:02d}/{d.month:02d}/{d.year}"
     if style == 1:
         return f"{d.day}.{d.month}.{d.year}"
-    return f"{d.day} {_MONTHS[d.month - 1]} {d.year}"
+    return f"{d.day} {IT_MONTHS[d.month - 1]} {d.year}"
 
 
 def _clock(rng: random.Random) -> str:
