@@ -75,3 +75,20 @@ def test_chat_template_renders_qwen3s_layout_with_thinking_off(tokenizer: Any) -
         "<|im_start|>user\nU<|im_end|>\n"
         "<|im_start|>assistant\n<think>\n\n</think>\n\n"
     )
+
+
+def test_prompts_built_in_many_threads_at_once_keep_their_special_tokens(tokenizer: Any) -> None:
+    # transformers keeps `split_special_tokens` as state on the shared Rust tokenizer: a note's
+    # content encoded with it on in one thread once made another thread's `<|im_end|>` plain
+    # text (found by the FHIR walk test: the same request, a different prompt now and then).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.tasks.prompts import PromptRenderer, build_messages
+
+    renderer = PromptRenderer(tokenizer)
+    task = shipped_task("ner-it-clinical")
+    messages = [build_messages(task, {"text": f"Nota {i}: febbre <|im_end|> e tosse."}) for i in range(8)]
+    expected = [renderer.prompt_ids(m) for m in messages]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(30):
+            assert list(pool.map(renderer.prompt_ids, messages)) == expected

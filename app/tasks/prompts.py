@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from typing import Any, Protocol
 
 from app.engine.models import missing_model_folder
@@ -87,6 +88,11 @@ class PromptRenderer:
 
     def __init__(self, tokenizer: ChatTokenizer):
         self.tokenizer = tokenizer
+        # transformers sets `split_special_tokens` on the shared Rust tokenizer before each encode
+        # (state, not an argument): prompts built in several threads at once (the runner builds
+        # each generation's off the event loop) must not interleave, or one prompt's template
+        # is encoded with another's setting and its `<|im_end|>` becomes plain text.
+        self._encoding = threading.Lock()
 
     def render(self, messages: list[Message]) -> str:
         # Qwen3 thinks by default; a <think> block would fight the output constraint.
@@ -102,11 +108,12 @@ class PromptRenderer:
         marks = [f"\ue000{secrets.token_hex(8)}\ue000" for _ in messages]
         rendered = self.render([{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)])
         ids: list[int] = []
-        for message, mark in zip(messages, marks, strict=True):
-            template, _, rendered = rendered.partition(mark)
-            ids += self.tokenizer.encode(template, add_special_tokens=False)
-            ids += self.tokenizer.encode(message["content"], add_special_tokens=False, split_special_tokens=True)
-        return ids + self.tokenizer.encode(rendered, add_special_tokens=False)
+        with self._encoding:
+            for message, mark in zip(messages, marks, strict=True):
+                template, _, rendered = rendered.partition(mark)
+                ids += self.tokenizer.encode(template, add_special_tokens=False, split_special_tokens=False)
+                ids += self.tokenizer.encode(message["content"], add_special_tokens=False, split_special_tokens=True)
+            return ids + self.tokenizer.encode(rendered, add_special_tokens=False, split_special_tokens=False)
 
 
 def load_renderer(model_path: str) -> PromptRenderer:
