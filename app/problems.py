@@ -67,6 +67,8 @@ STORAGE_FULL = ProblemType("storage-full", "No space left to store it", 507)
 # Review: a save names the version it edits; another tab may have saved since.
 REVIEW_CONFLICT = ProblemType("review-conflict", "The review changed since this version was read", 409)
 INVALID_REVIEW = ProblemType("invalid-review", "The decision does not fit the note or its task", 422)
+# FHIR output asked of a task (or an endpoint) whose answers have no FHIR mapping.
+NOT_ACCEPTABLE = ProblemType("not-acceptable", "No FHIR mapping for this task", 406)
 BATCH_NOT_FINISHED = ProblemType("batch-not-finished", "The batch has no output yet", 409)
 
 

@@ -387,3 +387,36 @@ def test_eval_reports_the_mismatch_rate_of_each_number_and_date_item() -> None:
     rates = task.kind.score(task, [{"items": {}}] * 3, [flagged, clean, unknown])["evidence_mismatch"]
     assert (rates["age"], rates["spo2"], rates["visit_date"]) == (0.5, 0.5, None)
     assert "sex" not in rates  # a choice: grounding already ties it to its evidence
+
+
+def test_with_values_stated_in_note_the_grammar_offers_only_the_numbers_and_dates_the_chunk_states(
+    lltok: Any,
+) -> None:
+    import llguidance
+
+    from app.tasks.grammar import compile_grammar, json_escape
+
+    task = shipped_task(TASK)
+    stated = task.with_manifest(task.manifest.model_copy(update={"values_stated_in_note": True}))
+    note = "Accesso del 03/02/2025. Donna di 79 anni, dispnea da 2 settimane. SpO2 87%, TC 36,8 °C."
+    schemas = [ask.schema for ask in stated.kind.asks(stated, {"text": note})]
+    values = {
+        name: (member["prefixItems"][1] if len(member["prefixItems"]) == 2 else member["items"]).get("enum")
+        for schema in schemas
+        for name, member in schema["properties"].items()
+        if "prefixItems" in member
+    }
+    assert values["spo2"] == [79, 87]  # 2, 3 and 2025 are outside 50-100
+    assert values["temperature"] == [36.8]
+    assert values["dyspnea_days"] == [2, 3, 14, 79, 87]  # "2 settimane" through the item's conversion
+    assert values["visit_date"] == ["2025-02-03", "2025-03-02"]  # day first and month first
+    assert "ph" not in values and "nt_probnp" in values  # no pH stated: the item cannot be filled
+    assert values["sex"] is not None and "M" in values["sex"]  # choices keep their options
+    # The compiled grammar (real Qwen3 vocabulary) admits a stated value and refuses another.
+    [first] = [s for s in schemas if "spo2" in s["properties"]]
+    grammar = compile_grammar(first, json_escape(note))
+    for answer, admitted in (('{"spo2":["SpO2 87%",87]}', True), ('{"spo2":["SpO2 87%",88]}', False)):
+        matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+        tokens = lltok.tokenize_str(answer)
+        accepted = all(matcher.consume_token(t) for t in tokens) and matcher.is_accepting()
+        assert accepted is admitted, answer

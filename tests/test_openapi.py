@@ -44,7 +44,7 @@ def test_task_routes_document_every_status_they_can_answer_with(client_for: Any)
     document = client.get("/openapi.json").json()
     for kind in ("ner", "qa", "classify", "relations", "forms"):
         responses = document["paths"][f"/v1/{kind}"]["post"]["responses"]
-        assert set(responses) == {"200", "400", "404", "413", "422", "429", "502", "503", "504"}
+        assert set(responses) == {"200", "400", "404", "406", "413", "422", "429", "502", "503", "504"}
 
 
 def test_with_authentication_off_no_route_claims_to_need_a_key(client_for: Any) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from app.api.auth import Caller, CallerDep
@@ -19,6 +19,7 @@ from app.problems import (
     GENERATION_FAILED,
     INVALID_REQUEST,
     KEY_LIMIT,
+    NOT_ACCEPTABLE,
     NOT_READY,
     OVERLOADED,
     TIMEOUT,
@@ -27,7 +28,8 @@ from app.problems import (
     WRONG_TASK_TYPE,
 )
 from app.tasks.calls import Abandoned, endpoints, execute, prepare
-from app.tasks.protocol import TaskRequest
+from app.tasks.fhir import FHIR_CONTENT_TYPE, FHIR_MEDIA_TYPE, Bundle
+from app.tasks.protocol import FhirChoice, TaskRequest
 from app.tasks.service import Service
 from app.tasks.types.base import TaskType
 
@@ -47,6 +49,45 @@ TASK_PROBLEMS = problems(
     ENGINE_UNAVAILABLE,
     TIMEOUT,
 )
+# A task route answers Accept: application/fhir+json with 406 when its task has no FHIR mapping.
+ROUTE_PROBLEMS = {**TASK_PROBLEMS, **problems(NOT_ACCEPTABLE)}
+
+# What a FHIR answer is, for the API document: a generated client gets a JSON object.
+_FHIR_RESPONSE = {
+    "content": {
+        FHIR_MEDIA_TYPE: {
+            "schema": {
+                "title": "FhirBundle",
+                "description": "A FHIR R4 Bundle (type collection); see the README's FHIR section.",
+                "type": "object",
+                "required": ["resourceType", "type", "entry"],
+                "properties": {
+                    "resourceType": {"const": "Bundle"},
+                    "type": {"const": "collection"},
+                    "entry": {"type": "array", "items": {"type": "object"}},
+                },
+            }
+        }
+    }
+}
+
+
+def accepts_fhir(accept: str | None) -> bool:
+    """Whether an Accept header prefers FHIR JSON to plain JSON (RFC 9110 quality values)."""
+    quality: dict[str, float] = {}
+    for part in (accept or "").split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        quality[media.lower()] = max(q, quality.get(media.lower(), 0.0))
+    fhir = quality.get(FHIR_MEDIA_TYPE, 0.0)
+    return fhir > 0 and fhir >= quality.get("application/json", 0.0)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -81,12 +122,13 @@ def task_router(service: Service) -> APIRouter:
 
 
 async def run_request(
-    service: Service, kind: TaskType[Any], body: TaskRequest, request: Request, caller: Caller
+    service: Service, kind: TaskType[Any], body: TaskRequest, request: Request, caller: Caller, *, fhir: bool = False
 ) -> BaseModel:
-    """One task request as the API runs it: interactive, cancelled (Abandoned) if the client goes away."""
+    """One task request as the API runs it: interactive, cancelled (Abandoned) if the client goes away;
+    with `fhir`, answered as a FHIR Bundle (the route's caller prefers it)."""
     return await execute(
         service,
-        prepare(service, kind, body),
+        prepare(service, kind, body, accept_fhir=fhir),
         request_id=request.state.request_id,
         watch=lambda work: cancel_on_disconnect(request, work),
         client=caller.name,
@@ -96,9 +138,13 @@ async def run_request(
 def _add_route(router: APIRouter, service: Service, kind: TaskType[Any]) -> None:
     async def run_task(body: TaskRequest, request: Request, caller: CallerDep) -> Any:
         try:
-            return await run_request(service, kind, body, request, caller)
+            fhir = accepts_fhir(request.headers.get("accept"))
+            result = await run_request(service, kind, body, request, caller, fhir=fhir)
         except Abandoned:
             return Response(status_code=499)
+        if isinstance(result, Bundle):
+            return JSONResponse(result.root, media_type=FHIR_CONTENT_TYPE)
+        return result
 
     # FastAPI reads the body model from the annotation: each type's own request model.
     run_task.__annotations__ = {**run_task.__annotations__, "body": kind.request_model}
@@ -109,5 +155,7 @@ def _add_route(router: APIRouter, service: Service, kind: TaskType[Any]) -> None
         response_model=kind.response_model,
         summary=kind.summary,
         name=kind.endpoint,  # the operationId stays <endpoint>_v1_<endpoint>_post
-        responses=TASK_PROBLEMS,
+        responses={200: _FHIR_RESPONSE, **ROUTE_PROBLEMS}
+        if issubclass(kind.request_model, FhirChoice)
+        else ROUTE_PROBLEMS,
     )

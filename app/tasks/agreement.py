@@ -152,6 +152,11 @@ def _converted(text: str, conversions: Mapping[str, float]) -> set[Decimal]:
     return found
 
 
+def stated_numbers(text: str, conversions: Mapping[str, float] | None = None) -> set[Decimal]:
+    """Every number a text may state, in every reading and through the declared conversions."""
+    return numbers_in(text) | _converted(text, conversions or {})
+
+
 def number_agrees(value: float | int, evidence: Iterable[str], conversions: Mapping[str, float] | None = None) -> bool:
     """Whether `value` is a number its evidence states, directly or through a declared unit
     conversion (`{"g": 1000}`: the evidence says grams, the item holds milligrams; the factor

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from app.problems import INVALID_REQUEST, NOT_FOUND, TIMEOUT, Problem
+from app.problems import INVALID_REQUEST, NOT_ACCEPTABLE, NOT_FOUND, TIMEOUT, Problem
 from app.tasks.adapters import AdapterChoice, AdapterUse
-from app.tasks.protocol import ModelInfo, TaskRequest, TaskResponse
+from app.tasks.fhir import Bundle, BundleBuilder, FhirOptions
+from app.tasks.protocol import FhirChoice, ModelInfo, TaskRequest, TaskResponse
 from app.tasks.runner import RunStats
 from app.tasks.service import Service
 from app.tasks.types import task_types
@@ -41,6 +42,7 @@ class TaskCall:
     task: Task
     items: list[TaskInput]
     choice: AdapterChoice
+    fhir: FhirOptions | None = None  # answer as a FHIR R4 Bundle
 
     @property
     def endpoint(self) -> str:  # the task type's endpoint: "ner", "qa", "classify", ...
@@ -79,9 +81,16 @@ def validation_errors(exc: _HasErrors) -> list[dict[str, Any]]:
     ]
 
 
-def prepare(service: Service, kind: TaskType[Any], body: TaskRequest) -> TaskCall:
-    """Resolve the task (of this endpoint's type) and read its items, without running it."""
-    return TaskCall(kind, service.task(body.task, kind.name), kind.inputs(body), body.adapter_choice())
+def prepare(service: Service, kind: TaskType[Any], body: TaskRequest, *, accept_fhir: bool = False) -> TaskCall:
+    """Resolve the task (of this endpoint's type) and read its items, without running it.
+    FHIR output is asked for by the body (`format`) or by the API's Accept header."""
+    task = service.task(body.task, kind.name)
+    fhir = None
+    if accept_fhir or (isinstance(body, FhirChoice) and body.wants_fhir):
+        if task.manifest.fhir is None:
+            raise Problem(NOT_ACCEPTABLE, f"task {task.name!r} has no FHIR mapping: ask for application/json")
+        fhir = FhirOptions(attach_text=isinstance(body, FhirChoice) and body.attach_text)
+    return TaskCall(kind, task, kind.inputs(body), body.adapter_choice(), fhir)
 
 
 async def execute(
@@ -114,7 +123,9 @@ async def execute(
         metrics.in_flight.labels(*labels).inc()
         try:
             async with asyncio.timeout(settings.request_timeout_s):
-                work = _run(service, call, adapter, origin=origin, priority=priority, client=client)
+                work = _run(
+                    service, call, adapter, origin=origin, priority=priority, client=client, request_id=request_id
+                )
                 result = await service.unless_stopped(watch(work) if watch else work)
             outcome = "ok"
             metrics.items.labels(*labels).inc(n_items)
@@ -153,7 +164,14 @@ async def execute(
 
 
 async def _run(
-    service: Service, call: TaskCall, adapter: AdapterUse, *, origin: str, priority: int, client: str | None
+    service: Service,
+    call: TaskCall,
+    adapter: AdapterUse,
+    *,
+    origin: str,
+    priority: int,
+    client: str | None,
+    request_id: str,
 ) -> BaseModel:
     """Plan the call's generations (off the event loop), wait for their admission, run them."""
     runner, task = service.runner, call.task
@@ -166,7 +184,21 @@ async def _run(
     if isinstance(response, TaskResponse) and any(item.min_confidence is not None for item in call.items):
         # Without log-probabilities nothing has a confidence: say that nothing was filtered.
         response.min_confidence_applied = stats.unscored_answers == 0
+    if call.fhir is not None:
+        return bundle(call, response, call.fhir, request_id)
     return response
+
+
+def bundle(call: TaskCall, response: BaseModel, options: FhirOptions, request_id: str) -> Bundle:
+    """A task response as one FHIR R4 Bundle: each document's resources after its DocumentReference."""
+    builder = BundleBuilder(request_id)
+    documents = response.model_dump(mode="json")[call.kind.items_field]
+    lang = call.task.manifest.languages[0]
+    for item, document in zip(call.items, documents, strict=True):
+        note = builder.note(item.id, item.source, lang, options)
+        for resource in call.kind.fhir_resources(call.task, document, note):
+            builder.add(resource)
+    return Bundle(builder.bundle())
 
 
 async def call_json(

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from app.tasks.fhir import check_mapping
 from app.tasks.schema import SchemaBoundsError, check_schema
 from app.tasks.spec import Example, TaskManifest
 from app.tasks.types import task_types
@@ -53,7 +54,7 @@ def load_task(path: Path, schemas_dir: Path) -> Task:
     kind = kinds.get(manifest.type)
     if kind is None:
         raise ManifestError(f"{path}: type: unknown task type {manifest.type!r} (known: {', '.join(sorted(kinds))})")
-    for section in ("relation_types", "items", "on_evidence_mismatch"):
+    for section in ("relation_types", "items", "on_evidence_mismatch", "values_stated_in_note", "fhir"):
         if getattr(manifest, section) and section not in kind.manifest_sections:
             raise ManifestError(f"{path}: {section}: {manifest.type} tasks have no {section}")
     schema, schema_source = _schema(path, manifest, kind, schemas_dir)
@@ -62,7 +63,7 @@ def load_task(path: Path, schemas_dir: Path) -> Task:
     except SchemaBoundsError as exc:
         raise ManifestError(f"{schema_source}: {exc}") from exc
     task = Task(manifest, schema, path, kind)
-    problem = kind.check(task)
+    problem = kind.check(task) or check_mapping(manifest)
     if problem:
         raise ManifestError(f"{path}: {problem}")
     for i, example in enumerate(manifest.examples):

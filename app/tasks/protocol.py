@@ -75,6 +75,24 @@ class DocumentsRequest(TaskRequest):
     documents: list[DocumentIn] = Field(min_length=1)
 
 
+class FhirChoice(In):
+    """The request fields of the task types that answer in FHIR R4 too (ner, relations, forms)."""
+
+    format: Literal["json", "fhir"] = Field(
+        "json",
+        description='"fhir": the answer as a FHIR R4 Bundle (as with Accept: application/fhir+json), for batch '
+        "lines and clients that cannot set headers.",
+    )
+    attach_text: bool = Field(
+        False,
+        description="FHIR output: put each note's text in its DocumentReference (by default it names only your id).",
+    )
+
+    @property
+    def wants_fhir(self) -> bool:
+        return self.format == "fhir"
+
+
 class ModelInfo(BaseModel):
     base: str
     adapter: str | None = Field(description="None when the base model ran without an adapter.")

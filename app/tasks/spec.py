@@ -111,6 +111,44 @@ class FormItemSpec(_Strict):
         return self
 
 
+FhirResourceName = Literal["Condition", "MedicationStatement", "Observation"]
+Assertion = Literal["negated", "uncertain", "historical", "family"]
+DosagePart = Literal["dose", "frequency", "route", "duration"]
+_URI = r"^(https?://[^\s]+|urn:[a-z0-9][a-z0-9-]{0,31}:[^\s]+)$"
+
+
+class CodingSpec(_Strict):
+    """A code of a published system (a form item's LOINC code, say)."""
+
+    system: str = Field(pattern=_URI)
+    code: str = Field(min_length=1, max_length=64)
+    display: str = ""
+
+
+class FhirItemSpec(_Strict):
+    code: CodingSpec | None = Field(None, description="The item's concept in a published code system.")
+    ucum: str | None = Field(None, min_length=1, max_length=32, description="The item's unit as a UCUM code.")
+
+
+class FhirSpec(_Strict):
+    """How a task's answers map to FHIR R4 resources (`Accept: application/fhir+json`)."""
+
+    labels: dict[str, FhirResourceName] = Field(
+        default_factory=dict, description="Entity label -> resource; labels not named are left out of bundles."
+    )
+    attributes: dict[str, Assertion] = Field(
+        default_factory=dict, description="Entity attribute -> the assertion it states (negated, family, ...)."
+    )
+    relations: dict[str, DosagePart] = Field(
+        default_factory=dict, description="Relation type -> the part of a MedicationStatement's dosage its tail is."
+    )
+    items: dict[str, FhirItemSpec] = Field(
+        default_factory=dict,
+        description="Forms: an item's published code and UCUM unit (every filled item is an "
+        "Observation; these add codings).",
+    )
+
+
 class Example(_Strict):
     """A few-shot example: the prompt's input fields and the answer, in the model's format."""
 
@@ -143,6 +181,12 @@ class TaskManifest(_Strict):
         description="Forms: a number or date its evidence does not state is kept with its confidence halved "
         "(lower, the default) or returned as unknown; either way it says evidence_mismatch.",
     )
+    values_stated_in_note: bool = Field(
+        False,
+        description="Forms: the grammar lets a number or date item take only a value the chunk states (any "
+        "notation, the item's conversions) instead of any value within bounds; measured in docs/benchmarks.md.",
+    )
+    fhir: FhirSpec | None = Field(None, description="How answers map to FHIR R4 resources; without it, no FHIR.")
 
     @field_validator("labels", "attributes", "relation_types", "items")
     @classmethod

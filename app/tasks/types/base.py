@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from app.tasks.chunking import Chunk
 from app.tasks.confidence import Node, TokenConfidences, locate
+from app.tasks.fhir import FhirNote
 from app.tasks.normalization import NfcText, remap_spans
 from app.tasks.protocol import ModelInfo, TaskRequest
 from app.tasks.spec import TaskManifest
@@ -285,6 +286,11 @@ class TaskType(ABC, Generic[R]):
     @abstractmethod
     def respond(self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[R]) -> BaseModel:
         """The response body."""
+
+    def fhir_resources(self, task: Task, document: dict[str, Any], note: FhirNote) -> list[dict[str, Any]]:
+        """One response document as FHIR R4 resources (app/tasks/fhir.py), for the types whose
+        manifests take a `fhir:` mapping."""
+        raise NotImplementedError(f"{self.name} tasks have no FHIR mapping")
 
     # -- data: gold records, training targets, metrics, synthetic notes ----------------
     @abstractmethod

@@ -33,18 +33,20 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
 from typing import Any, overload
 
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
 
-from app.tasks.agreement import date_agrees, number_agrees
+from app.tasks.agreement import date_agrees, dates_in, number_agrees, stated_numbers
 from app.tasks.chunking import Chunk, cut_off, shift
 from app.tasks.entities import overlaps
+from app.tasks.fhir import FhirNote, form_observations
 from app.tasks.gold import check_span, is_int, iso_date, list_field, string_field
 from app.tasks.grounding import Span, ground_spans, piece_boundaries
 from app.tasks.normalization import NfcText, remap_spans
-from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
+from app.tasks.protocol import DocumentsRequest, FhirChoice, ModelInfo, SpansResponse
 from app.tasks.ranges import canonical_number, format_number, is_number, scaled
 from app.tasks.schema import DECIMALS, DEFAULT_YEARS, GROUNDED, YEARS, SpanBytes, worst_case_bytes
 from app.tasks.scoring import PRF, calibration, mean
@@ -71,7 +73,7 @@ _NOMINAL_SOURCE = SpanBytes("x" * 1000)
 Value = str | bool | int | float | list[str]
 
 
-class FormRequest(DocumentsRequest):
+class FormRequest(DocumentsRequest, FhirChoice):
     task: str = Field(examples=["crf-it-dyspnea"])
 
 
@@ -193,12 +195,40 @@ def value_schema(item: FormItemSpec) -> dict[str, Any]:
     return {"type": "array", "prefixItems": [_evidence(), value], "minItems": 2, "maxItems": 2} | about
 
 
-def form_schema(items: Sequence[FormItemSpec], title: str = "") -> dict[str, Any]:
+def stated_values(item: FormItemSpec, source: str) -> list[Any] | None:
+    """The values of a number or date item that `source` states, within the item's bounds, in
+    every notation and through its conversions (the grammar variant: `values_stated_in_note`);
+    None for other kinds."""
+    if item.kind in ("integer", "decimal"):
+        low, high = Decimal(str(item.min)), Decimal(str(item.max))
+        places = Decimal(1).scaleb(-(item.decimals or 0))
+        found = {v.normalize() for v in stated_numbers(source, item.conversions) if low <= v <= high}
+        fitting = sorted(v for v in found if v == v.quantize(places, rounding=ROUND_DOWN))
+        return [int(v) if v == v.to_integral_value() else float(v) for v in fitting]
+    if item.kind == "date":
+        first, last = item.years or DEFAULT_YEARS
+        return sorted(d.isoformat() for d in dates_in(source) if first <= d.year <= last)
+    return None
+
+
+def form_schema(
+    items: Sequence[FormItemSpec], title: str = "", stated: Mapping[str, list[Any]] | None = None
+) -> dict[str, Any]:
+    """The group's schema; with `stated`, those items' values are limited to the listed ones
+    (an item with none is left out: the grammar cannot fill it)."""
+    properties = {}
+    for item in items:
+        schema = value_schema(item)
+        if stated is not None and item.name in stated:
+            if not stated[item.name]:
+                continue
+            schema["prefixItems"] = [schema["prefixItems"][0], {"enum": stated[item.name]}]
+        properties[item.name] = schema
     return {
         "type": "object",
         "title": title or "Form output (what the model writes)",
         "description": "The items the text states, in declared order, each [evidence, value] (a text item: its span).",
-        "properties": {item.name: value_schema(item) for item in items},
+        "properties": properties,
         "required": [],
         "additionalProperties": False,
     }
@@ -266,7 +296,7 @@ class FormType(TaskType[FormResult]):
     summary = "A case-report form: every item filled with a bounded value and its evidence, or unknown."
     request_model = FormRequest
     response_model = FormResponse
-    manifest_sections = frozenset({"items", "on_evidence_mismatch"})
+    manifest_sections = frozenset({"items", "on_evidence_mismatch", "values_stated_in_note", "fhir"})
     headline = ("slots.f1", "accuracy")
 
     def derived_schema(self, manifest: TaskManifest) -> dict[str, Any] | None:
@@ -320,6 +350,15 @@ class FormType(TaskType[FormResult]):
 
     def asks(self, task: Task, payload: dict[str, str]) -> list[Ask]:
         source = payload[self.source_field]
+        if task.manifest.values_stated_in_note:
+            items = self._items(task)
+            asks = []
+            for g in self._groups(task):
+                group = [items[name] for name in g.names]
+                stated = {i.name: v for i in group if (v := stated_values(i, source)) is not None}
+                schema = form_schema(group, stated=stated)
+                asks.append(Ask(payload, schema, Draft202012Validator(schema), source, g.part))
+            return asks
         return [Ask(payload, g.schema, g.validator, source, g.part) for g in self._groups(task)]
 
     def example_output(self, task: Task, output: dict[str, Any], part: str = "") -> dict[str, Any]:
@@ -398,6 +437,9 @@ class FormType(TaskType[FormResult]):
                 for item, result in zip(items, results, strict=True)
             ],
         )
+
+    def fhir_resources(self, task: Task, document: dict[str, Any], note: FhirNote) -> list[dict[str, Any]]:
+        return form_observations(task.manifest, document["items"], note)
 
     # -- data ----------------------------------------------------------------------------
     def parse_gold(self, task: Task, obj: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:

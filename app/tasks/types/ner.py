@@ -29,10 +29,11 @@ from app.tasks.entities import (
     read_entities,
     settle_spans,
 )
+from app.tasks.fhir import FhirNote, entity_resources
 from app.tasks.gold import list_field, string_field
 from app.tasks.grounding import Span, sorted_spans
 from app.tasks.normalization import NfcText, remap_spans
-from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
+from app.tasks.protocol import DocumentsRequest, FhirChoice, ModelInfo, SpansResponse
 from app.tasks.scoring import calibration
 from app.tasks.types.base import (
     Answer,
@@ -50,7 +51,7 @@ from app.tasks.types.base import (
 _NOTE_WEIGHTS = {"DISCHARGE_SUMMARY": 3, "EMERGENCY_NOTE": 3, "OUTPATIENT_VISIT": 2}
 
 
-class NerRequest(DocumentsRequest):
+class NerRequest(DocumentsRequest, FhirChoice):
     task: str = Field(examples=["ner-it-clinical"])
 
 
@@ -84,6 +85,7 @@ class NerType(TaskType[NerResult]):
     request_model = NerRequest
     response_model = NerResponse
     headline = ("strict.f1", "lenient.f1")
+    manifest_sections = frozenset({"fhir"})
 
     # -- manifest ------------------------------------------------------------------------
     def check(self, task: Task) -> str | None:
@@ -133,6 +135,9 @@ class NerType(TaskType[NerResult]):
                 for item, result in zip(items, results, strict=True)
             ],
         )
+
+    def fhir_resources(self, task: Task, document: dict[str, Any], note: FhirNote) -> list[dict[str, Any]]:
+        return entity_resources(task.manifest, document["entities"], note)
 
     # -- data ----------------------------------------------------------------------------
     def parse_gold(self, task: Task, obj: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:

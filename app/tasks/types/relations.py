@@ -49,10 +49,11 @@ from app.tasks.entities import (
     settle_spans,
     totals,
 )
+from app.tasks.fhir import FhirNote, entity_resources
 from app.tasks.gold import list_field, string_field
 from app.tasks.grounding import Span, sorted_spans
 from app.tasks.normalization import NfcText, remap_spans
-from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
+from app.tasks.protocol import DocumentsRequest, FhirChoice, ModelInfo, SpansResponse
 from app.tasks.schema import enum_values
 from app.tasks.scoring import calibration
 from app.tasks.spec import RelationTypeSpec
@@ -72,7 +73,7 @@ from app.tasks.types.base import (
 SpanKey = tuple[int, int, str]  # (start, end, label): an entity's identity within a note
 
 
-class RelationsRequest(DocumentsRequest):
+class RelationsRequest(DocumentsRequest, FhirChoice):
     task: str = Field(examples=["re-it-medication"])
 
 
@@ -138,7 +139,7 @@ class RelationsType(TaskType[RelationsResult]):
     summary = "Entities with exact offsets and the typed relations between them (a drug and its dosage, ...)."
     request_model = RelationsRequest
     response_model = RelationsResponse
-    manifest_sections = frozenset({"relation_types"})
+    manifest_sections = frozenset({"relation_types", "fhir"})
     headline = ("relations.strict.f1", "relations.lenient.f1", "entities.strict.f1")
 
     # -- manifest ------------------------------------------------------------------------
@@ -269,6 +270,9 @@ class RelationsType(TaskType[RelationsResult]):
         relations = sorted(kept.values(), key=lambda r: (_span_key(r.head), _span_key(r.tail), r.type))
         tally.returned = len(entities)
         return RelationsResult(entities, relations, result.entity_limit_reached, result.relation_limit_reached)
+
+    def fhir_resources(self, task: Task, document: dict[str, Any], note: FhirNote) -> list[dict[str, Any]]:
+        return entity_resources(task.manifest, document["entities"], note, document["relations"])
 
     def respond(
         self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[RelationsResult]
