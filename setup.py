@@ -7,7 +7,11 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-SHIPPED = {"adapters": ("*.yaml", "*.yml"), "schemas": ("*.json",)}
+SHIPPED = {
+    "adapters": ("*.yaml", "*.yml"),
+    "adapters/terminologies": ("*.tsv", "*.csv", "*.md"),
+    "schemas": ("*.json",),
+}
 
 
 class BuildWithShippedFiles(build_py):

@@ -58,9 +58,27 @@ Responder = Callable[[GenerationRequest], "str | GenerationResult"]
 ByteLogprob = Callable[[str, int], float]
 
 
+def abstain(request: GenerationRequest) -> str:
+    return '{"code":"none"}'
+
+
+def is_link(request: GenerationRequest) -> bool:
+    """An entity-linking generation (app/tasks/linking.py), told apart by its system prompt."""
+    from app.tasks.linking import LINK_INSTRUCTIONS
+
+    return prompt_of(request).startswith(f"<|system|>{LINK_INSTRUCTIONS}")
+
+
 class FakeEngine:
+    """Task generations are answered by `respond` and recorded in `calls`; entity-linking
+    generations by `link` (abstaining unless a test sets it) and recorded in `link_calls`,
+    so a test of a coded task's entities needs no linking answers of its own."""
+
     def __init__(self, respond: Responder, *, delay_s: float = 0.0, logprob: ByteLogprob | None = None):
         self.respond = respond
+        self.link: Responder = abstain
+        self.link_calls: list[GenerationRequest] = []
+        self.link_logprob: ByteLogprob = lambda answer, offset: 0.0
         self.delay_s = delay_s
         self.logprob = logprob
         self.started = False
@@ -87,7 +105,8 @@ class FakeEngine:
         self.started = False
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        self.calls.append(request)
+        linking = is_link(request)
+        (self.link_calls if linking else self.calls).append(request)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -98,12 +117,14 @@ class FakeEngine:
         finally:
             self.active -= 1
             self.events.append(f"done:{request.request_id}")
-        out = self.respond(request)
+        out = (self.link if linking else self.respond)(request)
         if isinstance(out, GenerationResult):
             return out
         tokens = tuple(out.encode())  # one token a byte, as FakeTokenizer has it
         logprobs = None
-        if request.logprobs and self.logprob is not None:
+        if request.logprobs and linking:
+            logprobs = tuple(self.link_logprob(out, i) for i in range(len(tokens)))
+        elif request.logprobs and self.logprob is not None:
             logprobs = tuple(self.logprob(out, i) for i in range(len(tokens)))
         return GenerationResult(out, "stop", len(request.prompt_token_ids), len(tokens), tokens, logprobs)
 

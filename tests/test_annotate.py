@@ -114,6 +114,7 @@ def test_every_line_ends_in_output_or_errors_with_a_reason(
         "label": "DRUG",
         "attributes": ALL_FALSE,
         "confidence": None,  # the fake engine returns no log-probabilities here
+        "codes": [],  # a DRUG: no terminology
     }
     errors = {e["position"]: e for e in recover(tmp_path / "out.errors.jsonl")}
     slugs = {pos: e["error"]["type"].rsplit(":", 1)[-1] for pos, e in errors.items()}

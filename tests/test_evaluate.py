@@ -117,6 +117,7 @@ def test_ner_metrics_match_hand_computation(make_fake_service: MakeService, tmp_
         [("dolore", "SYMPTOM")],
     ]
     dosage = {"start": 28, "end": 29, "text": "1", "label": "DOSAGE", "attributes": ALL_FALSE, "confidence": 0.3}
+    dosage["codes"] = []  # DOSAGE has no terminology
     assert predictions[1]["entities"][1] == dosage
     assert len(engine.calls) == 3 and all(c.adapter is not None for c in engine.calls)
     metrics = score(task, records, predictions)

@@ -374,3 +374,23 @@ def test_walked_answers_of_every_fhir_task_become_valid_bundles_citing_their_spa
         assert resources > 100  # the walks did answer: this checked bundles with content
     finally:
         harness.close()
+
+
+def test_entity_codes_become_codings_of_the_condition_and_family_history(client_for: Any) -> None:
+    from tests.test_terminology import first_candidate
+
+    client, engine = client_for(lambda r: json.dumps(NER_ANSWER))
+    engine.link = first_candidate
+    plain = client.post("/v1/ner", json=ner_body()).json()["documents"][0]["entities"]
+    codes = {e["text"]: e["codes"] for e in plain if e["codes"]}
+    assert {"dolore toracico", "diabete", "infarto"} <= set(codes)
+    resources = by_type(
+        check_bundle(client.post("/v1/ner", json=ner_body(format="fhir")).json(), {"letter-7": NER_NOTE})["letter-7"]
+    )
+    concepts = {c["code"]["text"]: c["code"] for c in resources["Condition"]}
+    concepts["diabete"] = resources["FamilyMemberHistory"][0]["condition"][0]["code"]
+    for text, concept in concepts.items():
+        assert concept["coding"] == [
+            {"system": c["system"], "code": c["code"], "display": c["display"]} for c in codes[text]
+        ]
+        assert concept["coding"][0]["system"] == "http://hl7.org/fhir/sid/icd-10-cm"

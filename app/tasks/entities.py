@@ -24,6 +24,17 @@ from app.tasks.scoring import PRF, check_parallel, rounded
 from app.tasks.types.base import Answer, BadRecord, Tally, Task
 
 
+class CodeOut(BaseModel):
+    """A terminology code for an entity (a FHIR Coding: system, code, display)."""
+
+    system: str = Field(description="The code system's URI (http://hl7.org/fhir/sid/icd-10-cm, ...).")
+    code: str
+    display: str
+    confidence: float | None = Field(
+        None, ge=0.0, le=1.0, description="The model's probability for this code among the candidates."
+    )
+
+
 class EntityOut(BaseModel):
     start: int
     end: int
@@ -32,6 +43,11 @@ class EntityOut(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
     confidence: float | None = Field(
         None, ge=0.0, le=1.0, description="The model's probability for this entity (text, label and attributes)."
+    )
+    codes: list[CodeOut] = Field(
+        default_factory=list,
+        description="Terminology codes of the entity (at most one per terminology); empty when its label has no "
+        "terminology, the matcher found no candidate, or the model chose none of them.",
     )
 
     @classmethod
@@ -43,6 +59,9 @@ class EntityOut(BaseModel):
             label=span.label,
             attributes=span.attributes,
             confidence=span.confidence,
+            codes=[
+                CodeOut(system=c.system, code=c.code, display=c.display, confidence=c.confidence) for c in span.codes
+            ],
         )
 
 
@@ -101,7 +120,7 @@ def parse_gold_entities(
     max_chars = max_length(entity_schema(task.schema)["prefixItems"][0])
     labels, attribute_names = set(task.label_names), task.attribute_names
     bounds = piece_boundaries(text)
-    allowed = {"start", "end", "text", "label", "attributes"} | extra_fields
+    allowed = {"start", "end", "text", "label", "attributes", "codes"} | extra_fields
     gold: list[dict[str, Any]] = []
     seen: set[tuple[int, int, str]] = set()
     for i, entity in enumerate(entities):
@@ -126,9 +145,28 @@ def parse_gold_entities(
         seen.add((start, end, label))
         attributes = {name: bool(raw_attributes.get(name, False)) for name in attribute_names}
         row = {"start": start, "end": end, "text": text[start:end], "label": label, "attributes": attributes}
+        if "codes" in entity:
+            row["codes"] = _gold_codes(task, label, entity["codes"], f"{where}.codes")
         gold.append(row | {k: entity[k] for k in extra_fields if k in entity})
     gold.sort(key=lambda e: (e["start"], e["end"], task.label_names.index(e["label"])))
     return gold
+
+
+def _gold_codes(task: Task, label: str, codes: Any, where: str) -> list[dict[str, str]]:
+    """An entity's gold codes as {system, code} (display and confidence, if given, ignored);
+    an empty list says the entity has no code in its terminology."""
+    if not isinstance(codes, list):
+        raise BadRecord(f"{where}: must be a list")
+    coding = task.coding.get(label)
+    known = coding.terminology.codes() if coding else None
+    checked: list[dict[str, str]] = []
+    for j, code in enumerate(codes):
+        if not isinstance(code, dict) or not all(isinstance(code.get(k), str) for k in ("system", "code")):
+            raise BadRecord(f"{where}[{j}]: must be an object with string system and code")
+        if known is not None and (code["system"], code["code"]) not in known:
+            raise BadRecord(f"{where}[{j}].code: {code['code']!r} of {code['system']} is not in the terminology")
+        checked.append({"system": code["system"], "code": code["code"]})
+    return checked
 
 
 def entities_inside(task: Task, gold: list[dict[str, Any]], chunk: Chunk) -> list[dict[str, Any]]:
@@ -159,13 +197,17 @@ def settle_spans(spans: Iterable[Span], tally: Tally) -> list[Span]:
 
 
 def gold_entity(entity: Mapping[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A response entity as a gold record's (what parse_gold_entities reads)."""
-    return {k: entity[k] for k in (*extra, "start", "end", "text", "label", "attributes") if k in entity}
+    """A response entity as a gold record's (what parse_gold_entities reads). Its codes are
+    kept when it has some: an empty list may be an abstention, not a judgement that none fits."""
+    gold = {k: entity[k] for k in (*extra, "start", "end", "text", "label", "attributes") if k in entity}
+    if entity.get("codes"):
+        gold["codes"] = [{"system": c["system"], "code": c["code"]} for c in entity["codes"]]
+    return gold
 
 
 def entity_prediction(entity: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("start", "end", "text", "label", "attributes", "confidence")
-    return {k: entity.get(k) for k in keys}
+    return {k: entity.get(k) for k in keys} | {"codes": list(entity.get("codes", []))}
 
 
 def key(entity: Mapping[str, Any]) -> tuple[int, int, str]:
@@ -268,6 +310,56 @@ def totals(counts: Mapping[str, Counter[str]]) -> tuple[PRF, dict[str, PRF]]:
     per_label = {label: PRF.from_counts(c["tp"], c["fp"], c["fn"]) for label, c in sorted(counts.items())}
     micro = PRF.from_counts(*(sum(c[k] for c in counts.values()) for k in ("tp", "fp", "fn")))
     return micro, per_label
+
+
+def linking_scores(
+    task: Task, golds: Sequence[Sequence[Mapping[str, Any]]], predictions: Sequence[Sequence[Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """Entity linking against gold entities that carry `codes` (of a label with a terminology).
+
+    Over the gold entities the prediction found exactly (offsets and label) whose gold has a
+    code: `accuracy_at_1` (the first code returned is the gold one) and `abstention_rate`
+    (no code returned); over those whose gold has none (the concept is not in the file):
+    `false_code_rate`. `candidate_recall_at_k`, over every gold entity with a code, found or
+    not: the gold code is among the matcher's k candidates for the gold text (k from the
+    manifest); it bounds what the model can choose, so it tells matcher from model."""
+    found = right = abstained = uncoded = wrongly_coded = with_code = recalled = 0
+    for gold, prediction in zip(golds, predictions, strict=True):
+        predicted = {key(e): e.get("codes") or [] for e in prediction}
+        for entity in gold:
+            coding = task.coding.get(entity["label"])
+            if coding is None or "codes" not in entity:
+                continue
+            gold_codes = {(c["system"], c["code"]) for c in entity["codes"]}
+            if gold_codes:
+                with_code += 1
+                candidates = coding.terminology.candidates(
+                    entity["text"], task.manifest.languages, coding.candidates, coding.min_score
+                )
+                recalled += any((c.concept.system, c.concept.code) in gold_codes for c in candidates)
+            codes = predicted.get(key(entity))
+            if codes is None:
+                continue
+            if not gold_codes:
+                uncoded += 1
+                wrongly_coded += bool(codes)
+                continue
+            found += 1
+            abstained += not codes
+            right += bool(codes) and (codes[0]["system"], codes[0]["code"]) in gold_codes
+
+    def ratio(a: int, b: int) -> float | None:
+        return round(a / b, 4) if b else None
+
+    return {
+        "n_found": found,
+        "accuracy_at_1": ratio(right, found),
+        "abstention_rate": ratio(abstained, found),
+        "n_found_uncoded": uncoded,
+        "false_code_rate": ratio(wrongly_coded, uncoded),
+        "n_gold_coded": with_code,
+        "candidate_recall_at_k": ratio(recalled, with_code),
+    }
 
 
 def entity_calibration_pairs(

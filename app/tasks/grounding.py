@@ -17,9 +17,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.tasks.grammar import source_pieces
+
+if TYPE_CHECKING:
+    from app.tasks.terminology import Coding
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Span:
     label: str = ""
     attributes: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     confidence: float | None = field(default=None, compare=False, hash=False)
+    codes: tuple[Coding, ...] = field(default=(), compare=False, hash=False)  # set by linking (linking.py)
 
 
 @dataclass

@@ -13,9 +13,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from app.settings import SHIPPED_TASKS_DIR
 from app.tasks.fhir import check_mapping
 from app.tasks.schema import SchemaBoundsError, check_schema
 from app.tasks.spec import Example, TaskManifest
+from app.tasks.terminology import LabelCoding, Terminology, TerminologyError, load_terminology
 from app.tasks.types import task_types
 from app.tasks.types.base import Task, TaskType
 
@@ -54,7 +56,8 @@ def load_task(path: Path, schemas_dir: Path) -> Task:
     kind = kinds.get(manifest.type)
     if kind is None:
         raise ManifestError(f"{path}: type: unknown task type {manifest.type!r} (known: {', '.join(sorted(kinds))})")
-    for section in ("relation_types", "items", "on_evidence_mismatch", "values_stated_in_note", "fhir"):
+    optional = ("relation_types", "items", "on_evidence_mismatch", "values_stated_in_note", "terminologies", "fhir")
+    for section in optional:
         if getattr(manifest, section) and section not in kind.manifest_sections:
             raise ManifestError(f"{path}: {section}: {manifest.type} tasks have no {section}")
     schema, schema_source = _schema(path, manifest, kind, schemas_dir)
@@ -66,6 +69,7 @@ def load_task(path: Path, schemas_dir: Path) -> Task:
     problem = kind.check(task) or check_mapping(manifest)
     if problem:
         raise ManifestError(f"{path}: {problem}")
+    task.coding = _coding(path, task)
     for i, example in enumerate(manifest.examples):
         problem = _check_example(task, example)
         if problem:
@@ -89,6 +93,44 @@ def _schema(path: Path, manifest: TaskManifest, kind: TaskType[Any], schemas_dir
         return dict(json.loads(schema_path.read_text(encoding="utf-8"))), str(schema_path)
     except (OSError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: schema: cannot load {schema_path}: {exc}") from exc
+
+
+def _coding(path: Path, task: Task) -> dict[str, LabelCoding]:
+    """Each coded label's terminology, files loaded and checked (the file, line and field of
+    a bad row named after the manifest's own field)."""
+    coding: dict[str, LabelCoding] = {}
+    for i, spec in enumerate(task.manifest.terminologies):
+        where = f"{path}: terminologies.{i}"
+        for label in spec.labels:
+            if label not in task.label_names:
+                raise ManifestError(f"{where}.labels: unknown label {label!r} (task labels: {task.label_names})")
+            if label in coding:
+                raise ManifestError(f"{where}.labels: label {label!r} already has a terminology")
+        file = _terminology_file(path, spec.file)
+        try:
+            terminology = load_terminology(file, spec.systems)
+        except TerminologyError as exc:
+            raise ManifestError(f"{where}.file: {exc}") from exc
+        if not _in_languages(terminology, task.manifest.languages):
+            raise ManifestError(f"{where}.file: {file} has no codes in the task's languages {task.manifest.languages}")
+        for label in spec.labels:
+            coding[label] = LabelCoding(terminology, spec.candidates, spec.min_score)
+    return coding
+
+
+def _terminology_file(manifest: Path, name: str) -> Path:
+    """An absolute path as it is; a relative one from the manifest's folder, or, when not there,
+    from the shipped manifests' folder: a shipped manifest mounted elsewhere (a Helm ConfigMap
+    holds YAML files only) still finds the terminology the image ships."""
+    file = Path(name)
+    if file.is_absolute():
+        return file
+    local, shipped = manifest.parent / file, SHIPPED_TASKS_DIR / file
+    return shipped if not local.exists() and shipped.is_file() else local
+
+
+def _in_languages(terminology: Terminology, languages: list[str]) -> bool:
+    return any(c.language in languages for c in terminology.concepts)
 
 
 def _check_example(task: Task, example: Example) -> str | None:

@@ -60,6 +60,12 @@ class Metrics:
             labels,
             registry=registry,
         )
+        self.links = Counter(
+            "medlora_entity_links",
+            "Entities the model chose a terminology code for (coded) or none (abstained).",
+            [*labels, "outcome"],
+            registry=registry,
+        )
         self.chunks = Counter("medlora_chunks", "Chunks generated for long inputs.", labels, registry=registry)
         self.adapter_switches = Counter(
             "medlora_adapter_switches", "Task adapter switches.", ["task"], registry=registry

@@ -32,10 +32,12 @@ from app.tasks.adapters import AdapterUse
 from app.tasks.chunking import Chunk, split_text
 from app.tasks.confidence import TokenConfidences
 from app.tasks.grammar import PIECE_MAX_CHARS, compile_grammar, json_escape
+from app.tasks.linking import HasEntities, link_asks, with_codes
 from app.tasks.metrics import Metrics
 from app.tasks.normalization import NfcText
 from app.tasks.prompts import PromptRenderer, build_messages
 from app.tasks.schema import worst_case_bytes
+from app.tasks.terminology import NONE
 from app.tasks.types.base import Answer, Ask, Tally, Task, TaskInput
 
 log = logging.getLogger("medlora.tasks")
@@ -90,7 +92,8 @@ class TaskRunner:
         """Prompt token ids and max_tokens (the schema's worst case for this source)."""
         if self.renderer is None:
             raise RuntimeError("the tokenizer is not loaded yet")
-        prompt_ids = self.renderer.prompt_ids(build_messages(task, ask.payload, ask.part))
+        messages = ask.messages if ask.messages is not None else build_messages(task, ask.payload, ask.part)
+        prompt_ids = self.renderer.prompt_ids(messages)
         # +1 leaves room for the end-of-sequence token after the last byte.
         return prompt_ids, worst_case_bytes(ask.schema, json_escape(ask.source)) + 1
 
@@ -247,10 +250,35 @@ class TaskRunner:
             if chunks is None:
                 return kind.blank(task, item)
             done = await self._over_chunks(task, adapter, item, chunks, priority, gate, stats)
-            return await asyncio.to_thread(self._conclude, task, adapter, item, original, done)
+            result = await asyncio.to_thread(self._conclude, task, adapter, item, original, done)
+            if task.coding:
+                text = item.source if original is None else original.original
+                await self._link(task, adapter, text, result, priority, gate, stats)
+            return result
 
         work = zip(plan.items, plan.originals, plan.chunks, strict=True)
         return await gather_first_error([one(*each) for each in work])
+
+    async def _link(
+        self,
+        task: Task,
+        adapter: AdapterUse,
+        text: str,
+        result: HasEntities,
+        priority: int,
+        gate: Gate,
+        stats: RunStats,
+    ) -> None:
+        """Code the result's entities (linking.py): one generation per entity with candidates,
+        after grounding, so that only entities the note holds are coded."""
+        links = await asyncio.to_thread(link_asks, task, text, result.entities)
+        answers = await gather_first_error(
+            [self._generate(task, adapter, link.ask, priority, gate, stats) for link in links]
+        )
+        with_codes(result, links, answers)
+        for answer in answers:
+            outcome = "abstained" if answer.output["code"] == NONE else "coded"
+            self.metrics.links.labels(task.name, adapter.key, outcome).inc()
 
     def _conclude(
         self,

@@ -149,6 +149,22 @@ class FhirSpec(_Strict):
     )
 
 
+class TerminologySpec(_Strict):
+    """A terminology the entities of some labels are coded with (see app/tasks/terminology.py)."""
+
+    labels: list[str] = Field(min_length=1, description="The entity labels coded from this file.")
+    file: str = Field(
+        min_length=1, description="CSV or TSV file, relative to the manifest's folder, or an absolute path."
+    )
+    systems: list[str] = Field(
+        default_factory=list, description="System URIs the file may use besides the known FHIR ones."
+    )
+    candidates: int = Field(5, ge=1, le=20, description="How many fuzzy-matched codes the model chooses among.")
+    min_score: float = Field(
+        70.0, ge=0.0, le=100.0, description="The lowest fuzzy-match score (0-100) a candidate may have."
+    )
+
+
 class Example(_Strict):
     """A few-shot example: the prompt's input fields and the answer, in the model's format."""
 
@@ -187,6 +203,10 @@ class TaskManifest(_Strict):
         "notation, the item's conversions) instead of any value within bounds; measured in docs/benchmarks.md.",
     )
     fhir: FhirSpec | None = Field(None, description="How answers map to FHIR R4 resources; without it, no FHIR.")
+
+    terminologies: list[TerminologySpec] = Field(
+        default_factory=list, description="Entity tasks: the terminologies entities are coded with, per label."
+    )
 
     @field_validator("labels", "attributes", "relation_types", "items")
     @classmethod

@@ -28,6 +28,7 @@ from app.tasks.fhir import FhirNote
 from app.tasks.normalization import NfcText, remap_spans
 from app.tasks.protocol import ModelInfo, TaskRequest
 from app.tasks.spec import TaskManifest
+from app.tasks.terminology import LabelCoding
 
 R = TypeVar("R")  # a type's result for one input (and for each chunk of it, before merging)
 T = TypeVar("T", bound="type[TaskType[Any]]")
@@ -36,8 +37,16 @@ T = TypeVar("T", bound="type[TaskType[Any]]")
 class Task:
     """A loaded task: its manifest, its checked output schema and its type."""
 
-    def __init__(self, manifest: TaskManifest, schema: dict[str, Any], source: Path, kind: TaskType[Any]):
+    def __init__(
+        self,
+        manifest: TaskManifest,
+        schema: dict[str, Any],
+        source: Path,
+        kind: TaskType[Any],
+        coding: Mapping[str, LabelCoding] | None = None,
+    ):
         self.manifest = manifest
+        self.coding: Mapping[str, LabelCoding] = coding or {}  # label -> its terminology (entity tasks)
         self.schema = schema
         self.source = source
         self.kind = kind
@@ -62,7 +71,7 @@ class Task:
 
     def with_manifest(self, manifest: TaskManifest) -> Task:
         """The same task with another manifest (few-shot examples, a sampling temperature)."""
-        return Task(manifest, self.schema, self.source, self.kind)
+        return Task(manifest, self.schema, self.source, self.kind, self.coding)
 
 
 @dataclass(frozen=True)
@@ -87,13 +96,15 @@ class TaskInput:
 class Ask:
     """One constrained generation for one chunk: the prompt's input fields, and the schema the
     answer must obey (compiled into its grammar, grounded strings drawn from `source`).
-    `part` names a slice of the task the prompt shows (a form's item group); "" for all of it."""
+    `part` names a slice of the task the prompt shows (a form's item group); "" for all of it.
+    `messages`, when set, is the whole prompt instead of the task's (an entity's linking ask)."""
 
     payload: dict[str, str]
     schema: dict[str, Any]
     validator: Draft202012Validator
     source: str
     part: str = ""
+    messages: list[dict[str, str]] | None = None
 
 
 class Answer:
@@ -147,6 +158,8 @@ class NoteSpan:
     text: str
     label: str
     flags: frozenset[str] = frozenset()  # assertion attributes that hold (negated, ...)
+    # The (system, code) pairs of the concept written; None where the generator does not know.
+    codes: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)

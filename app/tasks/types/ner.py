@@ -24,6 +24,7 @@ from app.tasks.entities import (
     entity_prediction,
     entity_target,
     gold_entity,
+    linking_scores,
     ner_scores,
     parse_gold_entities,
     read_entities,
@@ -37,6 +38,7 @@ from app.tasks.protocol import DocumentsRequest, FhirChoice, ModelInfo, SpansRes
 from app.tasks.scoring import calibration
 from app.tasks.types.base import (
     Answer,
+    NoteSpan,
     NoteWorld,
     Tally,
     Task,
@@ -77,6 +79,14 @@ class NerResult:
     chunk: Chunk | None = None  # where a chunk's result was found (its edges cut entities off)
 
 
+def _gold_codes(task: Task, span: NoteSpan) -> dict[str, Any]:
+    """The codes the generator planted, as gold, for a label the task codes with their system."""
+    coding = task.coding.get(span.label)
+    if coding is None or span.codes is None:
+        return {}
+    return {"codes": [{"system": s, "code": c} for s, c in span.codes if s in coding.terminology.systems]}
+
+
 @register
 class NerType(TaskType[NerResult]):
     name = "ner"
@@ -85,7 +95,7 @@ class NerType(TaskType[NerResult]):
     request_model = NerRequest
     response_model = NerResponse
     headline = ("strict.f1", "lenient.f1")
-    manifest_sections = frozenset({"fhir"})
+    manifest_sections = frozenset({"terminologies", "fhir"})
 
     # -- manifest ------------------------------------------------------------------------
     def check(self, task: Task) -> str | None:
@@ -161,13 +171,16 @@ class NerType(TaskType[NerResult]):
         gold_entities = [g["entities"] for g in golds]
         predicted = [p.get("entities", []) for p in predictions]
         ner = ner_scores(gold_entities, predicted)
-        return {
+        scores = {
             "n": len(golds),
             "strict": ner.strict.to_dict(),
             "lenient": ner.lenient.to_dict(),
             "per_label_strict_f1": {label: round(prf.f1, 4) for label, prf in ner.per_label_strict.items()},
             "calibration": calibration(entity_calibration_pairs(gold_entities, predicted)),
         }
+        if task.coding:
+            scores["linking"] = linking_scores(task, gold_entities, predicted)
+        return scores
 
     def synthesize(self, task: Task, world: NoteWorld, n: int, seed: int) -> list[dict[str, Any]]:
         """Notes with every entity the generator wrote, offsets tracked as it wrote them."""
@@ -184,6 +197,7 @@ class NerType(TaskType[NerResult]):
                     "label": s.label,
                     "attributes": {name: name in s.flags for name in task.attribute_names},
                 }
+                | _gold_codes(task, s)
                 for s in note.spans
             ]
             rows.append({"id": f"{world.language}-ner-{i:06d}", "text": note.text, "entities": entities})

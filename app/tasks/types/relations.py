@@ -42,6 +42,7 @@ from app.tasks.entities import (
     entity_target,
     gold_entity,
     key,
+    linking_scores,
     ner_scores,
     overlaps,
     parse_gold_entities,
@@ -139,7 +140,7 @@ class RelationsType(TaskType[RelationsResult]):
     summary = "Entities with exact offsets and the typed relations between them (a drug and its dosage, ...)."
     request_model = RelationsRequest
     response_model = RelationsResponse
-    manifest_sections = frozenset({"relation_types", "fhir"})
+    manifest_sections = frozenset({"relation_types", "terminologies", "fhir"})
     headline = ("relations.strict.f1", "relations.lenient.f1", "entities.strict.f1")
 
     # -- manifest ------------------------------------------------------------------------
@@ -381,13 +382,16 @@ class RelationsType(TaskType[RelationsResult]):
         predicted_entities = [p.get("entities", []) for p in predictions]
         ner = ner_scores(gold_entities, predicted_entities)
         scores = relation_scores([g["relations"] for g in golds], [p.get("relations", []) for p in predictions])
-        return {
+        result = {
             "n": len(golds),
             "relations": scores,
             "entities": {"strict": ner.strict.to_dict(), "lenient": ner.lenient.to_dict()},
             "calibration": calibration(_relation_pairs(golds, predictions)),
             "entity_calibration": calibration(entity_calibration_pairs(gold_entities, predicted_entities)),
         }
+        if task.coding:
+            result["linking"] = linking_scores(task, gold_entities, predicted_entities)
+        return result
 
     def synthesize(self, task: Task, world: NoteWorld, n: int, seed: int) -> list[dict[str, Any]]:
         """Medication notes with the entities and relations the generator wrote, kept to the

@@ -10,12 +10,13 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import TypeVar
 
 from app.tasks.grounding import aligned_occurrences, piece_boundaries
 from app.tasks.types.base import NoteSpan, SyntheticNote
+from app.training.synthetic.codes import planted_codes
 from app.training.synthetic.vocab import (
     Disorder,
     Drug,
@@ -63,7 +64,8 @@ class _Sentence:
 
     def entity(self, piece: str, label: str, flags: frozenset[str]) -> tuple[int, int]:
         start, end = self.add(piece)
-        self.spans.append(NoteSpan(start, end, self.text[start:end], label, flags))
+        text = self.text[start:end]
+        self.spans.append(NoteSpan(start, end, text, label, flags, planted_codes(text, label)))
         return start, end
 
     def fact(self, key: str, start: int, end: int) -> None:
@@ -431,7 +433,7 @@ class _NoteBuilder:
         if len(text) > MAX_NOTE_CHARS or len(self.spans) + len(sentence.spans) > MAX_ENTITIES:
             return False
         shift = len(self.text) + len(sep)
-        moved = [NoteSpan(sp.start + shift, sp.end + shift, sp.text, sp.label, sp.flags) for sp in sentence.spans]
+        moved = [replace(sp, start=sp.start + shift, end=sp.end + shift) for sp in sentence.spans]
         spans = self.spans + moved
         if not _groundable(text, spans, len(self.spans)):
             return False

@@ -1,0 +1,155 @@
+"""The ICD-10-CM code of each disorder and symptom the synthetic notes are written with, as
+the generator plants them: the gold of entity linking (`medlora eval`'s linking figures).
+
+Vocabulary words absent here (imaging findings, surgical diagnoses) have no code in the
+shipped subset (adapters/terminologies/icd10cm-demo.tsv): their gold is "no code", which
+scores a model that codes them anyway. Chosen by hand from the ICD-10-CM index (a US
+government classification, public domain); tests check each code is in the shipped file.
+"""
+
+from __future__ import annotations
+
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+
+CODED_LABELS = frozenset({"DISORDER", "SYMPTOM"})
+
+PLANTED: dict[str, str] = {
+    # Italian (and the words both languages share: nausea, glaucoma)
+    "polmonite": "J18.9",
+    "scompenso cardiaco acuto": "I50.9",
+    "infezione delle vie urinarie": "N39.0",
+    "pielonefrite acuta": "N10",
+    "embolia polmonare": "I26.99",
+    "trombosi venosa profonda": "I82.409",
+    "sindrome coronarica acuta": "I24.9",
+    "pancreatite acuta": "K85.90",
+    "colecistite acuta": "K81.0",
+    "appendicite acuta": "K35.80",
+    "ictus ischemico": "I63.9",
+    "anemia sideropenica": "D50.9",
+    "broncopolmonite": "J18.0",
+    "gastroenterite acuta": "K52.9",
+    "sepsi": "A41.9",
+    "disidratazione": "E86.0",
+    "riacutizzazione di BPCO": "J44.1",
+    "crisi ipertensiva": "I16.9",
+    "insufficienza respiratoria acuta": "J96.00",
+    "ipertensione arteriosa": "I10",
+    "diabete mellito di tipo 2": "E11.9",
+    "BPCO": "J44.9",
+    "fibrillazione atriale": "I48.91",
+    "ipotiroidismo": "E03.9",
+    "insufficienza renale cronica": "N18.9",
+    "cardiopatia ischemica": "I25.9",
+    "asma bronchiale": "J45.909",
+    "osteoporosi": "M81.0",
+    "artrite reumatoide": "M06.9",
+    "cirrosi epatica": "K74.60",
+    "morbo di Parkinson": "G20.A1",
+    "infarto miocardico": "I21.9",
+    "dislipidemia": "E78.5",
+    "gotta": "M10.9",
+    "diabete": "E11.9",
+    "neoplasia della mammella": "C50.919",
+    "neoplasia del colon": "C18.9",
+    "morbo di Alzheimer": "G30.9",
+    "glaucoma": "H40.9",
+    "neoplasia del colon destro": "C18.9",
+    "dolore toracico": "R07.9",
+    "dispnea": "R06.00",
+    "tosse produttiva": "R05.9",
+    "nausea": "R11.0",
+    "vomito": "R11.10",
+    "cefalea": "R51.9",
+    "astenia": "R53.1",
+    "vertigini": "R42",
+    "palpitazioni": "R00.2",
+    "dolore addominale": "R10.9",
+    "edemi declivi": "R60.0",
+    "diarrea": "R19.7",
+    "sincope": "R55",
+    "disuria": "R30.0",
+    "calo ponderale": "R63.4",
+    "difficoltà respiratoria": "R06.00",
+    "brividi": "R68.83",
+    "ematuria": "R31.9",
+    "inappetenza": "R63.0",
+    "dolore epigastrico": "R10.13",
+    "parestesie": "R20.2",
+    "instabilità posturale": "R26.81",
+    "febbre": "R50.9",
+    "dolore": "R52",
+    # English
+    "pneumonia": "J18.9",
+    "acute heart failure": "I50.9",
+    "urinary tract infection": "N39.0",
+    "acute pyelonephritis": "N10",
+    "pulmonary embolism": "I26.99",
+    "deep vein thrombosis": "I82.409",
+    "acute coronary syndrome": "I24.9",
+    "acute pancreatitis": "K85.90",
+    "acute cholecystitis": "K81.0",
+    "acute appendicitis": "K35.80",
+    "ischemic stroke": "I63.9",
+    "iron deficiency anemia": "D50.9",
+    "bronchopneumonia": "J18.0",
+    "acute gastroenteritis": "K52.9",
+    "sepsis": "A41.9",
+    "dehydration": "E86.0",
+    "COPD exacerbation": "J44.1",
+    "hypertensive crisis": "I16.9",
+    "acute respiratory failure": "J96.00",
+    "hypertension": "I10",
+    "type 2 diabetes mellitus": "E11.9",
+    "COPD": "J44.9",
+    "atrial fibrillation": "I48.91",
+    "hypothyroidism": "E03.9",
+    "chronic kidney disease": "N18.9",
+    "ischemic heart disease": "I25.9",
+    "asthma": "J45.909",
+    "osteoporosis": "M81.0",
+    "rheumatoid arthritis": "M06.9",
+    "liver cirrhosis": "K74.60",
+    "Parkinson's disease": "G20.A1",
+    "myocardial infarction": "I21.9",
+    "dyslipidemia": "E78.5",
+    "gout": "M10.9",
+    "diabetes": "E11.9",
+    "breast cancer": "C50.919",
+    "colon cancer": "C18.9",
+    "Alzheimer's disease": "G30.9",
+    "right colon cancer": "C18.9",
+    "chest pain": "R07.9",
+    "shortness of breath": "R06.02",
+    "productive cough": "R05.9",
+    "vomiting": "R11.10",
+    "headache": "R51.9",
+    "fatigue": "R53.83",
+    "dizziness": "R42",
+    "palpitations": "R00.2",
+    "abdominal pain": "R10.9",
+    "leg swelling": "R60.0",
+    "diarrhea": "R19.7",
+    "syncope": "R55",
+    "dysuria": "R30.0",
+    "weight loss": "R63.4",
+    "chills": "R68.83",
+    "hematuria": "R31.9",
+    "loss of appetite": "R63.0",
+    "epigastric pain": "R10.13",
+    "tingling": "R20.2",
+    "unsteady gait": "R26.81",
+    "fever": "R50.9",
+    "pain": "R52",
+}
+
+_BY_FOLD = {text.casefold(): code for text, code in PLANTED.items()}
+
+
+def planted_codes(text: str, label: str) -> tuple[tuple[str, str], ...] | None:
+    """The (system, code) pairs of an entity as written: None for labels the subset does not
+    code, () for a disorder or symptom outside the subset."""
+    if label not in CODED_LABELS:
+        return None
+    code = _BY_FOLD.get(text.casefold())  # a sentence may capitalise its first word
+    return () if code is None else ((ICD10CM, code),)
