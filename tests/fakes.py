@@ -136,6 +136,9 @@ class FakeEngine:
         self.unloaded.append(adapter.key)
         self.events.append(f"unload:{adapter.key}")
 
+    def tokenizer(self) -> Any | None:
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"engine": "fake"}
 

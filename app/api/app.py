@@ -22,6 +22,7 @@ from app.api.tasks import task_router
 from app.api.ui import ui_router
 from app.problems import PAYLOAD_TOO_LARGE, Problem
 from app.tasks.calls import endpoints
+from app.tasks.protocol import json_only
 from app.tasks.service import Service
 
 
@@ -117,14 +118,14 @@ def create_app(service: Service, auth: Authenticator, extensions: Sequence[Exten
 
 
 def task_endpoints(service: Service) -> list[TaskEndpoint]:
-    """Each task route with the tasks of its type that this deployment serves."""
-    return [
-        TaskEndpoint(
-            path=f"/v1/{kind.endpoint}",
-            request_component=kind.request_model.__name__,
-            items_field=kind.items_field,
-            input_fields=kind.input_fields,
-            tasks=tuple(sorted(name for name, task in service.tasks.items() if task.kind is kind)),
-        )
-        for kind in endpoints().values()
-    ]
+    """Each task route with the tasks of its type that this deployment serves (and the review
+    route that runs it, whose body is the JSON-only variant when the type answers FHIR too)."""
+    found = []
+    for kind in endpoints().values():
+        tasks = tuple(sorted(name for name, task in service.tasks.items() if task.kind is kind))
+        routes = {f"/v1/{kind.endpoint}": kind.request_model}
+        if json_only(kind.request_model) is not kind.request_model:
+            routes[f"/v1/reviews/annotate/{kind.endpoint}"] = json_only(kind.request_model)
+        for path, model in routes.items():
+            found.append(TaskEndpoint(path, model.__name__, kind.items_field, kind.input_fields, tasks))
+    return found

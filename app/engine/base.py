@@ -81,3 +81,8 @@ class Engine(Protocol):
     def describe(self) -> dict[str, Any]:
         """What /readyz shows about the engine (e.g. remote replicas and why they are out)."""
         ...
+
+    def tokenizer(self) -> Any | None:
+        """The served model's tokenizer as the started engine holds it (in-process vLLM: the
+        gateway builds prompts with it instead of loading a second copy), or None."""
+        ...

@@ -183,6 +183,10 @@ class VllmEngine:
         except Exception as exc:  # vLLM raises several types for bad adapter files
             raise EngineError(f"engine could not load adapter {adapter.key}: {exc}") from exc
 
+    def tokenizer(self) -> Any | None:
+        # vLLM's copy is thread-safe per call (a pool of copies), as prompt building needs.
+        return self._llm.get_tokenizer() if self._llm is not None else None
+
     def describe(self) -> dict[str, Any]:
         return {"engine": "local", "errored": self._llm is not None and self._llm.errored}
 

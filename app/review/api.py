@@ -28,7 +28,6 @@ from app.api.openapi import problems
 from app.api.tasks import TASK_PROBLEMS, run_request
 from app.problems import (
     BATCH_NOT_FINISHED,
-    INVALID_REQUEST,
     INVALID_REVIEW,
     NOT_FOUND,
     QUOTA_EXCEEDED,
@@ -43,7 +42,7 @@ from app.review.store import NewReview, Review, ReviewStore, StaleVersion
 from app.settings import Settings
 from app.tasks.calls import Abandoned, endpoints
 from app.tasks.grounding import piece_boundaries
-from app.tasks.protocol import FhirChoice, In, TaskRequest
+from app.tasks.protocol import In, TaskRequest, json_only
 from app.tasks.service import Service
 from app.tasks.spec import NAME_PATTERN
 from app.tasks.types.base import BadRecord, TaskType
@@ -375,8 +374,6 @@ class ReviewDesk:
 
     def _add_annotate_route(self, router: APIRouter, kind: TaskType[Any]) -> None:
         async def annotate_for_review(body: TaskRequest, request: Request, caller: CallerDep) -> Any:
-            if isinstance(body, FhirChoice) and body.wants_fhir:
-                raise Problem(INVALID_REQUEST, "review keeps the JSON answer: leave out format (or send json)")
             try:
                 response = await run_request(self.service, kind, body, request, caller)
             except Abandoned:
@@ -387,7 +384,8 @@ class ReviewDesk:
             views = await asyncio.to_thread(lambda: [self._view(r) for r in stored])
             return ReviewsCreated(queue=queue, data=views)
 
-        annotate_for_review.__annotations__ = {**annotate_for_review.__annotations__, "body": kind.request_model}
+        body_model = json_only(kind.request_model)
+        annotate_for_review.__annotations__ = {**annotate_for_review.__annotations__, "body": body_model}
         router.add_api_route(
             f"/v1/reviews/annotate/{kind.endpoint}",
             annotate_for_review,

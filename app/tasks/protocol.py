@@ -6,9 +6,10 @@ parts; the HTTP layer turns every registered type into one route.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from app.tasks.adapters import AdapterChoice
 from app.tasks.spec import NAME_PATTERN, VERSION_PATTERN
@@ -91,6 +92,19 @@ class FhirChoice(In):
     @property
     def wants_fhir(self) -> bool:
         return self.format == "fhir"
+
+
+@functools.cache
+def json_only(model: type[TaskRequest]) -> type[TaskRequest]:
+    """A task's request model for routes that keep the JSON answer (review): `format` takes
+    only "json", and the schema says so. One class per model: it names an OpenAPI component."""
+    if not issubclass(model, FhirChoice):
+        return model
+    return create_model(
+        f"{model.__name__}ForReview",
+        __base__=model,
+        format=(Literal["json"], Field("json", description="Review keeps the JSON answer.")),
+    )
 
 
 class ModelInfo(BaseModel):

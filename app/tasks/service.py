@@ -161,10 +161,17 @@ class Service:
         return candidate if candidate.is_absolute() else self.model.adapters_root / candidate
 
     async def start(self) -> None:
-        """Load the tokenizer, start the engine, then load and bind every task's adapter."""
+        """Start the engine and take its tokenizer (or load the model's), then load and bind
+        every task's adapter."""
+        await self.engine.start()
         if self.runner.renderer is None:
-            # Reading a 150k-token tokenizer takes seconds: never on the event loop.
-            self.runner.renderer = await asyncio.to_thread(load_renderer, self.model.path)
+            # The 150k-token tokenizer is read once: the in-process engine's copy when there is
+            # one, else from the model folder (seconds: never on the event loop).
+            tokenizer = self.engine.tokenizer()
+            if tokenizer is not None:
+                self.runner.renderer = PromptRenderer(tokenizer)
+            else:
+                self.runner.renderer = await asyncio.to_thread(load_renderer, self.model.path)
         for task in self.tasks.values():
             fits, needed = self.runner.full_chunk_fits(task)
             if not fits:
@@ -173,7 +180,6 @@ class Service:
                     "task chunks exceed the context; they will be split smaller",
                     extra={"task": task.name, "tokens_needed": needed, "max_model_len": self.settings.max_model_len},
                 )
-        await self.engine.start()
         for task in self.tasks.values():
             ref = task.manifest.adapter
             while True:

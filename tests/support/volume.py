@@ -224,6 +224,9 @@ class WalkEngine:
     async def unload_adapter(self, adapter: AdapterHandle) -> None:
         return None
 
+    def tokenizer(self) -> Any | None:
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"engine": "random walk over the llguidance mask"}
 

@@ -119,6 +119,9 @@ class RemoteEngine:
     def failure(self) -> str | None:
         return None  # replicas come and go; the gateway itself never needs a restart for them
 
+    def tokenizer(self) -> Any | None:
+        return None  # the servers' tokenizers live in their processes: the gateway loads its own
+
     def describe(self) -> dict[str, Any]:
         """For /readyz: every replica and why it is out of rotation."""
         return {
