@@ -62,7 +62,8 @@ def score(rows: list[dict[str, Any]], answers: list[dict[str, Any]]) -> dict[str
         for gold in row["spans"]:
             planted[gold["label"]] += 1
             found[gold["label"]] += all(k in covered for k in range(gold["start"], gold["end"]))
-            leaked[gold["label"]] += gold["text"] in answer["deidentified"]
+            # An age is a two-digit number that other numbers of the note can repeat: not a leak test.
+            leaked[gold["label"]] += gold["label"] != "AGE" and gold["text"] in answer["deidentified"]
     fixed = [label for label in planted if label in FIXED_SHAPE_LABELS]
     return {
         "notes": len(rows),
