@@ -125,7 +125,7 @@ def _demo_build(args: argparse.Namespace) -> int:
         if args.only not in tasks:
             print(f"medlora demo build: no task {args.only!r} (tasks: {sorted(tasks)})", file=sys.stderr)
             return 2
-        record = add_demo_adapter(out, tasks[args.only], recipe)
+        record = add_demo_adapter(out, tasks[args.only], recipe, measure_records=0 if args.no_measure else None)
         print(json.dumps({"out": str(out), "task": args.only, "seconds": record["timings"][f"{args.only}_s"]}))
         return 0
     record = build_demo(out, tasks, recipe, measure_records=0 if args.no_measure else None)

@@ -321,7 +321,9 @@ def build_demo(
     return record
 
 
-def add_demo_adapter(demo_dir: Path, task: Task, recipe: DemoRecipe | None = None) -> dict[str, Any]:
+def add_demo_adapter(
+    demo_dir: Path, task: Task, recipe: DemoRecipe | None = None, *, measure_records: int | None = None
+) -> dict[str, Any]:
     """Train one task's adapter on the demo's existing base (the recipe's data, seed, epochs and
     rate for that task) and add it to the demo and its recipe.json, keeping the base and every
     other adapter: a task added after the demo was built, without the hour a rebuild takes.
@@ -351,6 +353,18 @@ def add_demo_adapter(demo_dir: Path, task: Task, recipe: DemoRecipe | None = Non
         "max_steps": recipe.max_steps,
         "seconds": seconds,
     }
+    (demo_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    n = recipe.test_records if measure_records is None else measure_records
+    return measure_added(demo_dir, task, n) if n else record
+
+
+def measure_added(demo_dir: Path, task: Task, n: int) -> dict[str, Any]:
+    """The held-out figures of one task's demo adapter (as build_demo measures every task's),
+    recorded beside the others in recipe.json."""
+    figures = asyncio.run(measure(demo_dir, {task.name: task}, n))
+    record = shipped_recipe(demo_dir)
+    assert record is not None
+    record.setdefault("figures", {"tasks": {}})["tasks"][task.name] = figures["tasks"][task.name]
     (demo_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
