@@ -493,8 +493,8 @@ async def _run(args: argparse.Namespace, summary: Summary) -> Summary:
     tty = sys.stderr.isatty()
 
     async def run_with(backend: Backend, kind: TaskType[Any]) -> Summary:
-        if args.deid and kind.name != "deid":
-            raise AnnotateError(f"--deid needs a deid task; {args.task!r} is a {kind.name} task")
+        if args.deid and "replace" not in kind.request_model.model_fields:
+            raise AnnotateError(f"--deid needs a task that de-identifies; {args.task!r} does not")
         return await annotate(
             lambda: read_input(args.input, kind.input_fields, columns),
             backend,

@@ -163,15 +163,16 @@ class DeidType(NerType):
         documents = []
         replace: Literal["mask", "surrogate"] = "mask"
         for item, result in zip(items, results, strict=True):
-            assert isinstance(item, DeidInput)
-            replace = item.replace
-            text, replacements = deidentify(item.source, result.entities, item.replace)
+            # An item read by another path (evaluation, review) is answered with the defaults.
+            options = item if isinstance(item, DeidInput) else DeidInput(item.id, item.payload, item.source_field)
+            replace = options.replace
+            text, replacements = deidentify(item.source, result.entities, replace)
             mapping = (
                 [
                     MappingOut(start=r.start, end=r.end, text=r.text, original=r.original, label=r.label)
                     for r in replacements
                 ]
-                if item.return_mapping
+                if options.return_mapping
                 else None
             )
             documents.append(
