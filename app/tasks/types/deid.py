@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.tasks.entities import check_entities, ner_scores, parse_gold_entities
+from app.tasks.entities import check_entities, entity_calibration_pairs, ner_scores, parse_gold_entities
 from app.tasks.gold import list_field, string_field
 from app.tasks.grounding import Span
 from app.tasks.phi_detectors import DETECTOR_LABELS, FIXED_SHAPE_LABELS, detect_phi, resolve_overlaps
 from app.tasks.protocol import DocumentsRequest, ModelInfo, SpansResponse
-from app.tasks.scoring import PRF
+from app.tasks.scoring import PRF, calibration
 from app.tasks.surrogates import deidentify
 from app.tasks.types.base import NoteWorld, Tally, Task, TaskInput, keep_confident, register
 from app.tasks.types.ner import NerResult, NerType
@@ -220,6 +220,7 @@ class DeidType(NerType):
                 label: round(prf.precision, 4) for label, prf in scores.per_label_lenient.items()
             },
             "fixed_shape_recall": round(PRF.from_counts(tp, 0, fn).recall, 4),
+            "calibration": calibration(entity_calibration_pairs(gold_entities, predicted)),
         }
 
     def synthesize(self, task: Task, world: NoteWorld, n: int, seed: int) -> list[dict[str, Any]]:
