@@ -103,7 +103,7 @@ def _demo_build(args: argparse.Namespace) -> int:
     from app.logs import configure_logging
     from app.settings import DEMO_DIR
     from app.tasks.manifests import load_tasks
-    from app.training.demo import DemoRecipe, build_demo
+    from app.training.demo import DemoRecipe, add_demo_adapter, build_demo
 
     settings = Settings()
     configure_logging(settings.log_level)
@@ -121,6 +121,13 @@ def _demo_build(args: argparse.Namespace) -> int:
         )
     tasks = load_tasks(settings.tasks_dir, settings.schemas_dir)
     out = args.out or DEMO_DIR
+    if args.only:
+        if args.only not in tasks:
+            print(f"medlora demo build: no task {args.only!r} (tasks: {sorted(tasks)})", file=sys.stderr)
+            return 2
+        record = add_demo_adapter(out, tasks[args.only], recipe, measure_records=0 if args.no_measure else None)
+        print(json.dumps({"out": str(out), "task": args.only, "seconds": record["timings"][f"{args.only}_s"]}))
+        return 0
     record = build_demo(out, tasks, recipe, measure_records=0 if args.no_measure else None)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("recipe_version", "build_seconds")}}))
     return 0
@@ -152,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_build.add_argument("--out", type=Path, help="Output folder (default: the package's shipped demo).")
     demo_build.add_argument("--quick", action="store_true", help="A few steps on a few notes (pipeline check).")
     demo_build.add_argument("--no-measure", action="store_true", help="Skip the held-out evaluation.")
+    demo_build.add_argument(
+        "--only", metavar="TASK", help="Train just this task's adapter on the demo's existing base and add it."
+    )
 
     from app.training.train import add_train_arguments, train_main
 

@@ -41,6 +41,7 @@ SHIPPED_TASKS = (
     "re-it-medication",
     "re-en-medication",
     "crf-it-dyspnea",
+    "deid-clinical",
 )
 
 

@@ -52,6 +52,7 @@ def run(
     shard: an.Shard = an.ALL,
     concurrency: int = 8,
     backend: an.Backend | None = None,
+    deid: an.Deid | None = None,
 ) -> an.Summary:
     kind = service.tasks[task].kind
     errors = an.default_errors_path(output)
@@ -70,6 +71,7 @@ def run(
                 summary=summary,
                 concurrency=concurrency,
                 shard=shard,
+                deid=deid,
             )
         finally:
             await service.stop()
@@ -452,3 +454,28 @@ def test_a_record_that_is_not_valid_unicode_is_still_journaled_as_a_valid_json_l
         journal.append({"id": "y"})
     path.read_bytes().decode("utf-8")
     assert recover(path) == [{"id": "x\udce8", "text": "è"}, {"id": "y"}]
+
+
+def test_deid_archive_holds_only_ids_and_masked_text_and_resumes(
+    make_fake_service: FakeServiceFactory, tmp_path: Path
+) -> None:
+    def name_first(request: GenerationRequest) -> str:
+        return json.dumps({"entities": [[last_input(request).split()[0], "NAME"]]})
+
+    service, _ = make_fake_service(name_first)
+    rows = [
+        json.dumps({"id": f"p{i}", "text": f"Rossi{i} nato il 0{i + 1}/03/1950, CF RSSMRA85T10A562S."})
+        for i in range(4)
+    ]
+    src = write_lines(tmp_path / "in.jsonl", rows[:2])
+    out = tmp_path / "deid.jsonl"
+    run(service, src, out, task="deid-clinical", deid=an.Deid("mask"))
+    src = write_lines(tmp_path / "in.jsonl", rows)
+    summary = run(service, src, out, task="deid-clinical", deid=an.Deid("mask"))
+    assert (summary.already_done, summary.annotated) == (2, 2)  # resumed: the first two not sent again
+    lines = list(recover(out))
+    assert sorted(line["id"] for line in lines) == ["p0", "p1", "p2", "p3"]
+    for line in lines:
+        assert set(line) == {"id", "text"}
+        assert line["text"] == "[NAME] nato il [DATE], CF [CODICE_FISCALE]."
+    assert "Rossi" not in out.read_text()

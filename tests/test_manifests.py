@@ -27,7 +27,7 @@ def edit(path: Path, change: dict[str, object]) -> None:
 
 def test_shipped_manifests_load() -> None:
     tasks = load_tasks(TASKS_DIR, SCHEMAS_DIR)
-    assert {t.type for t in tasks.values()} == {"ner", "qa", "classification", "relations", "form"}
+    assert {t.type for t in tasks.values()} == {"ner", "qa", "classification", "relations", "form", "deid"}
     assert {lang for t in tasks.values() for lang in t.manifest.languages} == {"it", "en"}
 
 
@@ -37,7 +37,7 @@ def test_shipped_manifests_load() -> None:
         (
             {"type": "relation"},
             "ner-it-clinical.yaml: type: unknown task type 'relation' "
-            "(known: classification, form, ner, qa, relations)",
+            "(known: classification, deid, form, ner, qa, relations)",
         ),
         ({"labels": [{"name": "DRUG"}]}, "ner-it-clinical.yaml: labels: must equal the schema's"),
         ({"schema": "missing.json"}, "ner-it-clinical.yaml: schema: cannot load"),

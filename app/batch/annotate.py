@@ -46,6 +46,7 @@ from app.tasks.manifests import ManifestError, load_tasks
 from app.tasks.service import Service, build_service, settings_for
 from app.tasks.types import task_type
 from app.tasks.types.base import TaskType
+from app.tasks.types.deid import DEFAULT_TASK as DEFAULT_DEID_TASK
 
 _ID_MAX = 256
 Fields = tuple[str, ...]  # a task type's input fields, the note first
@@ -221,16 +222,28 @@ class LineFailed(Exception):
 Backend = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]  # (endpoint, body, request id)
 
 
-def request_body(task: str, kind: TaskType[Any], record: InputRecord) -> dict[str, Any]:
+def request_body(task: str, kind: TaskType[Any], record: InputRecord, options: Deid | None = None) -> dict[str, Any]:
     assert record.payload is not None and record.id is not None
-    return {"task": task, kind.items_field: [{"id": record.id, **record.payload}]}
+    body = {"task": task, kind.items_field: [{"id": record.id, **record.payload}]}
+    return body if options is None else {**body, "replace": options.replace}
 
 
-def output_line(kind: TaskType[Any], response: dict[str, Any]) -> dict[str, Any]:
-    """One annotated note: the API's per-item object plus the model that produced it."""
+def output_line(kind: TaskType[Any], response: dict[str, Any], options: Deid | None = None) -> dict[str, Any]:
+    """One annotated note: the API's per-item object plus the model that produced it; with
+    --deid, the note as it may leave: its id and de-identified text, nothing else (the spans
+    hold the identifiers themselves)."""
     item = dict(response[kind.items_field][0])
+    if options is not None:
+        return {"id": item["id"], "text": item["deidentified"]}
     item["model"] = response["model"]
     return item
+
+
+@dataclass(frozen=True)
+class Deid:
+    """`annotate --deid`: write the archive de-identified, masked or with surrogates."""
+
+    replace: str = "mask"
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -321,6 +334,7 @@ async def annotate(
     concurrency: int = 64,
     shard: Shard = ALL,
     tty: bool = False,
+    deid: Deid | None = None,
 ) -> Summary:
     """Annotate every record of the shard not already in `output` or `errors`.
 
@@ -345,11 +359,12 @@ async def annotate(
 
         async def run_one(record: InputRecord) -> None:
             try:
-                response = await backend(endpoint, request_body(task, kind, record), f"annotate-{record.number}")
+                body = request_body(task, kind, record, deid)
+                response = await backend(endpoint, body, f"annotate-{record.number}")
             except LineFailed as exc:
                 fail(record, exc.problem)
             else:
-                out.append(output_line(kind, response))
+                out.append(output_line(kind, response, deid))
                 summary.annotated += 1
             progress.advance(summary.failed)
 
@@ -401,9 +416,17 @@ def default_errors_path(output: Path) -> Path:
 
 # -- command line ------------------------------------------------------------------------
 def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, help="Task name (a manifest in the tasks folder).")
+    parser.add_argument("--task", help="Task name (a manifest in the tasks folder); with --deid, deid-clinical.")
     parser.add_argument("--input", required=True, type=Path, help="JSONL file, CSV file, or folder of .txt notes.")
     parser.add_argument("--output", required=True, type=Path, help="Annotations, one JSON line per note (appended).")
+    parser.add_argument(
+        "--deid",
+        nargs="?",
+        const="mask",
+        choices=("mask", "surrogate"),
+        help="De-identify the archive: each output line is {id, text} with the PHI masked (the default) or "
+        "replaced by surrogates, and nothing else; --task defaults to the shipped deid task.",
+    )
     parser.add_argument("--errors", type=Path, help="Rejected lines with reasons (default: OUTPUT.errors.jsonl).")
     parser.add_argument(
         "--url", help="A running medlora service (default: an in-process engine); its key in MEDLORA_API_KEY."
@@ -470,6 +493,8 @@ async def _run(args: argparse.Namespace, summary: Summary) -> Summary:
     tty = sys.stderr.isatty()
 
     async def run_with(backend: Backend, kind: TaskType[Any]) -> Summary:
+        if args.deid and "replace" not in kind.request_model.model_fields:
+            raise AnnotateError(f"--deid needs a task that de-identifies; {args.task!r} does not")
         return await annotate(
             lambda: read_input(args.input, kind.input_fields, columns),
             backend,
@@ -481,6 +506,7 @@ async def _run(args: argparse.Namespace, summary: Summary) -> Summary:
             concurrency=args.concurrency,
             shard=shard,
             tty=tty,
+            deid=Deid(args.deid) if args.deid else None,
         )
 
     if args.url:
@@ -519,6 +545,11 @@ async def _run(args: argparse.Namespace, summary: Summary) -> Summary:
 
 def annotate_main(args: argparse.Namespace) -> int:
     """0: every record of the shard is in the output or errors file; 2: the run stopped early."""
+    if args.task is None:
+        if not args.deid:
+            print("medlora annotate: --task is required (or --deid)", file=sys.stderr)
+            return 2
+        args.task = DEFAULT_DEID_TASK
     errors = args.errors or default_errors_path(args.output)
     summary = Summary(task=args.task, input=str(args.input), output=str(args.output), errors=str(errors))
     try:

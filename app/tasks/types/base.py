@@ -196,6 +196,14 @@ class FormNote:
     values: Mapping[str, FormValue]
 
 
+@dataclass(frozen=True)
+class PhiNote:
+    """An invented note with the identifiers (invented too) planted in it, at known offsets."""
+
+    text: str
+    spans: tuple[NoteSpan, ...]  # in document order, labelled with the deid task's PHI labels
+
+
 class NoteWorld(Protocol):
     """A synthetic note generator for one language (app/training/synthetic)."""
 
@@ -214,6 +222,10 @@ class NoteWorld(Protocol):
 
     def compose_form(self, rng: random.Random, form: str) -> FormNote:
         """A note filling the form named `form`; ValueError if this world cannot write one."""
+        ...
+
+    def compose_phi(self, rng: random.Random) -> PhiNote:
+        """A note with names, dates, codes and contacts planted in it (de-identification)."""
         ...
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -34,7 +34,7 @@ from app.tasks.fhir import FhirNote, entity_resources
 from app.tasks.gold import list_field, string_field
 from app.tasks.grounding import Span, sorted_spans
 from app.tasks.normalization import NfcText, remap_spans
-from app.tasks.protocol import DocumentsRequest, FhirChoice, ModelInfo, SpansResponse
+from app.tasks.protocol import DocumentsRequest, FhirChoice, ModelInfo, SpansResponse, TaskRequest
 from app.tasks.scoring import calibration
 from app.tasks.types.base import (
     Answer,
@@ -92,10 +92,11 @@ class NerType(TaskType[NerResult]):
     name = "ner"
     endpoint = "ner"
     summary = "Named entities with exact character offsets, labels and assertion attributes."
-    request_model = NerRequest
-    response_model = NerResponse
-    headline = ("strict.f1", "lenient.f1")
-    manifest_sections = frozenset({"terminologies", "fhir"})
+    # Typed as the interface's, so that a type built on NER (deid) declares its own.
+    request_model: ClassVar[type[TaskRequest]] = NerRequest
+    response_model: ClassVar[type[BaseModel]] = NerResponse
+    headline: ClassVar[tuple[str, ...]] = ("strict.f1", "lenient.f1")
+    manifest_sections: ClassVar[frozenset[str]] = frozenset({"terminologies", "fhir"})
 
     # -- manifest ------------------------------------------------------------------------
     def check(self, task: Task) -> str | None:
@@ -132,7 +133,7 @@ class NerType(TaskType[NerResult]):
         tally.returned = len(entities)
         return NerResult(entities, result.limit_reached)
 
-    def respond(self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[NerResult]) -> NerResponse:
+    def respond(self, task: Task, model: ModelInfo, items: list[TaskInput], results: list[NerResult]) -> BaseModel:
         return NerResponse(
             task=task.name,
             model=model,

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from app.tasks.types.base import FormNote, RelationNote, SyntheticNote, Task
+from app.tasks.types.base import FormNote, PhiNote, RelationNote, SyntheticNote, Task
 from app.training.synthetic.dyspnea import compose_dyspnea_note
 from app.training.synthetic.medication import compose_medication_note
 from app.training.synthetic.notes import compose_note
+from app.training.synthetic.phi import compose_phi_note
 from app.training.synthetic.vocab import NOTE_TYPES, QUESTIONS, VOCABS, Vocab
 
 
@@ -45,6 +46,9 @@ class World:
             known = sorted(name for lang, name in _FORM_WRITERS if lang == self.language)
             raise ValueError(f"no synthetic {form!r} notes in {self.language!r} (forms: {known})")
         return writer(rng)
+
+    def compose_phi(self, rng: random.Random) -> PhiNote:
+        return compose_phi_note(self.language, rng)
 
     def question_keys(self) -> list[str]:
         """Every fact a question can ask about (answered in some notes, absent from others)."""
@@ -84,8 +88,18 @@ def world_for(language: str) -> World:
 
 
 def examples_for_task(task: Task, n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` invented annotated records for `task`, in its language (the manifest's first)."""
-    return task.kind.synthesize(task, world_for(task.manifest.languages[0]), n, seed)
+    """`n` invented annotated records for `task`, in its language; a task of several languages
+    (deid) gets its records shared out among them in turn, each language with its own seed."""
+    languages = task.manifest.languages
+    if len(languages) == 1:
+        return task.kind.synthesize(task, world_for(languages[0]), n, seed)
+    per_language = [
+        task.kind.synthesize(task, world_for(lang), len(range(k, n, len(languages))), seed + k)
+        for k, lang in enumerate(languages)
+    ]
+    return [row for rows in zip(*per_language, strict=False) for row in rows] + [
+        row for rows in per_language for row in rows[min(map(len, per_language)) :]
+    ]
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
