@@ -71,8 +71,8 @@ class Settings(BaseSettings):
         description=(
             "Draft tokens per step of n-gram (prompt-lookup) speculative decoding: answers copy the note, and "
             "copies are what the note's own n-grams predict. 0 turns it off. Unset: on (4) on CUDA, where a "
-            "step is memory-bound and fewer steps is faster; off on CPU, where verifying drafts costs as much "
-            "compute as decoding them (measured: no wall-time gain). Greedy answers are the same either way."
+            "step is memory-bound and fewer steps is faster; off on CPU (vLLM does not list it as supported there, "
+            "and the gain measured on the tiny demo is small). Greedy answers are the same either way."
         ),
     )
     speculative_lookup_min: int = Field(2, ge=1, description="Shortest n-gram of the answer looked up in the prompt.")

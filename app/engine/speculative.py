@@ -26,7 +26,7 @@ def has_cuda() -> bool:
 
 def speculative_tokens(settings: Settings, *, cuda: bool) -> int:
     """Draft tokens per step: the setting, or when unset the engine kind's default (off on CPU,
-    where verifying K drafts costs the compute of decoding them)."""
+    where vLLM does not list speculation as supported and the demo gained little; README)."""
     if settings.speculative_tokens is not None:
         return settings.speculative_tokens
     return CUDA_DEFAULT_TOKENS if cuda else 0
