@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -65,6 +65,26 @@ class Settings(BaseSettings):
     max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")
     gpu_memory_utilization: float = Field(0.85, description="vLLM GPU memory share (GPU only).")
     cpu_kvcache_gib: int = Field(1, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    speculative_tokens: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Draft tokens per step of n-gram (prompt-lookup) speculative decoding: answers copy the note, and "
+            "copies are what the note's own n-grams predict. 0 turns it off. Unset: on (4) on CUDA, where a "
+            "step is memory-bound and fewer steps is faster; off on CPU (vLLM does not list it as supported there, "
+            "and the gain measured on the tiny demo is small). Greedy answers are the same either way."
+        ),
+    )
+    speculative_lookup_min: int = Field(2, ge=1, description="Shortest n-gram of the answer looked up in the prompt.")
+    speculative_lookup_max: int = Field(5, ge=1, description="Longest n-gram of the answer looked up in the prompt.")
+    speculative_tokens_by_batch_size: Annotated[list[tuple[int, int, int]], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Caps draft tokens by the engine's batch size, as 'first-last:tokens,...' (e.g. '1-128:4,129-1024:1'; "
+            "the first range starts at 1): with speculation on, vLLM fills grammar masks serially, (1 + tokens) "
+            "per request per step. Unset: the same number at every batch size."
+        ),
+    )
     structured_outputs_backend: Literal["guidance"] = Field(
         "guidance",
         description="Constrained-decoding backend; llguidance is required for grounded spans.",
@@ -199,6 +219,35 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
         return value
+
+    @field_validator("speculative_tokens_by_batch_size", mode="before")
+    @classmethod
+    def _split_batch_schedule(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        schedule: list[tuple[str, str, str]] = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            sizes, sep, tokens = part.partition(":")
+            first, dash, last = sizes.partition("-")
+            if not (sep and dash):
+                raise ValueError(f"expected 'first-last:tokens', got {part!r}")
+            schedule.append((first.strip(), last.strip(), tokens.strip()))
+        return schedule
+
+    @model_validator(mode="after")
+    def _speculation_fits(self) -> Settings:
+        if self.speculative_lookup_min > self.speculative_lookup_max:
+            raise ValueError("speculative_lookup_min must not exceed speculative_lookup_max")
+        # vLLM's own rules for the schedule, checked here so that a bad value fails before the engine loads.
+        end = 0
+        for first, last, tokens in sorted(self.speculative_tokens_by_batch_size):
+            starts_right = first == 1 if end == 0 else first > end
+            if not starts_right or last < first or tokens < 0:
+                raise ValueError(
+                    "speculative_tokens_by_batch_size: ranges must start at 1, not overlap, and have tokens >= 0"
+                )
+            end = last
+        return self
 
     @field_validator("key_admission_limits", mode="before")
     @classmethod

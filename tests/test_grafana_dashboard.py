@@ -248,6 +248,8 @@ def test_dashboard_covers_every_requested_metric(dashboard: dict[str, Any]) -> N
         "medlora_items_total",
         "medlora_prompt_tokens_total",
         "medlora_completion_tokens_total",
+        "medlora_draft_tokens_total",
+        "medlora_accepted_draft_tokens_total",
         "medlora_generations_total",
         "medlora_invalid_outputs_total",
         "medlora_spans_returned_total",

@@ -164,6 +164,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 ],
             },
             "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+            "vllm": {"speculativeTokensByBatchSize": "1-128:4,129-512:1"},
             "engine": {
                 "replicas": 2,
                 "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"},
@@ -306,6 +307,10 @@ def test_combined_runs_the_engine_in_the_gateway_pods_with_a_gpu_each() -> None:
     limits = ("MEDLORA_MAX_MODEL_LEN", "MEDLORA_MAX_LORAS", "MEDLORA_MAX_CPU_LORAS", "MEDLORA_MAX_LORA_RANK")
     assert [env[k] for k in limits] == ["16384", "4", "16", "16"]
     assert env["MEDLORA_GPU_MEMORY_UTILIZATION"] == "0.85"
+    # The chart runs on GPUs: n-gram speculation on, with the lookup sizes beside it.
+    speculative = ("MEDLORA_SPECULATIVE_TOKENS", "MEDLORA_SPECULATIVE_LOOKUP_MIN", "MEDLORA_SPECULATIVE_LOOKUP_MAX")
+    assert [env[k] for k in speculative] == ["4", "2", "5"]
+    assert "MEDLORA_SPECULATIVE_TOKENS_BY_BATCH_SIZE" not in env
     for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS"):
         assert env[offline] == "1"
     assert mounts_of(gateway)["dshm"]["mountPath"] == "/dev/shm"
@@ -351,13 +356,20 @@ def test_engine_serves_loras_with_priorities_and_guidance_grammars() -> None:
     assert flags["--max-model-len"] == "16384" and flags["--gpu-memory-utilization"] == "0.85"
     assert flags["--scheduling-policy"] == "priority"
     assert yaml.safe_load(flags["--structured-outputs-config"]) == {"backend": "guidance"}
+    assert yaml.safe_load(flags["--speculative-config"]) == {
+        "method": "ngram_gpu",
+        "num_speculative_tokens": 4,
+        "prompt_lookup_min": 2,
+        "prompt_lookup_max": 5,
+    }
+    assert flags["--per-request-spec-decode-metrics"] == "summary"
     assert flags["--port"] == "8000"
     # Every flag the gateway relies on, with the values the gateway itself is given.
     gateway_env = {e["name"]: e.get("value") for e in container(objects, GATEWAY)["env"]}
     settings = Settings(
         **{k[len("MEDLORA_") :].lower(): v for k, v in gateway_env.items() if k.startswith("MEDLORA_") and v}
     )
-    needed = vllm_server_args(settings)
+    needed = vllm_server_args(settings, cuda=True)  # engine pods run on GPUs
     for i, arg in enumerate(needed):
         if arg.startswith("--"):
             value = needed[i + 1] if i + 1 < len(needed) and not needed[i + 1].startswith("--") else None
@@ -382,7 +394,9 @@ assert importlib.util.find_spec(sys.argv[1]), sys.argv[1]
 args = make_arg_parser(FlexibleArgumentParser()).parse_args(sys.argv[2:])
 validate_parsed_serve_args(args)
 print(json.dumps({"backend": args.structured_outputs_config.backend, "policy": args.scheduling_policy,
-                  "lora": args.enable_lora, "rank": args.max_lora_rank, "model": args.model}))
+                  "lora": args.enable_lora, "rank": args.max_lora_rank, "model": args.model,
+                  "speculative": args.speculative_config,
+                  "spec_metrics": args.per_request_spec_decode_metrics}))
 """
 
 
@@ -407,7 +421,30 @@ def test_engine_command_line_parses_with_the_installed_vllm_server_parser() -> N
         "lora": True,
         "rank": 16,
         "model": "/models/Qwen3-1.7B",
+        "speculative": {
+            "method": "ngram_gpu",
+            "num_speculative_tokens": 4,
+            "prompt_lookup_min": 2,
+            "prompt_lookup_max": 5,
+            "num_speculative_tokens_per_batch_size": [[1, 128, 4], [129, 512, 1]],
+        },
+        "spec_metrics": "summary",
     }
+
+
+def test_speculation_off_passes_no_draft_flags_and_a_batch_cap_reaches_gateway_and_engine() -> None:
+    off = render(merged(SCENARIOS["split-defaults"], {"vllm": {"speculativeTokens": 0}}))
+    assert "--speculative-config" not in container(off, ENGINE)["args"]
+    assert env_of(container(off, GATEWAY))["MEDLORA_SPECULATIVE_TOKENS"] == "0"
+    capped = rendered("split-full")
+    gateway_env = env_of(container(capped, GATEWAY))
+    settings = Settings(speculative_tokens_by_batch_size=gateway_env["MEDLORA_SPECULATIVE_TOKENS_BY_BATCH_SIZE"])
+    args = container(capped, ENGINE)["args"]
+    config = json.loads(args[args.index("--speculative-config") + 1])
+    schedule = [list(r) for r in settings.speculative_tokens_by_batch_size]
+    assert config["num_speculative_tokens_per_batch_size"] == schedule == [[1, 128, 4], [129, 512, 1]]
+    malformed = merged(SCENARIOS["split-defaults"], {"vllm": {"speculativeTokensByBatchSize": "128:4"}})
+    assert "does not match" in render_error(malformed)
 
 
 @pytest.mark.parametrize("scenario", ["split-defaults", "split-full", "split-init-container-batch-pvc"])

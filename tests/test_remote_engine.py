@@ -51,6 +51,7 @@ class FakeReplica:
     unloads: list[str] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     answer: str | None = None  # completion text (default: names the replica)
+    drafts: dict[str, Any] | None = None  # metrics.speculative_decoding, as a speculating server answers
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
@@ -95,10 +96,13 @@ class FakeReplica:
             # FakeTokenizer has it), ids spelled out.
             tokens = [f"token_id:{b}" for b in text.encode()]
             choice["logprobs"] = {"tokens": tokens, "token_logprobs": [-0.25] + [0.0] * (len(tokens) - 1)}
-        return httpx.Response(
-            200,
-            json={"choices": [choice], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 5}},
-        )
+        answer: dict[str, Any] = {
+            "choices": [choice],
+            "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 5},
+        }
+        if self.drafts is not None:
+            answer["metrics"] = {"speculative_decoding": self.drafts}
+        return httpx.Response(200, json=answer)
 
 
 class FakeCluster:
@@ -174,6 +178,31 @@ def test_log_probabilities_are_asked_for_as_token_ids_and_read_back() -> None:
         assert with_logprobs["logprobs"] == 0 and with_logprobs["return_tokens_as_token_ids"] is True
         assert scored.token_ids == tuple(b'{"from":"a"}')
         assert scored.token_logprobs == (-0.25, *[0.0] * (len(scored.token_ids) - 1))
+
+    run(scenario)
+
+
+def test_a_speculating_servers_drafted_and_accepted_tokens_are_read_back() -> None:
+    cluster = FakeCluster("a")
+
+    async def scenario() -> None:
+        engine, _ = make_engine(cluster)
+        await engine.start()
+        plain = await engine.generate(request(adapter=None))
+        # vLLM's per-request figures (--per-request-spec-decode-metrics summary), as it answers them.
+        cluster.replicas["a"].drafts = {
+            "mean_acceptance_length": 2.5,
+            "draft_acceptance_rate": 0.75,
+            "acceptance_histogram": [0, 0, 1, 1],
+            "num_spec_steps": 2,
+            "num_accepted_draft_tokens": 5,
+            "num_draft_tokens": 6,
+            "num_spec_tokens": 3,
+        }
+        drafted = await engine.generate(request(adapter=None))
+        await engine.shutdown()
+        assert (plain.draft_tokens, plain.accepted_draft_tokens) == (0, 0)
+        assert (drafted.draft_tokens, drafted.accepted_draft_tokens) == (6, 5)
 
     run(scenario)
 

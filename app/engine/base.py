@@ -42,6 +42,10 @@ class GenerationResult:
     completion_tokens: int
     token_ids: tuple[int, ...] = ()  # the generated tokens, end of sequence included
     token_logprobs: tuple[float, ...] | None = None  # one per token id, when asked for
+    # Speculative decoding: tokens the n-gram proposer drafted for this request, and how many of
+    # them the model accepted (each step decodes one token plus the drafts it accepts).
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
 
 
 class EngineError(RuntimeError):

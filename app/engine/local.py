@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from app.engine.base import AdapterHandle, EngineDead, EngineError, GenerationRequest, GenerationResult
+from app.engine.speculative import has_cuda, speculative_config
 from app.engine.vllm_logs import LOGGING_CONFIG, LOGGING_CONFIG_ENV
 from app.settings import Settings
 
@@ -17,15 +18,6 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger("medlora.engine")
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:  # pragma: no cover - torch ships with vllm
-        return False
 
 
 class VllmEngine:
@@ -64,8 +56,13 @@ class VllmEngine:
             scheduling_policy="priority",
             seed=0,
         )
-        if _has_cuda():
+        cuda = has_cuda()
+        if cuda:
             kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
+        speculative = speculative_config(s, cuda=cuda)
+        if speculative is not None:
+            # Each request's drafted and accepted tokens, for the per-task acceptance metrics.
+            kwargs |= {"speculative_config": speculative, "per_request_spec_decode_metrics": "summary"}
         return AsyncEngineArgs(**kwargs)
 
     async def start(self) -> None:
@@ -164,6 +161,7 @@ class VllmEngine:
             logprobs = tuple(
                 float(step[token].logprob) for token, step in zip(token_ids, completion.logprobs, strict=True)
             )
+        drafts = completion.spec_decode_metrics
         return GenerationResult(
             text=completion.text,
             finish_reason=str(completion.finish_reason),
@@ -171,6 +169,8 @@ class VllmEngine:
             completion_tokens=len(token_ids),
             token_ids=token_ids,
             token_logprobs=logprobs,
+            draft_tokens=drafts.num_draft_tokens if drafts else 0,
+            accepted_draft_tokens=sum(j * n for j, n in enumerate(drafts.histogram)) if drafts else 0,
         )
 
     async def load_adapter(self, adapter: AdapterHandle) -> None:

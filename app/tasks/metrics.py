@@ -35,6 +35,16 @@ class Metrics:
         )
         self.prompt_tokens = Counter("medlora_prompt_tokens", "Prompt tokens sent.", labels, registry=registry)
         self.completion_tokens = Counter("medlora_completion_tokens", "Tokens generated.", labels, registry=registry)
+        # vLLM counts drafts per engine only; these come from each request's own figures.
+        self.draft_tokens = Counter(
+            "medlora_draft_tokens", "Tokens drafted by n-gram speculation.", labels, registry=registry
+        )
+        self.accepted_draft_tokens = Counter(
+            "medlora_accepted_draft_tokens",
+            "Drafted tokens the model accepted (acceptance: accepted / drafted).",
+            labels,
+            registry=registry,
+        )
         self.invalid_outputs = Counter(
             "medlora_invalid_outputs",
             "Generations that did not parse or validate (never returned).",

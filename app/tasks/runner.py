@@ -153,6 +153,9 @@ class TaskRunner:
         self.metrics.generations.labels(*labels, result.finish_reason).inc()
         self.metrics.prompt_tokens.labels(*labels).inc(result.prompt_tokens)
         self.metrics.completion_tokens.labels(*labels).inc(result.completion_tokens)
+        if result.draft_tokens:
+            self.metrics.draft_tokens.labels(*labels).inc(result.draft_tokens)
+            self.metrics.accepted_draft_tokens.labels(*labels).inc(result.accepted_draft_tokens)
         if result.finish_reason != "stop":
             self.metrics.invalid_outputs.labels(*labels, f"finish_{result.finish_reason}").inc()
             raise Problem(

@@ -402,6 +402,10 @@ class RemoteEngine:
             text, finish_reason = choice["text"], choice.get("finish_reason")
             prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
             token_ids, token_logprobs = _token_logprobs(choice.get("logprobs"))
+            # Present when the server speculates (--per-request-spec-decode-metrics, server_args.py).
+            drafts = (body.get("metrics") or {}).get("speculative_decoding") or {}
+            draft_tokens = int(drafts.get("num_draft_tokens", 0))
+            accepted = int(drafts.get("num_accepted_draft_tokens", 0))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise EngineError(f"engine answered an unexpected body: {type(exc).__name__}") from exc
         if finish_reason == "abort":
@@ -416,4 +420,6 @@ class RemoteEngine:
             completion_tokens=completion_tokens,
             token_ids=token_ids,
             token_logprobs=token_logprobs,
+            draft_tokens=draft_tokens,
+            accepted_draft_tokens=accepted,
         )

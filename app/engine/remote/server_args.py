@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 
+from app.engine.speculative import has_cuda, speculative_config
 from app.settings import Settings
 
 
-def vllm_server_args(settings: Settings) -> list[str]:
+def vllm_server_args(settings: Settings, *, cuda: bool | None = None) -> list[str]:
     """The vLLM OpenAI server flags this gateway relies on (the Helm chart passes the same; tested).
 
-    Also needed in the server's environment: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.
+    `cuda`: whether the server runs on CUDA (None: it runs on this machine), which picks the
+    speculative-decoding default. Also needed in the server's environment:
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.
     """
+    speculative = speculative_config(settings, cuda=has_cuda() if cuda is None else cuda)
+    drafts = (
+        ["--speculative-config", json.dumps(speculative), "--per-request-spec-decode-metrics", "summary"]
+        if speculative
+        else []
+    )
     return [
         "--enable-lora",
         "--max-loras", str(settings.max_loras),
@@ -20,4 +29,5 @@ def vllm_server_args(settings: Settings) -> list[str]:
         "--max-model-len", str(settings.max_model_len),
         "--scheduling-policy", "priority",  # batch lines are sent at a lower priority
         "--structured-outputs-config", json.dumps({"backend": settings.structured_outputs_backend}),
+        *drafts,
     ]  # fmt: skip

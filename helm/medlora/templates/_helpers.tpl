@@ -231,3 +231,19 @@ initContainers:
 {{- include "medlora.gatewaySelector" . }}
 {{- end }}
 {{- end }}
+
+{{/* vLLM's speculative_config for the engine pods (GPU: ngram_gpu), as app/engine/speculative.py builds it. */}}
+{{- define "medlora.speculativeConfig" -}}
+{{- $v := .Values.vllm -}}
+{{- $c := dict "method" "ngram_gpu" "num_speculative_tokens" (int $v.speculativeTokens) "prompt_lookup_min" (int $v.speculativeLookupMin) "prompt_lookup_max" (int $v.speculativeLookupMax) -}}
+{{- with $v.speculativeTokensByBatchSize -}}
+{{- $ranges := list -}}
+{{- range splitList "," . -}}
+{{- $parts := splitList ":" . -}}
+{{- $sizes := splitList "-" (first $parts) -}}
+{{- $ranges = append $ranges (list (atoi (first $sizes)) (atoi (last $sizes)) (atoi (last $parts))) -}}
+{{- end -}}
+{{- $_ := set $c "num_speculative_tokens_per_batch_size" $ranges -}}
+{{- end -}}
+{{- toJson $c -}}
+{{- end -}}
