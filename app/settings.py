@@ -65,14 +65,15 @@ class Settings(BaseSettings):
     max_lora_rank: int = Field(16, description="Largest LoRA rank the engine accepts.")
     gpu_memory_utilization: float = Field(0.85, description="vLLM GPU memory share (GPU only).")
     cpu_kvcache_gib: int = Field(1, description="KV cache size in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).")
-    speculative_tokens: int | None = Field(
-        None,
+    speculative_tokens: int = Field(
+        0,
         ge=0,
         description=(
             "Draft tokens per step of n-gram (prompt-lookup) speculative decoding: answers copy the note, and "
-            "copies are what the note's own n-grams predict. 0 turns it off. Unset: on (4) on CUDA, where a "
-            "step is memory-bound and fewer steps is faster; off on CPU (vLLM does not list it as supported there, "
-            "and the gain measured on the tiny demo is small). Greedy answers are the same either way."
+            "copies are what the note's own n-grams predict. 0 (the default on every engine kind) turns it off: "
+            "with it on, vLLM 0.32 fills grammar masks serially, (1 + tokens) per request per step, which makes "
+            "grammar the step's bottleneck above a batch of 2-3 on a GPU (README, Speculative copying). Greedy "
+            "answers are the same either way."
         ),
     )
     speculative_lookup_min: int = Field(2, ge=1, description="Shortest n-gram of the answer looked up in the prompt.")

@@ -24,11 +24,12 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from app.settings import Settings
+from app.settings import DEMO_BASE_NAME, DEMO_DIR, Settings
 from app.tasks.calls import call_json
 from app.tasks.service import Service, build_service
 from app.training.synthetic import examples_for_task
@@ -140,11 +141,13 @@ def main() -> None:
     parser.add_argument("--lookup-min", type=int, default=2)
     parser.add_argument("--lookup-max", type=int, default=5)
     parser.add_argument("--out", help="Also write the report (JSON) here.")
+    parser.add_argument("--demo", type=Path, default=DEMO_DIR, help="base and adapters in the demo's layout")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     lookup = {"speculative_lookup_min": args.lookup_min, "speculative_lookup_max": args.lookup_max}
-    off = asyncio.run(one_setting(Settings(speculative_tokens=0), args.notes, args.rounds))
-    on = asyncio.run(one_setting(Settings(speculative_tokens=args.tokens, **lookup), args.notes, args.rounds))
+    model = {"model": str(args.demo / DEMO_BASE_NAME), "adapters_dir": args.demo / "adapters", "engine": "local"}
+    off = asyncio.run(one_setting(Settings(speculative_tokens=0, **model), args.notes, args.rounds))
+    on = asyncio.run(one_setting(Settings(speculative_tokens=args.tokens, **lookup, **model), args.notes, args.rounds))
     report = {
         "notes_per_request": args.notes,
         "speculative_tokens": args.tokens,

@@ -164,7 +164,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 ],
             },
             "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
-            "vllm": {"speculativeTokensByBatchSize": "1-128:4,129-512:1"},
+            "vllm": {"speculativeTokens": 4, "speculativeTokensByBatchSize": "1-128:4,129-512:1"},
             "engine": {
                 "replicas": 2,
                 "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"},
@@ -307,9 +307,9 @@ def test_combined_runs_the_engine_in_the_gateway_pods_with_a_gpu_each() -> None:
     limits = ("MEDLORA_MAX_MODEL_LEN", "MEDLORA_MAX_LORAS", "MEDLORA_MAX_CPU_LORAS", "MEDLORA_MAX_LORA_RANK")
     assert [env[k] for k in limits] == ["16384", "4", "16", "16"]
     assert env["MEDLORA_GPU_MEMORY_UTILIZATION"] == "0.85"
-    # The chart runs on GPUs: n-gram speculation on, with the lookup sizes beside it.
+    # n-gram speculation off (serial grammar masks outlast a GPU step), its lookup sizes beside it.
     speculative = ("MEDLORA_SPECULATIVE_TOKENS", "MEDLORA_SPECULATIVE_LOOKUP_MIN", "MEDLORA_SPECULATIVE_LOOKUP_MAX")
-    assert [env[k] for k in speculative] == ["4", "2", "5"]
+    assert [env[k] for k in speculative] == ["0", "2", "5"]
     assert "MEDLORA_SPECULATIVE_TOKENS_BY_BATCH_SIZE" not in env
     for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS"):
         assert env[offline] == "1"
@@ -356,13 +356,7 @@ def test_engine_serves_loras_with_priorities_and_guidance_grammars() -> None:
     assert flags["--max-model-len"] == "16384" and flags["--gpu-memory-utilization"] == "0.85"
     assert flags["--scheduling-policy"] == "priority"
     assert yaml.safe_load(flags["--structured-outputs-config"]) == {"backend": "guidance"}
-    assert yaml.safe_load(flags["--speculative-config"]) == {
-        "method": "ngram_gpu",
-        "num_speculative_tokens": 4,
-        "prompt_lookup_min": 2,
-        "prompt_lookup_max": 5,
-    }
-    assert flags["--per-request-spec-decode-metrics"] == "summary"
+    assert "--speculative-config" not in flags and "--per-request-spec-decode-metrics" not in flags  # off
     assert flags["--port"] == "8000"
     # Every flag the gateway relies on, with the values the gateway itself is given.
     gateway_env = {e["name"]: e.get("value") for e in container(objects, GATEWAY)["env"]}
@@ -433,7 +427,7 @@ def test_engine_command_line_parses_with_the_installed_vllm_server_parser() -> N
 
 
 def test_speculation_off_passes_no_draft_flags_and_a_batch_cap_reaches_gateway_and_engine() -> None:
-    off = render(merged(SCENARIOS["split-defaults"], {"vllm": {"speculativeTokens": 0}}))
+    off = rendered("split-defaults")  # off by default
     assert "--speculative-config" not in container(off, ENGINE)["args"]
     assert env_of(container(off, GATEWAY))["MEDLORA_SPECULATIVE_TOKENS"] == "0"
     capped = rendered("split-full")

@@ -21,9 +21,10 @@ def flag(args: list[str], name: str) -> str | None:
     return args[args.index(name) + 1] if name in args else None
 
 
-def test_unset_means_on_for_cuda_and_off_for_cpu() -> None:
-    settings = Settings()
-    assert speculative_config(settings, cuda=False) is None
+def test_off_by_default_on_every_engine_kind_and_the_proposer_follows_the_device() -> None:
+    assert speculative_config(Settings(), cuda=False) is None
+    assert speculative_config(Settings(), cuda=True) is None
+    settings = Settings(speculative_tokens=4)
     assert speculative_config(settings, cuda=True) == {
         "method": "ngram_gpu",
         "num_speculative_tokens": 4,
@@ -39,7 +40,9 @@ def test_an_explicit_setting_wins_over_the_engine_kind() -> None:
 
 
 def test_server_flags_carry_the_config_and_ask_for_per_request_drafts() -> None:
-    args = vllm_server_args(Settings(speculative_tokens_by_batch_size="1-64:4, 65-256:2"), cuda=True)
+    args = vllm_server_args(
+        Settings(speculative_tokens=4, speculative_tokens_by_batch_size="1-64:4, 65-256:2"), cuda=True
+    )
     config = json.loads(flag(args, "--speculative-config") or "")
     assert config["method"] == "ngram_gpu" and config["num_speculative_tokens"] == 4
     assert config["num_speculative_tokens_per_batch_size"] == [[1, 64, 4], [65, 256, 2]]

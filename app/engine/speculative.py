@@ -1,7 +1,10 @@
-"""n-gram (prompt-lookup) speculative decoding: the engine-kind default and vLLM's config for it.
+"""n-gram (prompt-lookup) speculative decoding: vLLM's config for it, per engine kind.
 
 Answers copy the note (entity texts, evidence, answers); the next tokens of a copy are found by
-looking the answer's last n-gram up in the prompt, and the model verifies them in one step.
+looking the answer's last n-gram up in the prompt, and the model verifies them in one step. Off
+by default on every engine kind: with drafts configured, vLLM 0.32 fills grammar masks serially
+((1 + K) per request per step, about 70 µs each), which outlasts a GPU step above a batch of 2-3
+(docs/benchmarks.md, bench.mask_cost); the CUDA proposer is chosen when it is turned on.
 """
 
 from __future__ import annotations
@@ -9,10 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from app.settings import Settings
-
-# On CUDA a decode step is memory-bound (the weights are read once per step, whatever the
-# batch), so fewer steps is faster; the demo halved its NER steps with 4 (docs/benchmarks.md).
-CUDA_DEFAULT_TOKENS = 4
 
 
 def has_cuda() -> bool:
@@ -24,17 +23,9 @@ def has_cuda() -> bool:
         return False
 
 
-def speculative_tokens(settings: Settings, *, cuda: bool) -> int:
-    """Draft tokens per step: the setting, or when unset the engine kind's default (off on CPU,
-    where vLLM does not list speculation as supported and the demo gained little; README)."""
-    if settings.speculative_tokens is not None:
-        return settings.speculative_tokens
-    return CUDA_DEFAULT_TOKENS if cuda else 0
-
-
 def speculative_config(settings: Settings, *, cuda: bool) -> dict[str, Any] | None:
     """vLLM's `speculative_config` (None: off)."""
-    tokens = speculative_tokens(settings, cuda=cuda)
+    tokens = settings.speculative_tokens
     if tokens == 0:
         return None
     config: dict[str, Any] = {
