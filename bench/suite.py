@@ -47,7 +47,28 @@ BENCHES = (
     Bench("grammar-forced tokens", "bench.forced_tokens", (), ("--notes", "3"), takes_demo=False),
     Bench("mixed adapters vs one at a time", "bench.mixed_adapters", (), ("--notes", "1", "--max-loras", "8")),
     Bench("values in the grammar vs checked after", "bench.value_grammar", (), ("--n", "2")),
-    Bench("transformers + peft + outlines", "bench.diy_baseline", (), ("--notes", "1")),
+    Bench("transformers + peft + outlines", "bench.diy_baseline", (), ("--notes", "1", "--repeats", "1")),
+    *(
+        Bench(
+            f"annotate vs vLLM offline LLM.generate: {task}",
+            "bench.batch_throughput",
+            ("--task", task, "--notes", "200"),
+            ("--task", task, "--notes", "4"),
+            takes_demo=False,
+        )
+        for task in ("ner-it-clinical", "re-it-medication", "crf-it-dyspnea")
+    ),
+    *(
+        Bench(
+            f"gateway vs bare vLLM at {n} concurrent",
+            "bench.latency",
+            ("--requests", str(max(n, 8)), "--concurrency", str(n)),
+            ("--requests", "1", "--concurrency", "1"),
+            takes_demo=False,
+        )
+        for n in (1, 8, 64)
+    ),
+    Bench("time to ready vs bare AsyncLLM", "bench.startup", ("--runs", "3"), ("--runs", "1"), takes_demo=False),
 )
 
 
@@ -57,7 +78,8 @@ def run(bench: Bench, *, demo: Path, quick: bool, engine: str) -> dict[str, obje
         command += ["--demo", str(demo)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=None)
-    tables = "\n".join(line for line in done.stdout.splitlines() if line.startswith("|"))
+    # A benchmark's markdown tables; one that prints none (JSON, prose) is kept as it printed.
+    tables = "\n".join(line for line in done.stdout.splitlines() if line.startswith("|")) or done.stdout[-4000:]
     ratios = [float(x) for x in re.findall(r"\*\*([0-9]+\.[0-9]+)×?\*\*", tables)]
     return {
         "bench": bench.name,

@@ -59,9 +59,24 @@ def contract_server(model: RandomModel, work: Path, *, keys: bool) -> Iterator[L
         stop(proc)
 
 
+# A review save names a decision that must fit the note stored under that review: no schema can
+# say so, and the stateful phase's saves bypass the hooks' case filter, so a positive save may be
+# refused with 422 invalid-review (valid saves: tests/test_review_api.py, the browser tests).
+CONFIG = """
+[[operations]]
+include-path = "/v1/reviews/items/{review_id}"
+include-method = "PUT"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", 401, 403, 404, 409, 422, 429, "5xx"]
+"""
+
+
 def schemathesis(server: LiveServer, work: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    config = work / "schemathesis.toml"
+    config.write_text(CONFIG, encoding="utf-8")
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
+        "--config-file",
+        str(config),
         "run",
         f"{server.url}/openapi.json",
         "--checks",

@@ -64,7 +64,9 @@ def body_for(name: str) -> dict[str, Any]:
     task = TASKS[name]
     rows = examples_for_task(task, NOTES, seed=11)
     items = [{"id": f"n{i}", **{f: row[f] for f in task.kind.input_fields}} for i, row in enumerate(rows)]
-    return {"task": name, task.kind.items_field: items}
+    # The shipped version on both servers: other tests of the session switch the shared server's adapters.
+    adapter = {"name": task.manifest.adapter.name, "version": task.manifest.adapter.version}
+    return {"task": name, task.kind.items_field: items, "adapter": adapter}
 
 
 def drafts_counted(server: LiveServer, task: str) -> tuple[float, float]:
