@@ -53,6 +53,7 @@ from app.tasks.types.base import Ask, Task
 from app.training.datasets import Record
 from app.training.demo import held_out_records
 from app.training.evaluate import request_body
+from bench.registry import counted
 
 TASKS = ("ner-it-clinical", "re-it-medication", "crf-it-dyspnea")
 MODES = ("one at a time", "batched")
@@ -290,12 +291,7 @@ async def measure_medlora(demo: Path, workloads: dict[str, Workload], repeats: i
     await service.start()
 
     def completion_tokens(task: str) -> float:
-        total = 0.0
-        for family in registry.collect():
-            for sample in family.samples:
-                if sample.name == "medlora_completion_tokens_total" and sample.labels.get("task") == task:
-                    total += sample.value
-        return total
+        return counted(registry, "medlora_completion_tokens_total", {"task": task})
 
     async def call(task: Task, records: list[Record]) -> None:
         body = request_body(task, records, None)

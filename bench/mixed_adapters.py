@@ -30,21 +30,15 @@ from app.tasks.manifests import load_tasks
 from app.tasks.service import Service, build_service
 from app.training.demo import BASE_NAME, held_out_records
 from app.training.evaluate import request_body
+from bench.registry import counted
 
 _VLLM = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:prompt_tokens", "vllm:generation_tokens")
 
 
 def vllm_counters() -> dict[str, float]:
     """vLLM's own counters (the in-process engine registers them in the default registry)."""
-    found = dict.fromkeys(_VLLM, 0.0)
-    steps = 0.0
-    for family in REGISTRY.collect():
-        for sample in family.samples:
-            if sample.name.removesuffix("_total") in found and sample.name.endswith("_total"):
-                found[sample.name.removesuffix("_total")] += sample.value
-            elif sample.name == "vllm:iteration_tokens_total_count":
-                steps += sample.value
-    return {**found, "engine_steps": steps}
+    found = {name: counted(REGISTRY, f"{name}_total") for name in _VLLM}
+    return {**found, "engine_steps": counted(REGISTRY, "vllm:iteration_tokens_total_count")}
 
 
 def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -64,17 +58,17 @@ async def _run(service: Service, bodies: list[tuple[str, dict[str, Any]]], concu
     return time.perf_counter() - started
 
 
-def figures(notes: int, seconds: float, counted: dict[str, float]) -> dict[str, Any]:
-    queries = counted["vllm:prefix_cache_queries"]
+def figures(notes: int, seconds: float, counts: dict[str, float]) -> dict[str, Any]:
+    queries = counts["vllm:prefix_cache_queries"]
     return {
         "notes_per_s": round(notes / seconds, 3),
         "seconds": round(seconds, 1),
-        "prefix_cache_hit_rate": round(counted["vllm:prefix_cache_hits"] / queries, 3) if queries else None,
+        "prefix_cache_hit_rate": round(counts["vllm:prefix_cache_hits"] / queries, 3) if queries else None,
         # Prompt tokens vLLM computed (not served from its prefix cache), per note.
         "prefill_tokens_computed_per_note": round(
-            (counted["vllm:prompt_tokens"] - counted["vllm:prefix_cache_hits"]) / notes, 1
+            (counts["vllm:prompt_tokens"] - counts["vllm:prefix_cache_hits"]) / notes, 1
         ),
-        "engine_steps": int(counted["engine_steps"]),
+        "engine_steps": int(counts["engine_steps"]),
     }
 
 

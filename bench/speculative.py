@@ -33,6 +33,7 @@ from app.settings import DEMO_BASE_NAME, DEMO_DIR, Settings
 from app.tasks.calls import call_json
 from app.tasks.service import Service, build_service
 from app.training.synthetic import examples_for_task
+from bench.registry import counted
 from tests.support.speculative import answer_units, confidence_gap, without_confidences
 
 SINGULAR = {
@@ -42,15 +43,6 @@ SINGULAR = {
     "answers": "answer",
     "documents": "document",
 }
-
-
-def _sample(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
-    total = 0.0
-    for metric in registry.collect():
-        for s in metric.samples:
-            if s.name == name and (labels is None or labels.items() <= s.labels.items()):
-                total += s.value
-    return total
 
 
 def request_body(service: Service, name: str, notes: int, seed: int) -> dict[str, Any]:
@@ -72,15 +64,15 @@ async def one_setting(settings: Settings, notes: int, rounds: int) -> dict[str, 
             await call_json(service, endpoint, request_body(service, name, 2, 1), **_call("warm"))
             labels = {"task": name}
             counters = ("medlora_completion_tokens_total", "medlora_draft_tokens_total")
-            before = [_sample(registry, c, labels) for c in counters]
-            before_accepted = _sample(registry, "medlora_accepted_draft_tokens_total", labels)
-            before_iterations = _sample(REGISTRY, "vllm:iteration_tokens_total_count")
+            before = [counted(registry, c, labels) for c in counters]
+            before_accepted = counted(registry, "medlora_accepted_draft_tokens_total", labels)
+            before_iterations = counted(REGISTRY, "vllm:iteration_tokens_total_count")
             started = time.perf_counter()
             body = await call_json(service, endpoint, request_body(service, name, notes, 0), **_call(name))
             seconds = [time.perf_counter() - started]
-            decoded, drafted = (_sample(registry, c, labels) - b for c, b in zip(counters, before, strict=True))
-            accepted = _sample(registry, "medlora_accepted_draft_tokens_total", labels) - before_accepted
-            iterations = _sample(REGISTRY, "vllm:iteration_tokens_total_count") - before_iterations
+            decoded, drafted = (counted(registry, c, labels) - b for c, b in zip(counters, before, strict=True))
+            accepted = counted(registry, "medlora_accepted_draft_tokens_total", labels) - before_accepted
+            iterations = counted(REGISTRY, "vllm:iteration_tokens_total_count") - before_iterations
             for _ in range(rounds - 1):  # the same request again, for a steadier wall time
                 started = time.perf_counter()
                 await call_json(service, endpoint, request_body(service, name, notes, 0), **_call(name))

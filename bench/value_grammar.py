@@ -27,13 +27,9 @@ from app.tasks.service import build_service
 from app.tasks.types.base import Task
 from app.training.demo import BASE_NAME, held_out_records
 from app.training.evaluate import predict_in_process, score
+from bench.registry import counted
 
 TASK = "crf-it-dyspnea"
-
-
-def _counted(registry: CollectorRegistry, name: str) -> float:
-    families = [family for family in registry.collect() if family.name == name]
-    return sum(s.value for family in families for s in family.samples if s.name.endswith("_total"))
 
 
 async def run(demo: Path, task: Task, n: int) -> dict[str, Any]:
@@ -51,7 +47,7 @@ async def run(demo: Path, task: Task, n: int) -> dict[str, Any]:
     return {
         "metrics": score(task, records, predictions),
         "failed": sum("error" in p for p in predictions),
-        "decoded_tokens": _counted(registry, "medlora_completion_tokens"),
+        "decoded_tokens": counted(registry, "medlora_completion_tokens_total"),
         "seconds": round(seconds, 1),
     }
 
