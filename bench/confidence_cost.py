@@ -6,7 +6,7 @@ lengths). For each task, `--notes` synthetic notes become the gateway's own engi
 alternating order after a warm-up of both; greedy decoding makes both ways generate the same
 tokens. Throughput is notes per second (median round); the ratio is with over without.
 
-    .venv/bin/python -m bench.confidence_cost [--notes 32] [--rounds 3] [--tasks NAME ...]
+    .venv/bin/python -m bench.confidence_cost [--notes 32] [--rounds 3] [--tasks NAME ...] [--demo DIR]
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ import json
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
+from app.settings import DEMO_DIR, Settings
 from app.tasks.prompts import load_renderer
 from app.tasks.service import build_service
 from app.training.synthetic import examples_for_task
+from bench.models import demo_settings
 
 
-async def run(notes: int, rounds: int, only: list[str] | None = None) -> dict[str, Any]:
-    service = build_service(Settings())
+async def run(settings: Settings, notes: int, rounds: int, only: list[str] | None = None) -> dict[str, Any]:
+    service = build_service(settings)
     await service.start()
     service.runner.renderer = service.runner.renderer or load_renderer(service.model.path)
     report: dict[str, Any] = {"notes": notes, "rounds": rounds, "tasks": {}}
@@ -91,8 +93,17 @@ def main() -> None:
     parser.add_argument("--notes", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", nargs="*", help="Only these tasks (default: every shipped task).")
+    parser.add_argument("--demo", type=Path, default=DEMO_DIR, help="base and adapters in the demo's layout")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.notes, args.rounds, args.tasks)), indent=2, default=str))
+    report = asyncio.run(run(demo_settings(args.demo), args.notes, args.rounds, args.tasks))
+    print(json.dumps(report, indent=2, default=str))
+    print("| task | tokens decoded | notes/s without log-probabilities | with | with / without |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, r in report["tasks"].items():
+        print(
+            f"| {name} | {r['tokens_decoded'][True]:,} | {r['notes_per_s_without']} | {r['notes_per_s_with']} "
+            f"| **{r['throughput_with_over_without']:.3f}** |"
+        )
 
 
 if __name__ == "__main__":

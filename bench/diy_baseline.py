@@ -172,7 +172,7 @@ def max_tokens(ask: Ask) -> int:
 class Diy:
     """transformers + peft + outlines, as a user would put them together."""
 
-    def __init__(self, demo: Path, workloads: dict[str, Workload]):
+    def __init__(self, demo: Path, workloads: dict[str, Workload], device: str = "cpu"):
         import outlines
         import torch
         from peft import PeftModel
@@ -182,9 +182,10 @@ class Diy:
         base_dir = str(demo / DEMO_BASE_NAME)
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
         self.renderer = PromptRenderer(self.tokenizer)
-        # float32, as medlora trains on CPU (app/training/train.py): the weights are stored in
-        # bfloat16, and torch's bfloat16 matmuls are slower on CPUs without native support.
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        # On CPU float32, as medlora trains there (app/training/train.py): the weights are stored
+        # in bfloat16, and torch's bfloat16 matmuls are slower on CPUs without native support.
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
         names = list(workloads)
         self.model = PeftModel.from_pretrained(base, str(demo / "adapters" / names[0]), adapter_name=names[0])
         for name in names[1:]:
@@ -263,8 +264,8 @@ class Diy:
         return time.perf_counter() - started, tokens
 
 
-def measure_diy(demo: Path, workloads: dict[str, Workload], repeats: int) -> dict[str, Any]:
-    diy = Diy(demo, workloads)
+def measure_diy(demo: Path, workloads: dict[str, Workload], repeats: int, device: str = "cpu") -> dict[str, Any]:
+    diy = Diy(demo, workloads, device)
     found: dict[str, Any] = {}
     for name, work in workloads.items():
         diy.check_prompts(work)
@@ -353,11 +354,14 @@ def main() -> None:
     parser.add_argument("--notes", type=int, default=16, help="held-out notes per task (the same on both sides)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each task and mode; medians reported")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument(
+        "--device", default="cpu", help="the DIY side's torch device (cuda: bfloat16 there; not run here, no GPU)"
+    )
     args = parser.parse_args()
     work = {name: w for name, w in workloads(args.notes).items() if name in args.tasks}
     # The machine's load before each side: other work on shared cores slows whichever side it meets.
     print(json.dumps({"load_average_before_diy": os.getloadavg()}), flush=True)
-    diy = measure_diy(args.demo, work, args.repeats)
+    diy = measure_diy(args.demo, work, args.repeats, args.device)
     print(json.dumps({"diy": diy, "load_average_before_medlora": os.getloadavg()}, indent=2), flush=True)
     ours = asyncio.run(measure_medlora(args.demo, work, args.repeats))
     print(json.dumps({"medlora": ours, "load_average_after": os.getloadavg()}, indent=2))

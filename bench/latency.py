@@ -1,17 +1,21 @@
 """Per-request latency of the gateway vs. vLLM alone, same prompts, grammars and adapters.
 
-Phase 1 starts `medlora serve` (a random-weight tiny Qwen3 with the real Qwen3 tokenizer) and times
-engine start, then sends each task's requests over HTTP, one at a time and then
-concurrently. Phase 2 (after the server stopped, so both phases own the machine) starts an
-AsyncLLM in this process and sends the identical engine requests directly. Greedy decoding
-makes the generated tokens identical, so the ratio is the gateway's own cost.
+Phase 1 starts `medlora serve` (the shipped demo, another model in its layout with --demo, or
+the random-weight tiny Qwen3 with --random-weights) and times engine start, then sends every
+shipped task's requests over HTTP (one synthetic note each): `--sequential` of them one at a
+time, then all `--requests` with `--concurrency` in flight. Phase 2 (after the server stopped,
+so both phases own the machine) starts an AsyncLLM in this process and sends the identical
+engine requests directly (a request's asks together, as the gateway sends them). Greedy
+decoding makes the generated tokens identical, so the ratio is the gateway's own cost. Each
+side answers one request per task first, unmeasured (grammar caches, the de-identification
+detectors' import). Entity linking, which has no counterpart on the engine side, is off.
 
 With --topology split, a vLLM OpenAI server runs for both phases: phase 1 goes through a
 `medlora serve` gateway in remote-engine mode, phase 2 posts the identical completion
 requests straight to the vLLM server (the remote engine's client: one HTTP POST each).
 
-    .venv/bin/python -m bench.latency --requests 8 --concurrency 8
-    .venv/bin/python -m bench.latency --requests 8 --concurrency 8 --topology split
+    .venv/bin/python -m bench.latency --requests 64 --concurrency 64
+    .venv/bin/python -m bench.latency --requests 8 --concurrency 8 --topology split --random-weights
 """
 
 from __future__ import annotations
@@ -25,37 +29,53 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from app.engine.vllm_logs import LOGGING_CONFIG
-from app.settings import REPO_ROOT
-from bench.models import random_qwen3_env, random_qwen3_settings
+from app.settings import DEMO_DIR, REPO_ROOT, Settings
+from app.tasks.manifests import load_tasks
+from app.training.synthetic import examples_for_task
+from bench.models import model_env, model_settings, tasks_without_linking
 
-NOTE_IT = (
-    "Paziente di 72 anni, ricoverato per polmonite basale destra. Riferisce febbre (38,5 °C) e tosse "
-    "produttiva; nega dolore toracico. Terapia: amoxicillina/acido clavulanico 1 g per os ogni 8 ore."
-)
-NOTE_EN = "45-year-old woman with chest pain radiating to the left arm. Denies fever. Given aspirin 325 mg PO."
-QUESTION = "Quale antibiotico assume il paziente?"
+SHIPPED = load_tasks(Settings().tasks_dir, Settings().schemas_dir)
 
 
-def payloads(n: int) -> dict[str, tuple[str, list[dict[str, Any]]]]:
-    """Per task: endpoint and n request bodies (one item each, distinct ids and texts)."""
+def payloads(n: int, tasks: list[str]) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Per task: endpoint and n request bodies (one synthetic note or question each)."""
     out: dict[str, tuple[str, list[dict[str, Any]]]] = {}
-    out["ner-it-clinical"] = ("/v1/ner", [{"documents": [{"id": "d", "text": f"{NOTE_IT} ({i})"}]} for i in range(n)])
-    out["ner-en-clinical"] = ("/v1/ner", [{"documents": [{"id": "d", "text": f"{NOTE_EN} ({i})"}]} for i in range(n)])
-    out["qa-it-clinical"] = (
-        "/v1/qa",
-        [{"items": [{"id": "q", "context": f"{NOTE_IT} ({i})", "question": QUESTION}]} for i in range(n)],
-    )
-    out["classify-it-note-type"] = (
-        "/v1/classify",
-        [{"documents": [{"id": "d", "text": f"{NOTE_IT} ({i})"}]} for i in range(n)],
-    )
+    for name in tasks:
+        task = SHIPPED[name]
+        rows = examples_for_task(task, n, seed=11)
+        bodies = [
+            {task.kind.items_field: [{"id": f"n{i}", **{f: row[f] for f in task.kind.input_fields}}]}
+            for i, row in enumerate(rows)
+        ]
+        out[name] = (f"/v1/{task.kind.endpoint}", bodies)
     return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    demo: Path | None  # None: the random-weight tiny Qwen3
+    work: Path  # models, manifests without linking, logs
+    tasks: list[str]
+    requests: int  # per task, sent with `concurrency` in flight
+    sequential: int  # of them, first sent one at a time
+    concurrency: int
+
+    def settings(self, **overrides: object) -> Settings:
+        return model_settings(self.demo, self.work, tasks_dir=self.tasks_dir, **overrides)
+
+    def env(self) -> dict[str, str]:
+        return {**model_env(self.demo, self.work), "MEDLORA_TASKS_DIR": str(self.tasks_dir)}
+
+    @property
+    def tasks_dir(self) -> Path:
+        return tasks_without_linking(self.work / "tasks")
 
 
 def summary(latencies: list[float]) -> dict[str, float]:
@@ -67,18 +87,19 @@ def summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
-async def gateway_phase(url: str, n: int, concurrency: int) -> dict[str, Any]:
+async def gateway_phase(url: str, plan: Plan) -> dict[str, Any]:
     results: dict[str, Any] = {}
     statuses: list[int] = []
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        for task, (endpoint, bodies) in payloads(n).items():
+    async with httpx.AsyncClient(base_url=url, timeout=1800) as client:
+        for task, (endpoint, bodies) in payloads(plan.requests, plan.tasks).items():
+            statuses.append((await client.post(endpoint, json={"task": task, **bodies[0]})).status_code)  # warm-up
             sequential = []
-            for body in bodies:
+            for body in bodies[: plan.sequential]:
                 started = time.perf_counter()
                 r = await client.post(endpoint, json={"task": task, **body})
                 sequential.append(time.perf_counter() - started)
                 statuses.append(r.status_code)
-            sem = asyncio.Semaphore(concurrency)
+            sem = asyncio.Semaphore(plan.concurrency)
 
             async def one(
                 body: dict[str, Any], task: str = task, endpoint: str = endpoint, sem: asyncio.Semaphore = sem
@@ -103,50 +124,61 @@ async def gateway_phase(url: str, n: int, concurrency: int) -> dict[str, Any]:
     return results
 
 
-async def engine_phase(n: int, concurrency: int, cache_dir: Path, engine_url: str | None = None) -> dict[str, Any]:
+async def engine_phase(plan: Plan, engine_url: str | None = None) -> dict[str, Any]:
     """The same engine requests the gateway builds, sent straight to AsyncLLM (or the vLLM server)."""
     from app.engine.base import GenerationRequest
     from app.tasks.service import build_service
 
     remote: dict[str, Any] = {"engine": "remote", "engine_urls": [engine_url]} if engine_url else {}
-    service = build_service(random_qwen3_settings(cache_dir, **remote))
+    service = build_service(plan.settings(**remote))
     started = time.perf_counter()
     await service.start()
     start_s = time.perf_counter() - started
     results: dict[str, Any] = {"engine_start_s": round(start_s, 1)}
-    for task_name, (_, bodies) in payloads(n).items():
+    for task_name, (_, bodies) in payloads(plan.requests, plan.tasks).items():
         task = service.tasks[task_name]
         adapter = service.registry.bound(task_name)
         assert adapter is not None
-        requests = []
+        # Per request, the gateway's own engine requests (asks, prompts, grammars, budgets,
+        # log-probabilities), so both phases send identical ones.
+        per_body: list[list[GenerationRequest]] = []
         for i, body in enumerate(bodies):
             item = body[task.kind.items_field][0]
-            # The gateway's own request (ask, prompt, grammar, budget, log-probabilities), so both
-            # phases send identical requests.
-            (ask,) = task.kind.asks(task, {name: item[name] for name in task.kind.input_fields})
-            requests.append(
-                service.runner.generation_request(
-                    task, ask, adapter.handle, request_id=f"bench-{task_name}-{i}-{time.monotonic_ns()}"
+            asks = task.kind.asks(task, {name: item[name] for name in task.kind.input_fields})
+            per_body.append(
+                [
+                    service.runner.generation_request(
+                        task, ask, adapter.handle, request_id=f"bench-{task_name}-{i}-{j}-{time.monotonic_ns()}"
+                    )
+                    for j, ask in enumerate(asks)
+                ]
+            )
+
+        async def send(requests: list[GenerationRequest], tag: str) -> None:
+            await asyncio.gather(
+                *(
+                    service.engine.generate(GenerationRequest(**{**r.__dict__, "request_id": r.request_id + tag}))
+                    for r in requests
                 )
             )
-        sequential = []
-        for req in requests:
-            t0 = time.perf_counter()
-            await service.engine.generate(req)
-            sequential.append(time.perf_counter() - t0)
-        sem = asyncio.Semaphore(concurrency)
 
-        async def one(req: GenerationRequest, sem: asyncio.Semaphore = sem) -> None:
+        await send(per_body[0], "-w")  # warm-up, as on the gateway side
+        sequential = []
+        for requests in per_body[: plan.sequential]:
+            t0 = time.perf_counter()
+            await send(requests, "-s")
+            sequential.append(time.perf_counter() - t0)
+        sem = asyncio.Semaphore(plan.concurrency)
+
+        async def one(requests: list[GenerationRequest], sem: asyncio.Semaphore = sem) -> None:
             async with sem:
-                await service.engine.generate(
-                    GenerationRequest(**{**req.__dict__, "request_id": req.request_id + "-c"})
-                )
+                await send(requests, "-c")
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(r) for r in requests))
+        await asyncio.gather(*(one(r) for r in per_body))
         results[task_name] = {
             "sequential": summary(sequential),
-            "concurrent_rps": round(len(requests) / (time.perf_counter() - t0), 2),
+            "concurrent_rps": round(len(per_body) / (time.perf_counter() - t0), 2),
         }
     await service.stop()
     return results
@@ -164,10 +196,9 @@ def wait_up(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
         time.sleep(0.5)
 
 
-def start_server(
-    cache_dir: Path, port: int, log_path: Path, extra_env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[bytes], float]:
-    env = {**os.environ, **random_qwen3_env(cache_dir), "MEDLORA_PORT": str(port), **(extra_env or {})}
+def start_server(server_env: dict[str, str], port: int, log_path: Path) -> tuple[subprocess.Popen[bytes], float]:
+    """`medlora serve` with these MEDLORA_* settings (model, adapters, ...) on `port`; seconds to ready."""
+    env = {**os.environ, **server_env, "MEDLORA_PORT": str(port)}
     started = time.perf_counter()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -177,11 +208,11 @@ def start_server(
     return proc, time.perf_counter() - started
 
 
-def start_vllm_server(cache_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_vllm_server(plan: Plan, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """A vLLM OpenAI server for the benchmark model, with the flags the gateway relies on."""
     from app.engine.remote.server_args import vllm_server_args
 
-    settings = random_qwen3_settings(cache_dir)
+    settings = plan.settings()
     env = {
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
@@ -202,40 +233,55 @@ def start_vllm_server(cache_dir: Path, port: int, log_path: Path) -> subprocess.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=8, help="requests per task and mode")
+    parser.add_argument("--requests", type=int, default=8, help="requests per task, sent concurrently")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--sequential", type=int, default=8, help="of the requests, first sent one at a time")
+    parser.add_argument("--tasks", nargs="*", default=sorted(SHIPPED), help="default: every shipped task")
+    parser.add_argument("--demo", type=Path, default=DEMO_DIR, help="base and adapters in the demo's layout")
+    parser.add_argument("--random-weights", action="store_true", help="the random-weight tiny Qwen3 instead")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
         "--topology", choices=["local", "split"], default="local", help="in-process engine, or a vLLM server"
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="medlora-bench-"))
-    cache = work / "cache"
+    plan = Plan(
+        demo=None if args.random_weights else args.demo,
+        work=work,
+        tasks=args.tasks,
+        requests=args.requests,
+        sequential=min(args.sequential, args.requests),
+        concurrency=args.concurrency,
+    )
     vllm_proc, engine_url, extra_env = None, None, {}
     if args.topology == "split":
         engine_url = f"http://127.0.0.1:{args.port + 1}"
-        vllm_proc = start_vllm_server(cache, args.port + 1, work / "vllm.log")
+        vllm_proc = start_vllm_server(plan, args.port + 1, work / "vllm.log")
         extra_env = {"MEDLORA_ENGINE": "remote", "MEDLORA_ENGINE_URLS": engine_url}
     try:
-        proc, ready_s = start_server(cache, args.port, work / "server.log", extra_env)
+        proc, ready_s = start_server({**plan.env(), **extra_env}, args.port, work / "server.log")
         try:
-            gateway = asyncio.run(gateway_phase(f"http://127.0.0.1:{args.port}", args.requests, args.concurrency))
+            gateway = asyncio.run(gateway_phase(f"http://127.0.0.1:{args.port}", plan))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-        engine = asyncio.run(engine_phase(args.requests, args.concurrency, cache, engine_url))
+        engine = asyncio.run(engine_phase(plan, engine_url))
     finally:
         if vllm_proc is not None:
             vllm_proc.terminate()
             vllm_proc.wait(timeout=60)
     report: dict[str, Any] = {
         "topology": args.topology,
+        "model": "random weights" if plan.demo is None else str(plan.demo),
+        "requests": plan.requests,
+        "sequential": plan.sequential,
+        "concurrency": plan.concurrency,
         "service_ready_s": round(ready_s, 1),
         "gateway": gateway,
         "vllm_direct": engine,
     }
     ratios = {}
-    for task in payloads(1):
+    for task in plan.tasks:
         g, e = gateway[task], engine[task]
         ratios[task] = {
             "p50_latency_gateway_over_vllm": round(g["sequential"]["p50_ms"] / e["sequential"]["p50_ms"], 3),
@@ -243,6 +289,23 @@ def main() -> None:
         }
     report["ratios"] = ratios
     print(json.dumps(report, indent=2))
+    print(table(report))
+
+
+def table(report: dict[str, Any]) -> str:
+    g, e, n = report["gateway"], report["vllm_direct"], report["concurrency"]
+    lines = [
+        f"| task | gateway p50 | vLLM p50 | p50 ratio | gateway req/s ({n} in flight) | vLLM req/s "
+        "| throughput ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for task, r in report["ratios"].items():
+        lines.append(
+            f"| {task} | {g[task]['sequential']['p50_ms']:.0f} ms | {e[task]['sequential']['p50_ms']:.0f} ms "
+            f"| {r['p50_latency_gateway_over_vllm']:.2f} | {g[task]['concurrent_rps']} | {e[task]['concurrent_rps']} "
+            f"| **{r['concurrent_throughput_gateway_over_vllm']:.2f}** |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

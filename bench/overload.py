@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from bench.latency import start_server
+from bench.models import random_qwen3_env
 from tests.fakes import sample
 
 NOTE = (
@@ -184,7 +185,7 @@ def main() -> None:
         "MEDLORA_BATCH_CONCURRENCY": "4",
         "MEDLORA_BACKGROUND_MAX_ADMITTED_GENERATIONS": "4",
     }
-    proc, _ = start_server(args.cache, args.port, work / "server.log", extra)
+    proc, _ = start_server({**random_qwen3_env(args.cache), **extra}, args.port, work / "server.log")
     try:
         result = asyncio.run(run(f"http://127.0.0.1:{args.port}", args.admitted, args.requests, args.batch_lines))
     finally:

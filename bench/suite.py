@@ -31,8 +31,9 @@ class Bench:
     name: str
     module: str
     args: tuple[str, ...]  # full size
-    quick: tuple[str, ...]  # smoke size
+    quick: tuple[str, ...] | None  # smoke size; None: a sibling's quick run covers this one's code
     takes_demo: bool = True  # runs the model (takes --demo)
+    on_gpu: tuple[str, ...] = ()  # added with --engine gpu
 
 
 BENCHES = (
@@ -47,35 +48,51 @@ BENCHES = (
     Bench("grammar-forced tokens", "bench.forced_tokens", (), ("--notes", "3"), takes_demo=False),
     Bench("mixed adapters vs one at a time", "bench.mixed_adapters", (), ("--notes", "1", "--max-loras", "8")),
     Bench("values in the grammar vs checked after", "bench.value_grammar", (), ("--n", "2")),
-    Bench("transformers + peft + outlines", "bench.diy_baseline", (), ("--notes", "1", "--repeats", "1")),
+    Bench(
+        "transformers + peft + outlines",
+        "bench.diy_baseline",
+        (),
+        ("--notes", "1", "--repeats", "1"),
+        on_gpu=("--device", "cuda"),
+    ),
     *(
         Bench(
             f"annotate vs vLLM offline LLM.generate: {task}",
             "bench.batch_throughput",
             ("--task", task, "--notes", "200"),
-            ("--task", task, "--notes", "4"),
-            takes_demo=False,
+            ("--task", task, "--notes", "4") if task == "re-it-medication" else None,
         )
         for task in ("ner-it-clinical", "re-it-medication", "crf-it-dyspnea")
     ),
     *(
         Bench(
-            f"gateway vs bare vLLM at {n} concurrent",
+            f"gateway vs bare vLLM at {n} concurrent, every task",
             "bench.latency",
-            ("--requests", str(max(n, 8)), "--concurrency", str(n)),
-            ("--requests", "1", "--concurrency", "1"),
-            takes_demo=False,
+            ("--requests", str(max(n, 8)), "--concurrency", str(n), "--sequential", "8"),
+            ("--requests", "2", "--concurrency", "2", "--sequential", "1", "--tasks", "crf-it-dyspnea", "deid-clinical")
+            if n == 8
+            else None,
         )
         for n in (1, 8, 64)
+    ),
+    Bench(
+        "what confidence costs: log-probabilities on and off",
+        "bench.confidence_cost",
+        (),
+        ("--notes", "2", "--rounds", "1", "--tasks", "qa-it-clinical"),
     ),
     Bench("time to ready vs bare AsyncLLM", "bench.startup", ("--runs", "3"), ("--runs", "1"), takes_demo=False),
 )
 
 
 def run(bench: Bench, *, demo: Path, quick: bool, engine: str) -> dict[str, object]:
-    command = [sys.executable, "-m", bench.module, *(bench.quick if quick else bench.args)]
+    size = bench.quick if quick else bench.args
+    assert size is not None  # quick runs leave out the benchmarks without a quick size
+    command = [sys.executable, "-m", bench.module, *size]
     if bench.takes_demo:
         command += ["--demo", str(demo)]
+    if engine == "gpu":
+        command += bench.on_gpu
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=None)
     # A benchmark's markdown tables; one that prints none (JSON, prose) is kept as it printed.
@@ -128,6 +145,8 @@ def main() -> None:
             parser.error("--engine gpu: no CUDA device here (install with MEDLORA_ENGINE=gpu on a CUDA machine)")
     args.out.mkdir(parents=True, exist_ok=True)
     chosen = [b for b in BENCHES if not args.only or b.module in args.only or b.module.split(".")[-1] in args.only]
+    if args.quick:
+        chosen = [b for b in chosen if b.quick is not None]
     results = []
     for bench in chosen:
         print(f"[suite] {bench.name} ...", flush=True)

@@ -349,7 +349,13 @@ def test_client_disconnect_cancels_engine_work(make_fake_service: Any) -> None:
         async def receive() -> dict[str, Any]:
             if messages:
                 return messages.pop()
-            await asyncio.sleep(0.3)  # the client hangs up while the engine works
+            # The client hangs up while the engine works (a cold first request can take longer
+            # than any fixed delay to reach the engine).
+            for _ in range(400):
+                if engine.calls:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
             return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:

@@ -11,13 +11,36 @@ from typing import TYPE_CHECKING, Any
 
 from app.engine.base import AdapterHandle, EngineDead, EngineError, GenerationRequest, GenerationResult
 from app.engine.speculative import has_cuda, speculative_config
+from app.engine.vllm_cache import seed_model_info_cache
 from app.engine.vllm_logs import LOGGING_CONFIG, LOGGING_CONFIG_ENV
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger("medlora.engine")
+
+
+def vllm_request(request: GenerationRequest) -> tuple[SamplingParams, LoRARequest | None]:
+    """vLLM's sampling parameters and LoRA request for one of ours (benchmarks send the same)."""
+    from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+    params = SamplingParams(
+        temperature=request.temperature,
+        max_tokens=request.max_tokens,
+        structured_outputs=StructuredOutputsParams(grammar=request.grammar),
+        # 0: the sampled token's log-probability only (no alternatives to rank or return),
+        # kept flat: plain lists instead of an object per token (measurably cheaper on CPU).
+        logprobs=0 if request.logprobs else None,
+        flat_logprobs=request.logprobs,
+    )
+    lora = None
+    if (a := request.adapter) is not None:
+        lora = LoRARequest(lora_name=a.key, lora_int_id=a.lora_id, lora_path=a.path)
+    return params, lora
 
 
 class VllmEngine:
@@ -99,6 +122,7 @@ class VllmEngine:
     def _build(self) -> AsyncLLM:
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        seed_model_info_cache()
         return AsyncLLM.from_engine_args(self.engine_args())
 
     async def shutdown(self) -> None:
@@ -113,24 +137,10 @@ class VllmEngine:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
-        from vllm.sampling_params import SamplingParams, StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
         llm = self._require()
-        params = SamplingParams(
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            structured_outputs=StructuredOutputsParams(grammar=request.grammar),
-            # 0: the sampled token's log-probability only (no alternatives to rank or return),
-            # kept flat: plain lists instead of an object per token (measurably cheaper on CPU).
-            logprobs=0 if request.logprobs else None,
-            flat_logprobs=request.logprobs,
-        )
-        lora = None
-        if request.adapter is not None:
-            a = request.adapter
-            lora = LoRARequest(lora_name=a.key, lora_int_id=a.lora_id, lora_path=a.path)
+        params, lora = vllm_request(request)
         final = None
         try:
             async for output in llm.generate(
