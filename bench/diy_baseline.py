@@ -53,6 +53,7 @@ from app.tasks.types.base import Ask, Task
 from app.training.datasets import Record
 from app.training.demo import held_out_records
 from app.training.evaluate import request_body
+from bench.models import demo_settings
 from bench.registry import counted
 
 TASKS = ("ner-it-clinical", "re-it-medication", "crf-it-dyspnea")
@@ -287,8 +288,9 @@ def measure_diy(demo: Path, workloads: dict[str, Workload], repeats: int, device
 
 async def measure_medlora(demo: Path, workloads: dict[str, Workload], repeats: int) -> dict[str, Any]:
     registry = CollectorRegistry()
-    settings = Settings(model=str(demo / DEMO_BASE_NAME), adapters_dir=demo / "adapters", engine="local")
-    service = build_service(settings, tasks={n: w.task for n, w in workloads.items()}, metrics_registry=registry)
+    service = build_service(
+        demo_settings(demo), tasks={n: w.task for n, w in workloads.items()}, metrics_registry=registry
+    )
     await service.start()
 
     def completion_tokens(task: str) -> float:

@@ -40,6 +40,7 @@ from app.settings import DEMO_DIR, REPO_ROOT, Settings
 from app.tasks.manifests import load_tasks
 from app.training.synthetic import examples_for_task
 from bench.models import model_env, model_settings, tasks_without_linking
+from tests.fakes import total
 
 SHIPPED = load_tasks(Settings().tasks_dir, Settings().schemas_dir)
 
@@ -61,7 +62,8 @@ def payloads(n: int, tasks: list[str]) -> dict[str, tuple[str, list[dict[str, An
 @dataclass(frozen=True)
 class Plan:
     demo: Path | None  # None: the random-weight tiny Qwen3
-    work: Path  # models, manifests without linking, logs
+    work: Path  # the random-weight model's folder, logs
+    tasks_dir: Path  # the shipped manifests without entity linking
     tasks: list[str]
     requests: int  # per task, sent with `concurrency` in flight
     sequential: int  # of them, first sent one at a time
@@ -72,10 +74,6 @@ class Plan:
 
     def env(self) -> dict[str, str]:
         return {**model_env(self.demo, self.work), "MEDLORA_TASKS_DIR": str(self.tasks_dir)}
-
-    @property
-    def tasks_dir(self) -> Path:
-        return tasks_without_linking(self.work / "tasks")
 
 
 def summary(latencies: list[float]) -> dict[str, float]:
@@ -113,11 +111,7 @@ async def gateway_phase(url: str, plan: Plan) -> dict[str, Any]:
             wall = time.perf_counter() - started
             results[task] = {"sequential": summary(sequential), "concurrent_rps": round(len(bodies) / wall, 2)}
         metrics = (await client.get("/metrics")).text
-    invalid = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("medlora_invalid_outputs_total")
-    )
+    invalid = total(metrics, "medlora_invalid_outputs_total")
     results["valid_share"] = round(statuses.count(200) / len(statuses), 4)
     results["responses"] = len(statuses)
     results["invalid_outputs_metric"] = invalid
@@ -248,6 +242,7 @@ def main() -> None:
     plan = Plan(
         demo=None if args.random_weights else args.demo,
         work=work,
+        tasks_dir=tasks_without_linking(work / "tasks"),
         tasks=args.tasks,
         requests=args.requests,
         sequential=min(args.sequential, args.requests),

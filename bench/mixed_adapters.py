@@ -28,8 +28,9 @@ from app.settings import DEMO_DIR, Settings
 from app.tasks.calls import call_json
 from app.tasks.manifests import load_tasks
 from app.tasks.service import Service, build_service
-from app.training.demo import BASE_NAME, held_out_records
+from app.training.demo import held_out_records
 from app.training.evaluate import request_body
+from bench.models import demo_settings
 from bench.registry import counted
 
 _VLLM = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:prompt_tokens", "vllm:generation_tokens")
@@ -75,13 +76,7 @@ def figures(notes: int, seconds: float, counts: dict[str, float]) -> dict[str, A
 async def measure(demo: Path, max_loras: int, notes: int, concurrency: int, seed: int) -> dict[str, Any]:
     base = Settings()
     tasks = load_tasks(base.tasks_dir, base.schemas_dir)
-    settings = Settings(
-        model=str(demo / BASE_NAME),
-        adapters_dir=demo / "adapters",
-        engine="local",
-        max_loras=max_loras,
-        max_cpu_loras=max(max_loras, len(tasks)),
-    )
+    settings = demo_settings(demo, max_loras=max_loras, max_cpu_loras=max(max_loras, len(tasks)))
     service = build_service(settings, tasks=tasks, metrics_registry=CollectorRegistry())
     await service.start()
     try:

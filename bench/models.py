@@ -38,8 +38,10 @@ def random_qwen3_env(work: Path) -> dict[str, str]:
 
 def demo_settings(demo: Path, **overrides: object) -> Settings:
     """A model in the demo's layout: the base in `demo/tiny-qwen3-demo`, one adapter per shipped
-    task in `demo/adapters` (the shipped demo, or real weights laid out alike on a GPU machine)."""
-    return Settings(model=str(demo / DEMO_BASE_NAME), adapters_dir=demo / "adapters", **overrides)  # type: ignore[arg-type]
+    task in `demo/adapters` (the shipped demo, or real weights laid out alike on a GPU machine),
+    served in process unless `overrides` say otherwise."""
+    chosen: dict[str, object] = {"model": str(demo / DEMO_BASE_NAME), "adapters_dir": demo / "adapters"}
+    return Settings(**{**chosen, "engine": "local", **overrides})  # type: ignore[arg-type]
 
 
 def model_settings(demo: Path | None, work: Path, **overrides: object) -> Settings:

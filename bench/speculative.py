@@ -29,10 +29,11 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from app.settings import DEMO_BASE_NAME, DEMO_DIR, Settings
+from app.settings import DEMO_DIR, Settings
 from app.tasks.calls import call_json
 from app.tasks.service import Service, build_service
 from app.training.synthetic import examples_for_task
+from bench.models import demo_settings
 from bench.registry import counted
 from tests.support.speculative import answer_units, confidence_gap, without_confidences
 
@@ -137,9 +138,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     lookup = {"speculative_lookup_min": args.lookup_min, "speculative_lookup_max": args.lookup_max}
-    model = {"model": str(args.demo / DEMO_BASE_NAME), "adapters_dir": args.demo / "adapters", "engine": "local"}
-    off = asyncio.run(one_setting(Settings(speculative_tokens=0, **model), args.notes, args.rounds))
-    on = asyncio.run(one_setting(Settings(speculative_tokens=args.tokens, **lookup, **model), args.notes, args.rounds))
+    off = asyncio.run(one_setting(demo_settings(args.demo, speculative_tokens=0), args.notes, args.rounds))
+    on = asyncio.run(
+        one_setting(demo_settings(args.demo, speculative_tokens=args.tokens, **lookup), args.notes, args.rounds)
+    )
     report = {
         "notes_per_request": args.notes,
         "speculative_tokens": args.tokens,

@@ -43,12 +43,23 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def one_start(site: Path, work: Path) -> dict[str, Any]:
+def fresh_process(site: Path, work: Path) -> tuple[dict[str, str], Path]:
+    """(environment, working directory) of a process as on a fresh machine, the same for the
+    server and its peer: the installed wheel, an empty HOME, another directory. Empty caches on
+    both sides: vLLM caches what it learns of the model's class under ~/.cache/vllm (an
+    inspection in a subprocess on a miss, about 8 s here), so a peer with a warm cache would be
+    measured against a server without one."""
     home, elsewhere = Path(tempfile.mkdtemp(dir=work)), Path(tempfile.mkdtemp(dir=work))
-    port = _port()
-    env = {**os.environ, "PYTHONPATH": str(site), "HOME": str(home), "MEDLORA_PORT": str(port)}
-    env["MEDLORA_BATCH_DIR"] = str(home / "batches")
+    env = {**os.environ, "PYTHONPATH": str(site), "HOME": str(home)}
     env.pop("VLLM_CACHE_ROOT", None)
+    return env, elsewhere
+
+
+def one_start(site: Path, work: Path) -> dict[str, Any]:
+    env, elsewhere = fresh_process(site, work)
+    port = _port()
+    env["MEDLORA_PORT"] = str(port)
+    env["MEDLORA_BATCH_DIR"] = str(Path(env["HOME"]) / "batches")
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     log = (work / f"server-{port}.log").open("wb")
@@ -96,13 +107,9 @@ if __name__ == "__main__":
 
 def engine_alone(site: Path, work: Path) -> float:
     """The peer: vLLM's AsyncLLM built with the same engine arguments in a fresh Python process,
-    from its first import to the engine's return; no HTTP server, tokenizer or adapters. Like the
-    server, from another directory with an empty HOME: vLLM caches what it learns of the model's
-    class under ~/.cache/vllm (an inspection in a subprocess on a miss, about 8 s here), so a
-    peer with a warm cache would be measured against a server without one."""
-    home, elsewhere = Path(tempfile.mkdtemp(dir=work)), Path(tempfile.mkdtemp(dir=work))
-    env = {**os.environ, "PYTHONPATH": str(site), "HOME": str(home), "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
-    env.pop("VLLM_CACHE_ROOT", None)
+    from its first import to the engine's return; no HTTP server, tokenizer or adapters."""
+    env, elsewhere = fresh_process(site, work)
+    env["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     done = subprocess.run(
         [sys.executable, "-c", _ENGINE_ALONE],

@@ -25,15 +25,16 @@ from app.settings import DEMO_DIR, Settings
 from app.tasks.manifests import load_tasks
 from app.tasks.service import build_service
 from app.tasks.types.base import Task
-from app.training.demo import BASE_NAME, held_out_records
+from app.training.demo import held_out_records
 from app.training.evaluate import predict_in_process, score
+from bench.models import demo_settings
 from bench.registry import counted
 
 TASK = "crf-it-dyspnea"
 
 
 async def run(demo: Path, task: Task, n: int) -> dict[str, Any]:
-    settings = Settings(model=str(demo / BASE_NAME), adapters_dir=demo / "adapters", engine="local")
+    settings = demo_settings(demo)
     registry = CollectorRegistry()
     service = build_service(settings, tasks={task.name: task}, metrics_registry=registry)
     await service.start()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,15 +166,24 @@ def ner_output(*entities: tuple[str, ...]) -> str:
     return json.dumps({"entities": [list(entity) for entity in entities]})
 
 
-def sample(metrics_text: str, name: str, **labels: str) -> float | None:
-    """The value of one Prometheus sample in a /metrics body (None when there is no such series)."""
+def _samples(metrics_text: str, name: str, labels: dict[str, str]) -> Iterator[float]:
+    """The values of the Prometheus samples in a /metrics body named `name` whose labels include `labels`."""
     from prometheus_client.parser import text_string_to_metric_families
 
     for family in text_string_to_metric_families(metrics_text):
         for s in family.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return None
+                yield float(s.value)
+
+
+def sample(metrics_text: str, name: str, **labels: str) -> float | None:
+    """The value of one Prometheus sample in a /metrics body (None when there is no such series)."""
+    return next(_samples(metrics_text, name, labels), None)
+
+
+def total(metrics_text: str, name: str, **labels: str) -> float:
+    """The sum over every series of `name` whose labels include `labels` (e.g. over adapters)."""
+    return sum(_samples(metrics_text, name, labels))
 
 
 def confidences_at(
