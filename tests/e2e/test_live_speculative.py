@@ -13,6 +13,7 @@ docs/benchmarks.md); a form item's confidence moved by up to 0.011.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from app.tasks.manifests import load_tasks
 from app.training.synthetic import examples_for_task
 from tests.conftest import SCHEMAS_DIR, TASKS_DIR
 from tests.e2e.conftest import LiveServer, RandomModel, free_port, server_env, skip_unless_e2e, start_server, stop
+from tests.fakes import total
 from tests.support.speculative import confidence_gap, without_confidences
 
 pytestmark = pytest.mark.e2e
@@ -70,29 +72,35 @@ def body_for(name: str, version: str) -> dict[str, Any]:
     return {"task": name, task.kind.items_field: items, "adapter": adapter}
 
 
-def same_adapter_on_both(servers: tuple[LiveServer, ...], name: str, adapters_dir: Path | None) -> str:
+@contextlib.contextmanager
+def same_adapter_on_both(servers: tuple[LiveServer, ...], name: str, adapters_dir: Path | None) -> Iterator[str]:
     """The adapter version both servers answer the task with. Other tests of the session switch the
     shared random-weight server's adapters and retire the shipped versions, so there the shipped
-    weights are registered anew under a version of this test's own on both servers."""
+    weights are registered anew under a version of this test's own on both servers, and retired
+    again afterwards (the hot-swap test counts the versions left on the shared server)."""
     shipped = TASKS[name].manifest.adapter
     if adapters_dir is None:
-        return shipped.version
+        yield shipped.version
+        return
     body = {"name": shipped.name, "version": EQUALITY_VERSION, "path": str(adapters_dir / shipped.path)}
     for server in servers:
         with server.client() as client:
             registered = client.post("/v1/adapters", json=body)
             assert registered.status_code in (200, 201), registered.text
-    return EQUALITY_VERSION
+    yield EQUALITY_VERSION
+    for server in servers:
+        with server.client() as client:
+            retired = client.delete(f"/v1/adapters/{shipped.name}/{EQUALITY_VERSION}")
+            assert retired.status_code == 204, retired.text
 
 
 def drafts_counted(server: LiveServer, task: str) -> tuple[float, float]:
     """(drafted, accepted) tokens the server's /metrics counts for the task."""
-    totals = {"medlora_draft_tokens_total": 0.0, "medlora_accepted_draft_tokens_total": 0.0}
-    for line in httpx.get(f"{server.url}/metrics", timeout=30).text.splitlines():
-        name, _, rest = line.partition("{")
-        if name in totals and f'task="{task}"' in rest:
-            totals[name] += float(line.rsplit(" ", 1)[1])
-    return totals["medlora_draft_tokens_total"], totals["medlora_accepted_draft_tokens_total"]
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return (
+        total(metrics, "medlora_draft_tokens_total", task=task),
+        total(metrics, "medlora_accepted_draft_tokens_total", task=task),
+    )
 
 
 def same_answers(
@@ -105,8 +113,9 @@ def same_answers(
     with plain.client() as a, speculating.client() as b:
         for name in names:
             endpoint = TASKS[name].kind.endpoint
-            body = body_for(name, same_adapter_on_both((plain, speculating), name, adapters_dir))
-            without, with_ = a.post(f"/v1/{endpoint}", json=body), b.post(f"/v1/{endpoint}", json=body)
+            with same_adapter_on_both((plain, speculating), name, adapters_dir) as version:
+                body = body_for(name, version)
+                without, with_ = a.post(f"/v1/{endpoint}", json=body), b.post(f"/v1/{endpoint}", json=body)
             assert without.status_code == with_.status_code == 200, (without.text[:300], with_.text[:300])
             assert without_confidences(with_.json()) == without_confidences(without.json()), name
             gap = confidence_gap(without.json(), with_.json())
